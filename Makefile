@@ -1,0 +1,48 @@
+# Everything a newcomer needs, from a fresh clone: `make serve` and `make test`.
+# Both create .venv on first use and reinstall only when pyproject.toml or constraints.txt change.
+
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+PIP_INSTALL := $(BIN)/python -m pip install --quiet --disable-pip-version-check -c constraints.txt
+
+HOST ?= 127.0.0.1
+PORT ?= 8000
+
+.PHONY: serve predict test lint typecheck unit clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+
+$(VENV)/.serve-installed: pyproject.toml constraints.txt | $(BIN)/python
+	$(PIP_INSTALL) -e ".[serve]"
+	touch $@
+
+$(VENV)/.dev-installed: pyproject.toml constraints.txt | $(BIN)/python
+	$(PIP_INSTALL) -e ".[serve,bench,dev]"
+	touch $@ $(VENV)/.serve-installed
+
+## serve: set up, then run the built-in catdog model (the HTTP server arrives with issue 3;
+## until then this classifies the bundled sample photos).
+serve: $(VENV)/.serve-installed
+	$(BIN)/visionloop predict tests/data/*
+
+## predict: classify the bundled sample photos.
+predict: $(VENV)/.serve-installed
+	$(BIN)/visionloop predict tests/data/*
+
+## test: set up, then lint, type-check and run the whole test suite (what CI runs).
+test: $(VENV)/.dev-installed lint typecheck unit
+
+lint: $(VENV)/.dev-installed
+	$(BIN)/ruff check src tests benchmarks
+	$(BIN)/ruff format --check src tests benchmarks
+
+typecheck: $(VENV)/.dev-installed
+	$(BIN)/mypy
+
+unit: $(VENV)/.dev-installed
+	$(BIN)/pytest
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache build src/*.egg-info

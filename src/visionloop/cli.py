@@ -1,0 +1,150 @@
+"""The ``visionloop`` command line: one Typer app.
+
+Flags mirror the settings in :mod:`visionloop.settings`; a flag left out falls back to the
+``VISIONLOOP_*`` environment variable, then to the default.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+app = typer.Typer(
+    name="visionloop",
+    help="Serve, tune, train and label a computer-vision model.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+console = Console()
+err_console = Console(stderr=True)
+
+
+def _model_settings(**flags: Any) -> Any:
+    """ModelSettings from env vars, overridden by the flags actually given."""
+    from visionloop.settings import ModelSettings
+
+    return ModelSettings(**{k: v for k, v in flags.items() if v is not None})
+
+
+@dataclass
+class _Prediction:
+    file: str
+    result: dict[str, Any] = field(default_factory=dict)
+    error: str | None = None
+    error_type: str | None = None
+    decode_ms: float = 0.0
+    model_ms: float = 0.0
+
+    def as_json(self) -> dict[str, Any]:
+        if self.error is not None:
+            return {"file": self.file, "error": self.error, "error_type": self.error_type}
+        timing = {"decode": round(self.decode_ms, 3), "model": round(self.model_ms, 3)}
+        return {"file": self.file, **self.result, "timing_ms": timing}
+
+
+def _predict_files(paths: list[Path], model: Any, batch_size: int) -> list[_Prediction]:
+    import numpy as np
+    import torch
+
+    from visionloop import imaging
+    from visionloop.settings import ImagingSettings
+
+    imaging_settings = ImagingSettings()
+    limits = imaging.ImageLimits(imaging_settings.max_bytes, imaging_settings.max_pixels)
+    predictions = [_Prediction(file=str(p)) for p in paths]
+    ready: list[tuple[_Prediction, Any]] = []
+    for path, prediction in zip(paths, predictions, strict=True):
+        start = time.perf_counter()
+        try:
+            array = imaging.prepare(path.read_bytes(), model.input_spec.crop, limits)
+        except (imaging.ImageError, OSError) as exc:
+            prediction.error, prediction.error_type = str(exc), type(exc).__name__
+            continue
+        prediction.decode_ms = (time.perf_counter() - start) * 1e3
+        ready.append((prediction, array))
+    if ready:  # the first forward pass pays one-off set-up; keep it out of the timings
+        model.warmup([min(batch_size, len(ready))])
+    for first in range(0, len(ready), batch_size):
+        chunk = ready[first : first + batch_size]
+        batch = torch.from_numpy(np.stack([array for _, array in chunk]))
+        start = time.perf_counter()
+        outputs = {name: t.cpu() for name, t in model.forward(batch).items()}
+        elapsed_ms = (time.perf_counter() - start) * 1e3
+        for (prediction, _), result in zip(chunk, model.postprocess(outputs), strict=True):
+            prediction.result = result
+            prediction.model_ms = elapsed_ms / len(chunk)
+    return predictions
+
+
+def _print_table(predictions: list[_Prediction]) -> None:
+    score_names = next((list(p.result["scores"]) for p in predictions if p.error is None), [])
+    table = Table(title="visionloop predict")
+    table.add_column("file", overflow="fold")
+    table.add_column("label")
+    for name in score_names:
+        table.add_column(name, justify="right")
+    table.add_column("ms", justify="right")
+    for p in predictions:
+        if p.error is not None:
+            table.add_row(p.file, f"[red]error: {p.error}[/red]", *[""] * (len(score_names) + 1))
+            continue
+        scores = [f"{p.result['scores'][name]:.3f}" for name in score_names]
+        table.add_row(p.file, str(p.result["label"]), *scores, f"{p.decode_ms + p.model_ms:.1f}")
+    console.print(table)
+
+
+@app.command()
+def predict(
+    images: Annotated[list[Path], typer.Argument(help="Image files (JPEG, PNG, WebP, GIF, BMP).")],
+    model: Annotated[str | None, typer.Option(help="Registry name or module:factory.")] = None,
+    batch_size: Annotated[int, typer.Option(min=1, help="Images per forward pass.")] = 8,
+    as_json: Annotated[bool, typer.Option("--json", help="One JSON array on stdout.")] = False,
+    device: Annotated[str | None, typer.Option(help="cpu, cuda, cuda:1 ...")] = None,
+    fuse_bn: Annotated[bool | None, typer.Option(help="Fold BatchNorm into convs.")] = None,
+    threads: Annotated[int | None, typer.Option(min=0, help="torch threads; 0 = default.")] = None,
+) -> None:
+    """Classify image files. Exits 1 if any file could not be read as an image."""
+    import torch
+
+    from visionloop.models import UnknownModel, load
+
+    settings = _model_settings(model=model, device=device, fuse_bn=fuse_bn, threads=threads)
+    if settings.threads:
+        torch.set_num_threads(settings.threads)
+    try:
+        loaded = load(settings)
+    except UnknownModel as exc:
+        err_console.print(f"[red]error:[/red] {exc}")
+        raise typer.Exit(2) from None
+    predictions = _predict_files(images, loaded, batch_size)
+    if as_json:
+        typer.echo(json.dumps([p.as_json() for p in predictions], indent=2))
+    else:
+        _print_table(predictions)
+    if any(p.error is not None for p in predictions):
+        raise typer.Exit(1)
+
+
+@app.command("models")
+def list_models() -> None:
+    """List the registered models (built-ins and installed entry points)."""
+    from visionloop.models import available
+
+    table = Table(title="visionloop models")
+    table.add_column("name")
+    table.add_column("factory")
+    for name, target in available().items():
+        table.add_row(name, target)
+    console.print(table)
+
+
+def main() -> None:  # pragma: no cover - console entry
+    app()

@@ -1,0 +1,175 @@
+"""What a servable model is: its input spec, its named outputs, ``forward`` and ``postprocess``.
+
+The serving side only ever talks to :class:`VisionModel`. It hands ``forward`` a batch of
+uint8 NHWC images (what :mod:`visionloop.imaging` produces, compact on the wire and in queues)
+and gets named output tensors back; ``postprocess`` turns one batch of outputs, on the CPU,
+into one JSON-ready dict per image. Normalisation happens inside ``forward``, on the model's
+device, so the host never materialises float images.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import torch
+from torch import nn
+
+from visionloop.bn import fuse_conv_bn
+from visionloop.imaging import CenterCrop
+from visionloop.settings import ModelSettings
+
+DType = Literal["float32", "float16", "bfloat16"]
+JSONDict = dict[str, Any]
+
+_TORCH_DTYPES: dict[str, torch.dtype] = {
+    "float32": torch.float32,
+    "float16": torch.float16,
+    "bfloat16": torch.bfloat16,
+}
+
+
+@dataclass(frozen=True)
+class InputSpec:
+    """The image a model takes: uint8 RGB ``height x width``, made by ``crop`` from any upload.
+
+    ``mean`` and ``std`` are in 0-255 units, per RGB channel: the network sees
+    ``(pixel - mean) / std``.
+    """
+
+    crop: CenterCrop
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+    layout: Literal["NHWC"] = "NHWC"
+
+    @property
+    def height(self) -> int:
+        return self.crop.height
+
+    @property
+    def width(self) -> int:
+        return self.crop.width
+
+    @property
+    def shape(self) -> tuple[int, int, int]:
+        """Shape of one image as ``forward`` accepts it (HWC)."""
+        return (self.crop.height, self.crop.width, 3)
+
+    def __post_init__(self) -> None:
+        if any(s <= 0 for s in self.std):
+            raise ValueError(f"std must be > 0 per channel, got {self.std}")
+
+
+@dataclass(frozen=True)
+class OutputSpec:
+    """One named output tensor, per image (the batch dimension is not included)."""
+
+    name: str
+    shape: tuple[int, ...]
+    dtype: str = "FP32"
+    description: str = ""
+
+
+class VisionModel(ABC):
+    """A servable image model.
+
+    Subclasses set ``name``, ``description``, ``input_spec``, ``outputs`` and ``network`` (an
+    ``nn.Module`` taking normalised float NCHW), and implement :meth:`outputs_from` and
+    :meth:`postprocess`.
+    """
+
+    name: str
+    description: str
+    input_spec: InputSpec
+    outputs: tuple[OutputSpec, ...]
+
+    def __init__(self, network: nn.Module) -> None:
+        self.network = network.eval()
+        self.device = torch.device("cpu")
+        self.dtype = torch.float32
+        self._set_normalisation()
+
+    def _set_normalisation(self) -> None:
+        spec = self.input_spec
+        shape = (1, 3, 1, 1)
+        self._mean = torch.tensor(spec.mean, dtype=self.dtype, device=self.device).view(shape)
+        self._inv_std = (
+            (1.0 / torch.tensor(spec.std, dtype=torch.float64, device=self.device))
+            .to(self.dtype)
+            .view(shape)
+        )
+
+    def prepare(self, options: ModelSettings) -> VisionModel:
+        """Ready for serving, in the contract's order: eval, BN fusion, channels_last, dtype,
+        device, optional ``torch.compile``. Returns ``self``."""
+        network = self.network.eval()
+        if options.fuse_bn:
+            network = fuse_conv_bn(network, inplace=True)
+        if options.channels_last:
+            network = network.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
+        self.dtype = _TORCH_DTYPES[options.dtype]
+        self.device = torch.device(options.device)
+        network = network.to(device=self.device, dtype=self.dtype)
+        if options.compile:
+            network = torch.compile(network, dynamic=False)  # type: ignore[assignment]
+        self.network = network
+        self._set_normalisation()
+        return self
+
+    def normalise(self, images: torch.Tensor) -> torch.Tensor:
+        """uint8 NHWC -> normalised float NCHW on the model's device.
+
+        ``permute`` of a contiguous NHWC tensor is already channels_last in memory, so no copy
+        is made to change layout; the only copy is the dtype conversion.
+        """
+        if images.dtype != torch.uint8 or images.dim() != 4 or images.shape[-1] != 3:
+            raise ValueError(
+                f"expected uint8 images of shape (N, H, W, 3), got {images.dtype} "
+                f"{tuple(images.shape)}"
+            )
+        x = images.to(self.device, non_blocking=True).permute(0, 3, 1, 2).to(self.dtype)
+        return (x - self._mean) * self._inv_std
+
+    @torch.inference_mode()
+    def forward(self, batch: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Run one batch: uint8 NHWC images, or float NCHW already normalised."""
+        x = self.normalise(batch) if batch.dtype == torch.uint8 else batch.to(self.device)
+        return self.outputs_from(self.network(x))
+
+    @abstractmethod
+    def outputs_from(self, raw: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Named output tensors (batch first) from the network's raw output."""
+
+    @abstractmethod
+    def postprocess(self, outputs: Mapping[str, torch.Tensor]) -> list[JSONDict]:
+        """One JSON-ready dict per image, from one batch of CPU outputs."""
+
+    def warmup(self, batch_sizes: Iterable[int]) -> None:
+        """Run one forward pass per batch size, so the first real request pays no set-up."""
+        for size in batch_sizes:
+            dummy = torch.zeros((size, *self.input_spec.shape), dtype=torch.uint8)
+            self.forward(dummy)
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+
+    def describe(self) -> JSONDict:
+        """Metadata for listings and the v2 model endpoint."""
+        spec = self.input_spec
+        return {
+            "name": self.name,
+            "description": self.description,
+            "input": {
+                "shape": list(spec.shape),
+                "dtype": "UINT8",
+                "layout": spec.layout,
+                "mean": list(spec.mean),
+                "std": list(spec.std),
+                "resize_short_side": spec.crop.short_side,
+                "resample": spec.crop.resample,
+            },
+            "outputs": [
+                {"name": o.name, "shape": list(o.shape), "dtype": o.dtype} for o in self.outputs
+            ],
+        }

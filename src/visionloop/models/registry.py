@@ -1,0 +1,60 @@
+"""The model registry: built-ins, installed entry points, and ``module:factory`` strings.
+
+A third-party package adds a model by declaring an entry point in the ``visionloop.models``
+group whose value is a zero-argument factory returning a :class:`VisionModel`.
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Callable
+from importlib.metadata import entry_points
+
+from visionloop.models.base import VisionModel
+from visionloop.settings import ModelSettings
+
+ENTRY_POINT_GROUP = "visionloop.models"
+BUILTINS: dict[str, str] = {"catdog": "visionloop.models.catdog:build_catdog"}
+
+ModelFactory = Callable[[], VisionModel]
+
+
+class UnknownModel(LookupError):
+    """No model is registered under this name."""
+
+
+def available() -> dict[str, str]:
+    """Registered model names -> ``module:factory``, built-ins first."""
+    found = dict(BUILTINS)
+    for ep in entry_points(group=ENTRY_POINT_GROUP):
+        found.setdefault(ep.name, ep.value)
+    return found
+
+
+def resolve(name: str) -> ModelFactory:
+    """The factory for a registry name or an explicit ``module:factory`` string."""
+    target = name if ":" in name else available().get(name)
+    if target is None:
+        known = ", ".join(sorted(available()))
+        raise UnknownModel(f"unknown model {name!r}; registered: {known}")
+    module_name, _, attribute = target.partition(":")
+    try:
+        factory = getattr(importlib.import_module(module_name), attribute)
+    except (ImportError, AttributeError) as exc:
+        raise UnknownModel(f"cannot load model factory {target!r}: {exc}") from exc
+    if not callable(factory):
+        raise UnknownModel(f"model factory {target!r} is not callable")
+    return factory  # type: ignore[no-any-return]
+
+
+def create(name: str) -> VisionModel:
+    """Build the model, unprepared (CPU, float32, unfused)."""
+    model = resolve(name)()
+    if not isinstance(model, VisionModel):
+        raise TypeError(f"factory for {name!r} returned {type(model).__name__}, not a VisionModel")
+    return model
+
+
+def load(settings: ModelSettings) -> VisionModel:
+    """Build and prepare for serving, as the settings say (fusion, layout, dtype, device)."""
+    return create(settings.model).prepare(settings)

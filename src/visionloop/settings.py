@@ -1,0 +1,67 @@
+"""Settings: one pydantic-settings model per concern, read from ``VISIONLOOP_*`` env vars.
+
+CLI flags mirror these fields; a flag given on the command line wins over the environment,
+which wins over the defaults written here. Every bound that protects the process (bytes,
+pixels) lives here so that an operator can see and change it in one place.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class ImagingSettings(BaseSettings):
+    """Limits applied to every uploaded image before it is decoded."""
+
+    model_config = SettingsConfigDict(env_prefix="VISIONLOOP_", extra="ignore")
+
+    max_bytes: int = Field(
+        default=20 * 1024 * 1024, ge=1, description="Largest accepted encoded image, in bytes."
+    )
+    max_pixels: int = Field(
+        default=50_000_000,
+        ge=1,
+        description="Largest accepted image area (width x height) read from the header, "
+        "checked before decoding: the decompression-bomb guard.",
+    )
+
+
+class CatDogSettings(BaseSettings):
+    """Decision rule of the built-in ``catdog`` model.
+
+    ``cat`` and ``dog`` are the summed ImageNet probabilities of the cat and dog classes. The
+    label is the larger of the two when it reaches its threshold, otherwise ``neither``.
+    """
+
+    model_config = SettingsConfigDict(env_prefix="VISIONLOOP_CATDOG_", extra="ignore")
+
+    cat_threshold: float = Field(default=0.5, gt=0.0, le=1.0)
+    dog_threshold: float = Field(default=0.5, gt=0.0, le=1.0)
+    top_k: int = Field(
+        default=5, ge=0, le=1000, description="Raw ImageNet top-k returned with each answer."
+    )
+
+
+class ModelSettings(BaseSettings):
+    """How a model is loaded for serving (the order is fixed by the model contract)."""
+
+    model_config = SettingsConfigDict(env_prefix="VISIONLOOP_", extra="ignore")
+
+    model: str = Field(default="catdog", description="Registry name, or module:factory.")
+    device: str = Field(default="cpu", description="torch device, e.g. cpu, cuda, cuda:1.")
+    dtype: Literal["float32", "float16", "bfloat16"] = "float32"
+    fuse_bn: bool = Field(default=True, description="Fold BatchNorm into the preceding conv.")
+    channels_last: bool = True
+    compile: bool = Field(default=False, description="torch.compile the model after loading.")
+    threads: int = Field(
+        default=0, ge=0, description="torch intra-op threads per executor; 0 keeps torch's default."
+    )
+
+    @model_validator(mode="after")
+    def _half_needs_gpu(self) -> ModelSettings:
+        if self.dtype == "float16" and self.device == "cpu":
+            raise ValueError("dtype float16 needs a GPU device, got device='cpu'")
+        return self

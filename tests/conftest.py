@@ -1,0 +1,40 @@
+"""Shared fixtures: the bundled sample images and the built-in model, loaded once."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from visionloop.models.catdog import CatDog
+from visionloop.models.efficientnet_lite import efficientnet_lite0
+
+DATA = Path(__file__).parent / "data"
+EXPECTED = {
+    "cat_chelsea.png": "cat",
+    "dog_german_shepherd.webp": "dog",
+    "neither_astronaut.png": "neither",
+    "neither_coffee.png": "neither",
+}
+
+
+@pytest.fixture(scope="session")
+def sample_bytes() -> dict[str, bytes]:
+    """The four sample photos, by file name."""
+    return {name: (DATA / name).read_bytes() for name in EXPECTED}
+
+
+@pytest.fixture(scope="session")
+def lite0():
+    """EfficientNet-Lite0 with the packaged ImageNet weights (eval mode, unfused)."""
+    return efficientnet_lite0()
+
+
+@pytest.fixture(scope="session")
+def catdog() -> CatDog:
+    """The built-in model as served: fused, channels_last."""
+    from visionloop.settings import ModelSettings
+
+    model = CatDog()
+    model.prepare(ModelSettings())
+    return model

@@ -1,0 +1,62 @@
+"""The CLI: predict prints answers (table or JSON), reports bad files, and lists models."""
+
+from __future__ import annotations
+
+import json
+
+from typer.testing import CliRunner
+
+from tests.conftest import DATA, EXPECTED
+from visionloop.cli import app
+
+runner = CliRunner()
+
+
+def test_predict_json_gives_the_expected_labels():
+    files = [str(DATA / name) for name in EXPECTED]
+    result = runner.invoke(app, ["predict", "--json", "--batch-size", "3", *files])
+    assert result.exit_code == 0, result.output
+    answers = json.loads(result.stdout)
+    assert [a["label"] for a in answers] == list(EXPECTED.values())
+    first = answers[0]
+    assert set(first) == {"file", "label", "scores", "imagenet_top_k", "timing_ms"}
+    assert set(first["scores"]) == {"cat", "dog", "neither"}
+    assert set(first["timing_ms"]) == {"decode", "model"}
+
+
+def test_predict_table_names_each_file_and_label():
+    result = runner.invoke(app, ["predict", str(DATA / "cat_chelsea.png")])
+    assert result.exit_code == 0, result.output
+    assert "cat_chelsea" in result.stdout
+    assert "cat" in result.stdout
+
+
+def test_a_bad_file_is_reported_and_the_others_still_answered(tmp_path):
+    bad = tmp_path / "notes.txt"
+    bad.write_text("not a photo")
+    result = runner.invoke(
+        app, ["predict", "--json", str(bad), str(DATA / "dog_german_shepherd.webp")]
+    )
+    assert result.exit_code == 1
+    answers = json.loads(result.stdout)
+    assert answers[0]["error_type"] == "NotAnImage"
+    assert answers[0]["error"].startswith("not an image")
+    assert answers[1]["label"] == "dog"
+
+
+def test_a_missing_file_is_reported(tmp_path):
+    result = runner.invoke(app, ["predict", "--json", str(tmp_path / "nope.jpg")])
+    assert result.exit_code == 1
+    assert json.loads(result.stdout)[0]["error_type"] == "FileNotFoundError"
+
+
+def test_unknown_model_is_a_clear_error():
+    result = runner.invoke(app, ["predict", "--model", "zebra", str(DATA / "cat_chelsea.png")])
+    assert result.exit_code == 2
+    assert "unknown model 'zebra'; registered: catdog" in result.output
+
+
+def test_models_lists_catdog():
+    result = runner.invoke(app, ["models"])
+    assert result.exit_code == 0
+    assert "catdog" in result.stdout
