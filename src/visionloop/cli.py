@@ -146,5 +146,53 @@ def list_models() -> None:
     console.print(table)
 
 
+bench_app = typer.Typer(help="Measure: the model-only ceiling (load tests arrive later).")
+app.add_typer(bench_app, name="bench")
+
+
+@bench_app.command("ceiling")
+def bench_ceiling(
+    batch_sizes: Annotated[str, typer.Option(help="Comma-separated batch sizes.")] = "1,8",
+    model: Annotated[str | None, typer.Option(help="Registry name or module:factory.")] = None,
+    device: Annotated[str | None, typer.Option(help="cpu, cuda, cuda:1 ...")] = None,
+    threads: Annotated[int | None, typer.Option(min=0, help="torch threads; 0 = default.")] = None,
+    compare_fusion: Annotated[
+        bool, typer.Option(help="Also time the unfused model, side by side.")
+    ] = True,
+    min_run_time: Annotated[float, typer.Option(help="Seconds per measurement.")] = 2.0,
+) -> None:
+    """Forward-pass latency per batch size (torch.utils.benchmark), fused vs unfused."""
+    import torch
+
+    from visionloop.bench.ceiling import time_forward
+    from visionloop.models import load
+
+    sizes = [int(s) for s in batch_sizes.split(",") if s.strip()]
+    if not sizes or min(sizes) < 1:
+        raise typer.BadParameter(f"batch sizes must be >= 1, got {batch_sizes!r}")
+    variants = [True, False] if compare_fusion else [True]
+    timings = []
+    for fuse in variants:
+        settings = _model_settings(model=model, device=device, threads=threads, fuse_bn=fuse)
+        if settings.threads:
+            torch.set_num_threads(settings.threads)
+        loaded = load(settings)
+        label = "fused" if fuse else "unfused"
+        timings += time_forward(loaded, sizes, label, min_run_time=min_run_time)
+    table = Table(title=f"forward pass, {settings.device}, {torch.get_num_threads()} threads")
+    for column in ("variant", "batch", "ms/batch (median)", "IQR ms", "ms/image", "images/s"):
+        table.add_column(column, justify="right")
+    for t in timings:
+        table.add_row(
+            t.label,
+            str(t.batch_size),
+            f"{t.median_ms:.2f}",
+            f"{t.iqr_ms:.2f}",
+            f"{t.per_image_ms:.2f}",
+            f"{t.images_per_s:.1f}",
+        )
+    console.print(table)
+
+
 def main() -> None:  # pragma: no cover - console entry
     app()

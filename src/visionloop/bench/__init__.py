@@ -1,0 +1,1 @@
+"""Benchmarks: the model-only ceiling (and, later, load generation against a server)."""
