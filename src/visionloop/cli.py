@@ -146,6 +146,55 @@ def list_models() -> None:
     console.print(table)
 
 
+@app.command()
+def serve(
+    host: Annotated[str | None, typer.Option(help="Bind address.")] = None,
+    port: Annotated[int | None, typer.Option(help="Port.")] = None,
+    model: Annotated[str | None, typer.Option(help="Registry name or module:factory.")] = None,
+    device: Annotated[str | None, typer.Option(help="cpu, cuda, cuda:1 ...")] = None,
+    max_batch_size: Annotated[int | None, typer.Option(help="Most images per pass.")] = None,
+    max_delay_ms: Annotated[float | None, typer.Option(help="Oldest request's wait.")] = None,
+    max_queue: Annotated[int | None, typer.Option(help="Queue bound; beyond: 503.")] = None,
+    timeout_ms: Annotated[float | None, typer.Option(help="Default deadline.")] = None,
+    instances: Annotated[int | None, typer.Option(help="Model executors.")] = None,
+    pad_to_buckets: Annotated[bool | None, typer.Option(help="Pad batches to 2^k.")] = None,
+    threads: Annotated[int | None, typer.Option(help="torch threads per executor.")] = None,
+    log_level: Annotated[str, typer.Option(help="debug, info, warning.")] = "info",
+) -> None:
+    """Serve the model over HTTP (v1 predict, Open Inference Protocol v2, /metrics)."""
+    import logging
+
+    import uvicorn
+
+    from visionloop.serving.api import create_app
+    from visionloop.settings import ServeSettings
+
+    flags: dict[str, Any] = {
+        "host": host, "port": port, "max_batch_size": max_batch_size,
+        "max_delay_ms": max_delay_ms, "max_queue": max_queue, "timeout_ms": timeout_ms,
+        "instances": instances, "pad_to_buckets": pad_to_buckets,
+    }  # fmt: skip
+    settings = ServeSettings(**{k: v for k, v in flags.items() if v is not None})
+    model_settings = _model_settings(model=model, device=device, threads=threads)
+    logging.basicConfig(
+        level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    log = logging.getLogger("visionloop.serve")
+    base = f"http://{settings.host}:{settings.port}"
+    log.info(
+        "loading %s on %s; max_batch_size=%d max_delay_ms=%g max_queue=%d; docs at %s/docs",
+        model_settings.model, model_settings.device, settings.max_batch_size,
+        settings.max_delay_ms, settings.max_queue, base,
+    )  # fmt: skip
+    uvicorn.run(
+        create_app(settings, model_settings),
+        host=settings.host,
+        port=settings.port,
+        log_level=log_level,
+        timeout_graceful_shutdown=int(settings.drain_timeout_s),
+    )
+
+
 bench_app = typer.Typer(help="Measure: the model-only ceiling (load tests arrive later).")
 app.add_typer(bench_app, name="bench")
 

@@ -65,3 +65,30 @@ class ModelSettings(BaseSettings):
         if self.dtype == "float16" and self.device == "cpu":
             raise ValueError("dtype float16 needs a GPU device, got device='cpu'")
         return self
+
+
+class ServeSettings(BaseSettings):
+    """The HTTP server and its batching queue."""
+
+    model_config = SettingsConfigDict(env_prefix="VISIONLOOP_", extra="ignore")
+
+    host: str = Field(default="127.0.0.1", description="Bind address (loopback by default).")
+    port: int = Field(default=8000, ge=0, le=65535)
+    max_batch_size: int = Field(default=8, ge=1, description="Most images per forward pass.")
+    max_delay_ms: float = Field(
+        default=10.0, ge=0, description="Longest the oldest queued request waits for company."
+    )
+    max_queue: int = Field(default=64, ge=1, description="Queued requests beyond this get 503.")
+    timeout_ms: float = Field(
+        default=5000.0, gt=0, description="Default per-request deadline; X-Timeout-Ms shortens."
+    )
+    instances: int = Field(default=1, ge=1, description="Model executors sharing the one queue.")
+    pad_to_buckets: bool = Field(
+        default=False, description="Pad batches to powers of two (few shapes for compiled graphs)."
+    )
+    decode_threads: int = Field(default=2, ge=1, description="Threads decoding uploads.")
+    max_files: int = Field(default=16, ge=1, description="Most files in one multipart request.")
+    drain_timeout_s: float = Field(default=30.0, ge=0, description="Graceful shutdown budget.")
+    api_token: str | None = Field(
+        default=None, description="If set, every route but health needs 'Authorization: Bearer'."
+    )

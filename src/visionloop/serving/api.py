@@ -1,0 +1,321 @@
+"""The HTTP app: v1 predict, the Open Inference Protocol v2 (:mod:`.protocol_v2`), metrics.
+
+Request path: body read with a byte limit -> decode + resize in a thread pool (4xx here, before
+the queue) -> runner queue -> batch in a model thread -> JSON. The model loads in the
+background after start-up, so ``/v2/health/live`` answers at once and ``/v2/health/ready``
+says 503 until every batch size has been warmed up.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import AsyncIterator, MutableMapping
+from contextlib import asynccontextmanager
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from starlette.datastructures import UploadFile
+from starlette.exceptions import HTTPException
+from starlette.responses import JSONResponse, Response
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from visionloop import __version__, imaging
+from visionloop.models import registry
+from visionloop.models.base import JSONDict, VisionModel
+from visionloop.serving import protocol_v2
+from visionloop.serving.batcher import BatchPolicy
+from visionloop.serving.runner import (
+    DeadlineExceeded,
+    ItemResult,
+    ModelFailed,
+    NotReady,
+    QueueFull,
+    Runner,
+    RunnerConfig,
+)
+from visionloop.serving.state import (
+    ApiError,
+    ClientGone,
+    ServerState,
+    error_response,
+    read_body,
+    timeout_from,
+)
+from visionloop.settings import ImagingSettings, ModelSettings, ServeSettings
+
+log = logging.getLogger("visionloop.serve")
+
+_IMAGE_BODY = {
+    "requestBody": {
+        "required": True,
+        "content": {
+            "image/jpeg": {"schema": {"type": "string", "format": "binary"}},
+            "image/png": {"schema": {"type": "string", "format": "binary"}},
+            "multipart/form-data": {
+                "schema": {
+                    "type": "object",
+                    "properties": {
+                        "file": {"type": "array", "items": {"type": "string", "format": "binary"}}
+                    },
+                }
+            },
+        },
+    }
+}
+
+
+def create_app(
+    settings: ServeSettings | None = None,
+    model_settings: ModelSettings | None = None,
+    imaging_settings: ImagingSettings | None = None,
+    model: VisionModel | None = None,
+) -> FastAPI:
+    """Build the ASGI app. ``model`` (already prepared) skips loading from the registry."""
+    settings = settings or ServeSettings()
+    model_settings = model_settings or ModelSettings()
+    limits_settings = imaging_settings or ImagingSettings()
+    state = ServerState(
+        settings=settings,
+        model_settings=model_settings,
+        limits=imaging.ImageLimits(limits_settings.max_bytes, limits_settings.max_pixels),
+    )
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        loading = asyncio.create_task(_load(state, model))
+        try:
+            yield
+        finally:
+            await asyncio.gather(loading, return_exceptions=True)
+            if state.runner is not None:
+                log.info("draining: %d queued", len(state.runner.batcher))
+                await state.runner.stop(settings.drain_timeout_s)
+            state.decode_pool.shutdown(wait=False, cancel_futures=True)
+
+    app = FastAPI(
+        title="visionloop",
+        version=__version__,
+        description="Image classification behind a dynamic-batching queue. "
+        "v1: raw image in, JSON out. v2: Open Inference Protocol (KServe / Triton).",
+        lifespan=lifespan,
+    )
+    app.state.visionloop = state
+    _install_error_handlers(app, state)
+    app.add_middleware(_RequestMetrics, state=state)
+
+    @app.post("/v1/models/{model}/predict", tags=["v1"], openapi_extra=_IMAGE_BODY)
+    async def predict(model: str, request: Request) -> Response:
+        """Classify one image (raw body) or several (multipart, one part per file)."""
+        _authorise(state, request)
+        runner = state.runner_for(model)
+        timeout = timeout_from(request.headers.get("x-timeout-ms"), "X-Timeout-Ms")
+        if request.headers.get("content-type", "").startswith("multipart/form-data"):
+            return await _predict_many(state, request, runner, timeout)
+        data = await read_body(request, state.limits.max_bytes)
+        started = time.perf_counter()
+        image = await state.decode(data, runner.model)
+        decode_ms = (time.perf_counter() - started) * 1e3
+        item = await state.infer(request, runner, image, timeout)
+        return JSONResponse(_v1_body(runner, item, decode_ms, started))
+
+    @app.get("/metrics", tags=["ops"])
+    async def metrics() -> Response:
+        """Prometheus metrics."""
+        return Response(state.metrics.render(), media_type="text/plain; version=0.0.4")
+
+    app.include_router(protocol_v2.router(state, _authorise))
+    return app
+
+
+async def _load(state: ServerState, model: VisionModel | None) -> None:
+    settings = state.settings
+    try:
+        if model is None:
+            model = await asyncio.to_thread(registry.load, state.model_settings)
+        config = RunnerConfig(
+            policy=BatchPolicy(settings.max_batch_size, settings.max_delay_ms, settings.max_queue),
+            instances=settings.instances,
+            pad_to_buckets=settings.pad_to_buckets,
+            timeout_ms=settings.timeout_ms,
+            threads=state.model_settings.threads,
+        )
+        runner = Runner(model, config, state.metrics)
+        started = time.perf_counter()
+        sizes = await runner.start()
+    except Exception as exc:  # reported by /v2/health/ready and every model route
+        state.load_error = f"{type(exc).__name__}: {exc}"
+        log.exception("model failed to load")
+        return
+    state.runner = runner
+    ms = state.model_settings
+    log.info(
+        "loaded %s on %s (%s, fuse_bn=%s, channels_last=%s, compile=%s), %d instance(s)",
+        model.name,
+        model.device,
+        ms.dtype,
+        ms.fuse_bn,
+        ms.channels_last,
+        ms.compile,
+        settings.instances,
+    )
+    log.info(
+        "warmed up batch sizes %s in %.1f s (padding to buckets: %s); ready",
+        ",".join(map(str, sizes)),
+        time.perf_counter() - started,
+        settings.pad_to_buckets,
+    )
+
+
+def _authorise(state: ServerState, request: Request) -> None:
+    token = state.settings.api_token
+    if token and request.headers.get("authorization") != f"Bearer {token}":
+        raise ApiError(
+            401, "missing or wrong bearer token", {"WWW-Authenticate": "Bearer"}, "Unauthorized"
+        )
+
+
+def _v1_body(runner: Runner, item: ItemResult, decode_ms: float, started: float) -> JSONDict:
+    return {
+        "model": runner.model.name,
+        **item.result,
+        "batch_size": item.batch_size,
+        "timing_ms": {
+            "decode": round(decode_ms, 3),
+            "queue": round(item.queue_ms, 3),
+            "inference": round(item.compute_ms, 3),
+            "total": round((time.perf_counter() - started) * 1e3, 3),
+        },
+    }
+
+
+async def _predict_many(
+    state: ServerState, request: Request, runner: Runner, timeout: float | None
+) -> Response:
+    limits = state.limits
+    try:
+        form = await request.form(
+            max_files=state.settings.max_files, max_part_size=limits.max_bytes
+        )
+    except HTTPException as exc:  # Starlette's multipart limits
+        raise ApiError(413 if "size" in str(exc.detail) else 400, str(exc.detail)) from None
+    files = [(name, v) for name, v in form.multi_items() if isinstance(v, UploadFile)]
+    if not files:
+        raise ApiError(400, "multipart body has no file parts")
+
+    async def one(upload: UploadFile) -> JSONDict:
+        started = time.perf_counter()
+        data = await upload.read()
+        if len(data) > limits.max_bytes:
+            raise ApiError(
+                413,
+                f"image too large: {len(data)} bytes exceeds {limits.max_bytes}",
+                error_type="ImageTooLarge",
+            )
+        image = await state.decode(data, runner.model)
+        decode_ms = (time.perf_counter() - started) * 1e3
+        item = await state.infer(request, runner, image, timeout)
+        return {"file": upload.filename, **_v1_body(runner, item, decode_ms, started)}
+
+    answers = await asyncio.gather(*(one(u) for _, u in files), return_exceptions=True)
+    predictions: list[JSONDict] = []
+    for (_, upload), answer in zip(files, answers, strict=True):
+        if isinstance(answer, ClientGone):
+            raise answer
+        if isinstance(answer, BaseException):
+            if not isinstance(answer, Exception):
+                raise answer
+            response = error_response(answer, runner)
+            item = {"file": upload.filename, "status": response.status_code}
+            predictions.append({**item, **_json(response)})
+        else:
+            predictions.append(answer)
+    return JSONResponse({"model": runner.model.name, "predictions": predictions})
+
+
+def _json(response: JSONResponse) -> JSONDict:
+    import json
+
+    body: JSONDict = json.loads(bytes(response.body))
+    return body
+
+
+def _install_error_handlers(app: FastAPI, state: ServerState) -> None:
+    async def handle(request: Request, exc: Exception) -> Response:
+        if isinstance(exc, ClientGone):
+            return Response(status_code=499)
+        return error_response(exc, state.runner)
+
+    for kind in (
+        ApiError,
+        imaging.ImageError,
+        QueueFull,
+        DeadlineExceeded,
+        NotReady,
+        ModelFailed,
+        ValueError,
+        ClientGone,
+    ):
+        app.add_exception_handler(kind, handle)
+
+    async def http_error(request: Request, exc: Exception) -> Response:
+        assert isinstance(exc, HTTPException)
+        return JSONResponse(
+            {"error": str(exc.detail), "type": "HTTPException"},
+            status_code=exc.status_code,
+            headers=exc.headers,
+        )
+
+    async def validation_error(request: Request, exc: Exception) -> Response:
+        assert isinstance(exc, RequestValidationError)
+        return JSONResponse(
+            {"error": str(exc.errors()), "type": "ValidationError"}, status_code=422
+        )
+
+    app.add_exception_handler(HTTPException, http_error)
+    app.add_exception_handler(RequestValidationError, validation_error)
+
+
+class _RequestMetrics:
+    """Pure ASGI middleware timing the inference routes and counting their statuses."""
+
+    def __init__(self, app: ASGIApp, state: ServerState) -> None:
+        self.app = app
+        self.state = state
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        labels = _inference_route(scope.get("path", "")) if scope["type"] == "http" else None
+        if labels is None:
+            await self.app(scope, receive, send)
+            return
+        status = 499  # unless a response starts, the client went away first
+        started = time.perf_counter()
+
+        async def tracking_send(message: MutableMapping[str, Any]) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, tracking_send)
+        finally:
+            model, endpoint = labels
+            if model != self.state.model_name:
+                model = "unknown"  # bound the label set: the path is the client's to choose
+            metrics = self.state.metrics
+            metrics.latency.labels(model=model, endpoint=endpoint).observe(
+                time.perf_counter() - started
+            )
+            metrics.requests.labels(model=model, endpoint=endpoint, status=str(status)).inc()
+
+
+def _inference_route(path: str) -> tuple[str, str] | None:
+    parts = path.strip("/").split("/")
+    if len(parts) == 4 and parts[:2] == ["v1", "models"] and parts[3] == "predict":
+        return parts[2], "v1_predict"
+    if len(parts) >= 4 and parts[:2] == ["v2", "models"] and parts[-1] == "infer":
+        return parts[2], "v2_infer"
+    return None

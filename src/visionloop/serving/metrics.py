@@ -1,0 +1,71 @@
+"""Prometheus metrics for one server, in a registry of its own (so tests can run several).
+
+Names follow Prometheus conventions (base units, ``_total`` counters). Refusals carry a
+``reason`` label: ``queue_full``, ``deadline``, ``bad_input``, ``not_ready``, ``cancelled``,
+``model_error``, ``shutting_down``.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
+BATCH_BUCKETS = (1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64, 128)
+LATENCY_BUCKETS = (
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.25, 0.5, 0.75,
+    1.0, 1.5, 2.5, 5.0, 10.0, 30.0,
+)  # fmt: skip
+
+
+class Metrics:
+    """The server's metrics, labelled by model."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        r = self.registry
+        self.queue_depth = Gauge(
+            "visionloop_queue_depth", "Requests waiting for a batch.", ["model"], registry=r
+        )
+        self.batch_size = Histogram(
+            "visionloop_batch_size",
+            "Images per forward pass (before bucket padding).",
+            ["model"],
+            buckets=BATCH_BUCKETS,
+            registry=r,
+        )
+        self.queue_wait = Histogram(
+            "visionloop_queue_wait_seconds",
+            "Time from enqueue to the start of its batch.",
+            ["model"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.compute = Histogram(
+            "visionloop_compute_seconds",
+            "Forward pass + postprocess time of one batch.",
+            ["model"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.latency = Histogram(
+            "visionloop_request_latency_seconds",
+            "End-to-end time of a request inside the server, body read to response.",
+            ["model", "endpoint"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.requests = Counter(
+            "visionloop_requests_total",
+            "Finished requests by HTTP status.",
+            ["model", "endpoint", "status"],
+            registry=r,
+        )
+        self.refusals = Counter(
+            "visionloop_refusals_total",
+            "Requests refused or failed, by reason.",
+            ["model", "reason"],
+            registry=r,
+        )
+
+    def render(self) -> bytes:
+        """The Prometheus text exposition of every metric."""
+        return generate_latest(self.registry)

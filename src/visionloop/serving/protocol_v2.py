@@ -1,0 +1,375 @@
+"""Open Inference Protocol v2 (KServe / Triton), so ``tritonclient`` and ``perf_analyzer`` work.
+
+Inputs (exactly one tensor per request, dispatched on its datatype; the name is free):
+
+- ``BYTES`` shape ``[N]`` or ``[N, 1]``: encoded images (JPEG, PNG, ...). In JSON, each element
+  is a base64 string; with the binary extension, each is a 4-byte little-endian length + bytes.
+- ``UINT8`` shape ``[N, H, W, 3]``: ready RGB pixels of the model's size.
+- ``FP32`` the same shape, pixel values 0-255 (rounded to uint8; anything else is refused).
+
+Outputs: the model's tensors (``scores``, ``probabilities`` for catdog) plus ``label`` (BYTES)
+when the model answers with one. JSON by default; binary when the output asks for
+``parameters.binary_data`` or the request sets ``parameters.binary_data_output``.
+Deadline: ``parameters.timeout`` in microseconds, as Triton and tritonclient define it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import json
+import math
+import struct
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+from fastapi import APIRouter, Request
+from pydantic import BaseModel, Field, ValidationError
+from starlette.responses import JSONResponse, Response
+
+from visionloop import __version__
+from visionloop.models.base import VisionModel
+from visionloop.serving.runner import ItemResult, Runner
+from visionloop.serving.state import ApiError, ServerState, read_body, timeout_from
+
+HEADER_LENGTH = "inference-header-content-length"
+_NUMPY_TO_V2 = {
+    "float32": "FP32", "float16": "FP16", "float64": "FP64", "uint8": "UINT8",
+    "int8": "INT8", "int32": "INT32", "int64": "INT64", "bool": "BOOL",
+}  # fmt: skip
+
+
+class TensorIn(BaseModel):
+    name: str
+    shape: list[int]
+    datatype: str
+    parameters: dict[str, Any] = Field(default_factory=dict)
+    data: list[Any] | None = None
+
+
+class OutputRequest(BaseModel):
+    name: str
+    parameters: dict[str, Any] = Field(default_factory=dict)
+
+
+class InferRequest(BaseModel):
+    id: str | None = None
+    parameters: dict[str, Any] = Field(default_factory=dict)
+    inputs: list[TensorIn] = Field(min_length=1)
+    outputs: list[OutputRequest] | None = None
+
+
+def router(state: ServerState, authorise: Callable[[ServerState, Request], None]) -> APIRouter:
+    """The v2 routes, bound to one server's state."""
+    api = APIRouter(prefix="/v2", tags=["v2"])
+
+    @api.get("")
+    async def server_metadata() -> dict[str, Any]:
+        return {
+            "name": "visionloop",
+            "version": __version__,
+            "extensions": ["binary_tensor_data", "statistics", "model_configuration"],
+        }
+
+    @api.get("/health/live")
+    async def live() -> dict[str, bool]:
+        return {"live": True}
+
+    @api.get("/health/ready")
+    async def ready() -> Response:
+        ok = state.runner is not None and state.runner.ready
+        body: dict[str, Any] = {"ready": ok}
+        if state.load_error:
+            body["error"] = state.load_error
+        return JSONResponse(body, status_code=200 if ok else 503)
+
+    @api.get("/models/{model}/ready")
+    @api.get("/models/{model}/versions/{version}/ready")
+    async def model_ready(model: str, version: str | None = None) -> dict[str, Any]:
+        state.runner_for(model)
+        return {"name": model, "ready": True}
+
+    @api.get("/models/{model}")
+    @api.get("/models/{model}/versions/{version}")
+    async def model_metadata(
+        model: str, request: Request, version: str | None = None
+    ) -> dict[str, Any]:
+        authorise(state, request)
+        return metadata(state.model(model))
+
+    @api.get("/models/{model}/config")
+    async def model_config(model: str, request: Request) -> dict[str, Any]:
+        authorise(state, request)
+        return config(state, state.runner_for(model))
+
+    @api.get("/models/{model}/stats")
+    @api.get("/models/{model}/versions/{version}/stats")
+    async def model_stats(
+        model: str, request: Request, version: str | None = None
+    ) -> dict[str, Any]:
+        authorise(state, request)
+        return stats(state.runner_for(model))
+
+    @api.post("/models/{model}/infer")
+    @api.post("/models/{model}/versions/{version}/infer")
+    async def infer(model: str, request: Request, version: str | None = None) -> Response:
+        authorise(state, request)
+        runner = state.runner_for(model)
+        return await _infer(state, runner, request)
+
+    return api
+
+
+def metadata(model: VisionModel) -> dict[str, Any]:
+    spec = model.input_spec
+    outputs = [
+        {"name": o.name, "datatype": o.dtype, "shape": [-1, *o.shape]} for o in model.outputs
+    ] + [{"name": "label", "datatype": "BYTES", "shape": [-1]}]
+    return {
+        "name": model.name,
+        "versions": ["1"],
+        "platform": "pytorch",
+        "inputs": [
+            {"name": "image_bytes", "datatype": "BYTES", "shape": [-1]},
+            {"name": "image", "datatype": "UINT8", "shape": [-1, *spec.shape]},
+        ],
+        "outputs": outputs,
+    }
+
+
+def config(state: ServerState, runner: Runner) -> dict[str, Any]:
+    s, model = state.settings, runner.model
+    return {
+        "name": model.name,
+        "platform": "pytorch",
+        "backend": "visionloop",
+        "max_batch_size": s.max_batch_size,
+        "input": [
+            {"name": "image_bytes", "data_type": "TYPE_STRING", "dims": [1]},
+            {"name": "image", "data_type": "TYPE_UINT8", "dims": list(model.input_spec.shape)},
+        ],
+        "output": [
+            {"name": o.name, "data_type": f"TYPE_{o.dtype}", "dims": list(o.shape)}
+            for o in model.outputs
+        ],
+        "dynamic_batching": {
+            "max_queue_delay_microseconds": int(s.max_delay_ms * 1000),
+            "preferred_batch_size": list(runner.config.buckets) if s.pad_to_buckets else [],
+            "default_queue_policy": {
+                "max_queue_size": s.max_queue,
+                "default_timeout_microseconds": int(s.timeout_ms * 1000),
+            },
+        },
+        "instance_group": [
+            {
+                "count": s.instances,
+                "kind": "KIND_GPU" if model.device.type == "cuda" else "KIND_CPU",
+            }
+        ],
+    }
+
+
+def stats(runner: Runner) -> dict[str, Any]:
+    s = runner.stats
+    return {
+        "model_stats": [
+            {
+                "name": runner.model.name,
+                "version": "1",
+                "last_inference": s.last_inference_ms,
+                "inference_count": s.inference_count,
+                "execution_count": s.execution_count,
+                "inference_stats": {
+                    "success": {"count": s.success_count, "ns": s.success_ns},
+                    "fail": {"count": s.fail_count, "ns": s.fail_ns},
+                    "queue": {"count": s.success_count, "ns": s.queue_ns},
+                    "compute_infer": {"count": s.success_count, "ns": s.compute_ns},
+                },
+                "batch_stats": [
+                    {"batch_size": size, "compute_infer": {"count": c, "ns": ns}}
+                    for size, (c, ns) in sorted(s.batch_compute.items())
+                ],
+            }
+        ]
+    }
+
+
+async def _infer(state: ServerState, runner: Runner, request: Request) -> Response:
+    body = await read_body(request, state.limits.max_bytes * state.settings.max_files)
+    parsed, binary = _split(body, request.headers.get(HEADER_LENGTH))
+    tensor = _single_input(parsed)
+    timeout_us = timeout_from(parsed.parameters.get("timeout"), "parameters.timeout")
+    timeout_ms = timeout_us / 1000 if timeout_us is not None else None
+    header_ms = timeout_from(request.headers.get("x-timeout-ms"), "X-Timeout-Ms")
+    if header_ms is not None:
+        timeout_ms = header_ms if timeout_ms is None else min(timeout_ms, header_ms)
+    model = runner.model
+    if tensor.datatype == "BYTES":
+        encoded = _bytes_elements(tensor, binary)
+        if len(encoded) > state.settings.max_files:
+            raise ApiError(413, f"too many images: {len(encoded)} > {state.settings.max_files}")
+        images = list(await asyncio.gather(*(state.decode(e, model) for e in encoded)))
+    else:
+        images = _pixel_tensor(tensor, binary, model)
+    items = await asyncio.gather(
+        *(state.infer(request, runner, image, timeout_ms) for image in images)
+    )
+    return _response(parsed, model, list(items))
+
+
+def _split(body: bytes, header_length: str | None) -> tuple[InferRequest, bytes]:
+    if header_length is None:
+        header, binary = body, b""
+    else:
+        if not header_length.isdigit() or int(header_length) > len(body):
+            raise ApiError(
+                400,
+                f"Inference-Header-Content-Length {header_length!r} is not a "
+                f"length within the {len(body)}-byte body",
+            )
+        header, binary = body[: int(header_length)], body[int(header_length) :]
+    try:
+        return InferRequest.model_validate(json.loads(header)), binary
+    except json.JSONDecodeError as exc:
+        raise ApiError(400, f"request header is not valid JSON: {exc}") from None
+    except ValidationError as exc:
+        raise ApiError(400, f"invalid inference request: {exc.errors(include_url=False)}") from None
+
+
+def _single_input(parsed: InferRequest) -> TensorIn:
+    if len(parsed.inputs) != 1:
+        raise ApiError(400, f"expected exactly one input tensor, got {len(parsed.inputs)}")
+    tensor = parsed.inputs[0]
+    if tensor.datatype not in ("BYTES", "UINT8", "FP32"):
+        raise ApiError(400, f"input datatype must be BYTES, UINT8 or FP32, got {tensor.datatype!r}")
+    if any(d < 0 for d in tensor.shape):
+        raise ApiError(400, f"input shape must be non-negative, got {tensor.shape}")
+    return tensor
+
+
+def _raw_input(tensor: TensorIn, binary: bytes) -> bytes | None:
+    """This input's binary bytes, or None if it carries JSON ``data``."""
+    size = tensor.parameters.get("binary_data_size")
+    if size is None:
+        if tensor.data is None:
+            raise ApiError(400, f"input {tensor.name!r} has neither data nor binary_data_size")
+        return None
+    if not isinstance(size, int) or size < 0 or size != len(binary):
+        raise ApiError(
+            400,
+            f"input {tensor.name!r}: binary_data_size {size!r} does not match "
+            f"the {len(binary)} bytes after the JSON header",
+        )
+    return binary
+
+
+def _bytes_elements(tensor: TensorIn, binary: bytes) -> list[bytes]:
+    count = math.prod(tensor.shape)
+    if len(tensor.shape) not in (1, 2) or (len(tensor.shape) == 2 and tensor.shape[1] != 1):
+        raise ApiError(400, f"BYTES input shape must be [N] or [N, 1], got {tensor.shape}")
+    raw = _raw_input(tensor, binary)
+    if raw is None:
+        try:
+            elements = [base64.b64decode(str(e), validate=True) for e in _flatten(tensor.data)]
+        except (binascii.Error, ValueError):
+            raise ApiError(400, "BYTES data in JSON must be base64 strings") from None
+    else:
+        elements, offset = [], 0
+        while offset < len(raw):
+            if offset + 4 > len(raw):
+                raise ApiError(400, "BYTES binary data ends inside a 4-byte length prefix")
+            (length,) = struct.unpack_from("<I", raw, offset)
+            elements.append(raw[offset + 4 : offset + 4 + length])
+            offset += 4 + length
+            if offset > len(raw):
+                raise ApiError(400, "BYTES binary data is shorter than its length prefixes say")
+    if len(elements) != count:
+        raise ApiError(
+            400, f"BYTES input has {len(elements)} elements, shape {tensor.shape} says {count}"
+        )
+    if count == 0:
+        raise ApiError(400, "BYTES input has no images")
+    return elements
+
+
+def _pixel_tensor(
+    tensor: TensorIn, binary: bytes, model: VisionModel
+) -> list[npt.NDArray[np.uint8]]:
+    expected = model.input_spec.shape
+    if len(tensor.shape) != 4 or tuple(tensor.shape[1:]) != expected or tensor.shape[0] < 1:
+        raise ApiError(
+            400,
+            f"{tensor.datatype} input shape must be [N, {', '.join(map(str, expected))}], "
+            f"got {tensor.shape}",
+        )
+    dtype = np.dtype("<f4") if tensor.datatype == "FP32" else np.dtype(np.uint8)
+    raw = _raw_input(tensor, binary)
+    try:
+        if raw is None:
+            array = np.asarray(_flatten(tensor.data), dtype=np.float64)
+        else:
+            array = np.frombuffer(raw, dtype=dtype)
+        array = array.reshape(tensor.shape)
+    except (ValueError, TypeError) as exc:
+        raise ApiError(400, f"input data does not fit shape {tensor.shape}: {exc}") from None
+    if not np.all(np.isfinite(array)) or array.min() < 0 or array.max() > 255:
+        raise ApiError(400, "pixel values must be finite and within 0-255")
+    pixels = np.rint(array).astype(np.uint8) if array.dtype != np.uint8 else array
+    return [np.ascontiguousarray(p) for p in pixels]
+
+
+def _flatten(data: Any) -> list[Any]:
+    if isinstance(data, list):
+        return [x for item in data for x in _flatten(item)]
+    return [data]
+
+
+def _response(parsed: InferRequest, model: VisionModel, items: list[ItemResult]) -> Response:
+    available: dict[str, npt.NDArray[Any]] = {
+        name: np.stack([item.outputs[name] for item in items]) for name in items[0].outputs
+    }
+    if all("label" in item.result for item in items):
+        available["label"] = np.array([item.result["label"] for item in items], dtype=object)
+    binary_default = bool(parsed.parameters.get("binary_data_output", False))
+    requested = parsed.outputs or [OutputRequest(name=n) for n in available]
+    outputs, blobs = [], []
+    for out in requested:
+        if out.name not in available:
+            raise ApiError(400, f"unknown output {out.name!r}; available: {', '.join(available)}")
+        array = available[out.name]
+        entry: dict[str, Any] = {
+            "name": out.name,
+            "shape": list(array.shape),
+            "datatype": "BYTES" if array.dtype == object else _NUMPY_TO_V2[str(array.dtype)],
+        }
+        if out.parameters.get("binary_data", binary_default):
+            blob = _serialise_binary(array)
+            entry["parameters"] = {"binary_data_size": len(blob)}
+            blobs.append(blob)
+        else:
+            entry["data"] = (
+                [str(x) for x in array.ravel()] if array.dtype == object else array.ravel().tolist()
+            )
+        outputs.append(entry)
+    body: dict[str, Any] = {"model_name": model.name, "model_version": "1", "outputs": outputs}
+    if parsed.id is not None:
+        body["id"] = parsed.id
+    header = json.dumps(body).encode()
+    if not blobs:
+        return Response(header, media_type="application/json")
+    return Response(
+        header + b"".join(blobs),
+        media_type="application/octet-stream",
+        headers={"Inference-Header-Content-Length": str(len(header))},
+    )
+
+
+def _serialise_binary(array: npt.NDArray[Any]) -> bytes:
+    if array.dtype == object:
+        return b"".join(
+            struct.pack("<I", len(b)) + b for b in (str(x).encode() for x in array.ravel())
+        )
+    return array.astype(array.dtype.newbyteorder("<"), copy=False).tobytes()

@@ -1,0 +1,398 @@
+"""Model execution: one central queue, N executors, each running batches in its own thread.
+
+The event loop never runs torch. Each executor is a coroutine that asks the pure
+:class:`~visionloop.serving.batcher.Batcher` what to do, hands a due batch to its own
+single-thread pool (torch releases the GIL, so the loop keeps accepting and decoding) and
+settles every request's future. All executors poll the *same* batcher: one queue, never one
+queue per executor, so a free executor always takes the oldest work. No locks are needed
+around the batcher: every access happens on the one event loop.
+
+Every request ends exactly once: results, model errors, expiry, cancellation and shutdown all
+settle the future, and a ``finally`` catches anything that slipped through.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import math
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+import torch
+
+from visionloop.models.base import JSONDict, VisionModel
+from visionloop.serving.batcher import Batcher, BatchPolicy, Job, QueueFull
+from visionloop.serving.metrics import Metrics
+
+__all__ = [
+    "DeadlineExceeded",
+    "ItemResult",
+    "ModelFailed",
+    "NotReady",
+    "QueueFull",
+    "Runner",
+    "RunnerConfig",
+]
+
+Image = npt.NDArray[np.uint8]
+
+
+class NotReady(Exception):
+    """The model is still loading or warming up, or the server is shutting down."""
+
+
+class DeadlineExceeded(Exception):
+    """The request's deadline passed while it was queued; it never reached the model."""
+
+
+class ModelFailed(Exception):
+    """The forward pass of this request's batch raised. Carries the error as data."""
+
+    def __init__(self, error_type: str, message: str) -> None:
+        super().__init__(f"{error_type}: {message}")
+        self.error_type = error_type
+        self.message = message
+
+
+@dataclass(frozen=True)
+class RunnerConfig:
+    """Batching and execution settings (validated by :class:`BatchPolicy` and here)."""
+
+    policy: BatchPolicy = field(default_factory=BatchPolicy)
+    instances: int = 1
+    pad_to_buckets: bool = False
+    timeout_ms: float = 5000.0
+    threads: int = 0
+
+    def __post_init__(self) -> None:
+        if self.instances < 1:
+            raise ValueError(f"instances must be >= 1, got {self.instances}")
+        if self.timeout_ms <= 0:
+            raise ValueError(f"timeout_ms must be > 0, got {self.timeout_ms}")
+
+    @property
+    def buckets(self) -> tuple[int, ...]:
+        """Powers of two up to, and always including, ``max_batch_size``."""
+        top = self.policy.max_batch_size
+        sizes = {2**i for i in range(int(math.log2(top)) + 1)} | {top}
+        return tuple(sorted(sizes))
+
+
+@dataclass(frozen=True)
+class ItemResult:
+    """One image's answer: raw per-image tensors, the model's JSON, and where time went."""
+
+    outputs: dict[str, npt.NDArray[Any]]
+    result: JSONDict
+    queue_ms: float
+    compute_ms: float
+    batch_size: int
+
+
+@dataclass(frozen=True)
+class _Request:
+    image: Image
+    future: asyncio.Future[ItemResult]
+
+
+@dataclass
+class ModelStats:
+    """Counters for the v2 statistics endpoint (Triton's names)."""
+
+    inference_count: int = 0
+    execution_count: int = 0
+    success_count: int = 0
+    success_ns: int = 0
+    fail_count: int = 0
+    fail_ns: int = 0
+    queue_ns: int = 0
+    compute_ns: int = 0
+    last_inference_ms: int = 0
+    batch_compute: dict[int, list[int]] = field(default_factory=dict)  # size -> [count, ns]
+
+
+class _Executor:
+    """One model instance's thread, with a reusable (pinned, on CUDA) staging buffer."""
+
+    def __init__(self, index: int, model: VisionModel, max_batch: int, threads: int) -> None:
+        self.index = index
+        self.model = model
+        self.pool = ThreadPoolExecutor(
+            max_workers=1,
+            thread_name_prefix=f"visionloop-model-{index}",
+            initializer=_set_threads,
+            initargs=(threads,),
+        )
+        pin = model.device.type == "cuda"
+        self.staging = torch.zeros(
+            (max_batch, *model.input_spec.shape), dtype=torch.uint8, pin_memory=pin
+        )
+
+    def compute(
+        self, images: list[Image], padded_size: int
+    ) -> list[tuple[dict[str, Any], JSONDict]]:
+        """Runs in this executor's thread: stage, forward, read back, postprocess."""
+        count = len(images)
+        staged = self.staging[:padded_size]
+        np.stack(images, out=staged.numpy()[:count])
+        if padded_size > count:
+            staged[count:].zero_()
+        outputs = self.model.forward(staged)
+        # Reading results back is the one synchronisation point on CUDA.
+        host = {name: tensor[:count].cpu() for name, tensor in outputs.items()}
+        results = self.model.postprocess(host)
+        if len(results) != count:
+            raise RuntimeError(f"postprocess returned {len(results)} results for {count} images")
+        arrays = {name: tensor.numpy() for name, tensor in host.items()}
+        return [({n: a[i] for n, a in arrays.items()}, results[i]) for i in range(count)]
+
+
+def _set_threads(threads: int) -> None:
+    # OpenMP settings are per thread: without this, a pool thread runs torch with its own default.
+    torch.set_num_threads(threads)
+
+
+class Runner:
+    """Queue + batcher + executors for one model."""
+
+    def __init__(
+        self,
+        model: VisionModel,
+        config: RunnerConfig,
+        metrics: Metrics | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.model = model
+        self.config = config
+        self.metrics = metrics or Metrics()
+        self.clock = clock
+        self.batcher: Batcher[_Request] = Batcher(config.policy, clock)
+        self.stats = ModelStats()
+        self.ready = False
+        self._accepting = False
+        self._ids = itertools.count()
+        self._wakeup = asyncio.Event()
+        self._executors: list[_Executor] = []
+        self._tasks: list[asyncio.Task[None]] = []
+        self._in_flight = 0
+        self._labels = {"model": model.name}
+        self._mean_batch_s = 0.05
+
+    # -- lifecycle -----------------------------------------------------------------------
+
+    async def start(self) -> tuple[int, ...]:
+        """Create executors, warm up every batch size that can occur, start serving.
+
+        Returns:
+            The batch sizes that were warmed up.
+        """
+        threads = self.config.threads or torch.get_num_threads()
+        max_batch = self.config.policy.max_batch_size
+        self._executors = [
+            _Executor(i, self.model, max_batch, threads) for i in range(self.config.instances)
+        ]
+        sizes = (
+            self.config.buckets if self.config.pad_to_buckets else tuple(range(1, max_batch + 1))
+        )
+        loop = asyncio.get_running_loop()
+        for executor in self._executors:
+            started = time.perf_counter()
+            await loop.run_in_executor(executor.pool, self.model.warmup, sizes)
+            self._mean_batch_s = (time.perf_counter() - started) / len(sizes)
+        self._tasks = [asyncio.create_task(self._serve(e)) for e in self._executors]
+        self.ready = self._accepting = True
+        return sizes
+
+    async def stop(self, drain_timeout_s: float = 30.0) -> None:
+        """Refuse new work, let queued and running batches finish (up to the timeout), then
+        answer whatever is left with :class:`NotReady` and stop the threads."""
+        self._accepting = False
+        deadline = time.monotonic() + drain_timeout_s
+        while (len(self.batcher) or self._in_flight) and time.monotonic() < deadline:
+            self._wakeup.set()
+            await asyncio.sleep(0.01)
+        self.ready = False
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        for job in self.batcher.drain():
+            self._refuse("shutting_down")
+            _settle(job.payload.future, exc=NotReady("server is shutting down"))
+        for executor in self._executors:
+            executor.pool.shutdown(wait=True)
+
+    # -- requests ------------------------------------------------------------------------
+
+    def retry_after_s(self) -> int:
+        """A client's fair wait before retrying: time to drain the current queue, >= 1 s."""
+        batches = math.ceil(len(self.batcher) / self.config.policy.max_batch_size)
+        per_executor = batches * self._mean_batch_s / max(1, len(self._executors))
+        return max(1, math.ceil(per_executor))
+
+    async def infer(self, image: Image, timeout_ms: float | None = None) -> ItemResult:
+        """Queue one uint8 HWC image and wait for its answer.
+
+        Raises:
+            NotReady: still warming up, or shutting down.
+            ValueError: the image is not the model's input shape.
+            QueueFull: ``max_queue`` requests already wait.
+            DeadlineExceeded: the deadline passed before a batch took it.
+            ModelFailed: its batch's forward pass raised.
+        """
+        if not self._accepting:
+            self._refuse("not_ready" if not self.ready else "shutting_down")
+            raise NotReady("model is not ready" if not self.ready else "server is shutting down")
+        expected = self.model.input_spec.shape
+        if image.dtype != np.uint8 or image.shape != expected:
+            raise ValueError(
+                f"expected a uint8 image of shape {expected}, got {image.dtype} {image.shape}"
+            )
+        timeout = (
+            self.config.timeout_ms
+            if timeout_ms is None
+            else min(timeout_ms, self.config.timeout_ms)
+        )
+        now = self.clock()
+        future: asyncio.Future[ItemResult] = asyncio.get_running_loop().create_future()
+        job = Job(
+            id=next(self._ids),
+            enqueued_at=now,
+            deadline=now + timeout / 1e3,
+            payload=_Request(image, future),
+        )
+        try:
+            self.batcher.submit(job)
+        except QueueFull:
+            self._refuse("queue_full")
+            raise
+        self._queue_changed()
+        try:
+            return await future
+        except asyncio.CancelledError:
+            if self.batcher.cancel(job.id):
+                self._refuse("cancelled")
+                self._queue_changed()
+            raise
+
+    # -- executors -----------------------------------------------------------------------
+
+    async def _serve(self, executor: _Executor) -> None:
+        while True:
+            self._wakeup.clear()
+            decision = self.batcher.poll()
+            for job in decision.expired:
+                waited_ms = (self.clock() - job.enqueued_at) * 1e3
+                self._refuse("deadline")
+                _settle(
+                    job.payload.future,
+                    exc=DeadlineExceeded(f"deadline passed after {waited_ms:.0f} ms in the queue"),
+                )
+            if decision.batch or decision.expired:
+                self._queue_changed()
+            if decision.batch:
+                await self._run(executor, decision.batch)
+                continue
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wakeup.wait(), timeout=decision.wait)
+
+    async def _run(self, executor: _Executor, batch: list[Job[_Request]]) -> None:
+        live = [job for job in batch if not job.payload.future.done()]
+        if not live:
+            return
+        started = self.clock()
+        size = len(live)
+        padded = (
+            next(b for b in self.config.buckets if b >= size)
+            if self.config.pad_to_buckets
+            else size
+        )
+        self._in_flight += size
+        loop = asyncio.get_running_loop()
+        try:
+            answers = await loop.run_in_executor(
+                executor.pool, executor.compute, [job.payload.image for job in live], padded
+            )
+            compute_s = self.clock() - started
+            for job, (outputs, result) in zip(live, answers, strict=True):
+                _settle(
+                    job.payload.future,
+                    value=ItemResult(
+                        outputs, result, (started - job.enqueued_at) * 1e3, compute_s * 1e3, size
+                    ),
+                )
+            self._record(live, started, compute_s, failed=False)
+        except asyncio.CancelledError:  # stop() ran out of drain time mid-batch
+            for job in live:
+                _settle(job.payload.future, exc=NotReady("server is shutting down"))
+            raise
+        except Exception as exc:  # a model error fails only this batch
+            self._refuse("model_error", len(live))
+            self._record(live, started, self.clock() - started, failed=True)
+            error = ModelFailed(type(exc).__name__, str(exc))
+            for job in live:
+                _settle(job.payload.future, exc=error)
+        finally:
+            self._in_flight -= size
+            for job in live:
+                _settle(
+                    job.payload.future,
+                    exc=ModelFailed("InternalError", "batch ended without a result"),
+                )
+
+    # -- bookkeeping ---------------------------------------------------------------------
+
+    def _queue_changed(self) -> None:
+        self.metrics.queue_depth.labels(**self._labels).set(len(self.batcher))
+        self._wakeup.set()
+
+    def _refuse(self, reason: str, count: int = 1) -> None:
+        self.metrics.refusals.labels(reason=reason, **self._labels).inc(count)
+
+    def _record(
+        self, jobs: list[Job[_Request]], started: float, compute_s: float, failed: bool
+    ) -> None:
+        size = len(jobs)
+        queue_s = [started - job.enqueued_at for job in jobs]
+        self.metrics.batch_size.labels(**self._labels).observe(size)
+        self.metrics.compute.labels(**self._labels).observe(compute_s)
+        for wait in queue_s:
+            self.metrics.queue_wait.labels(**self._labels).observe(wait)
+        self._mean_batch_s = 0.9 * self._mean_batch_s + 0.1 * compute_s
+        s = self.stats
+        compute_ns = int(compute_s * 1e9)
+        s.execution_count += 1
+        s.last_inference_ms = int(time.time() * 1e3)
+        if failed:
+            s.fail_count += size
+            s.fail_ns += compute_ns * size
+            return
+        s.inference_count += size
+        s.success_count += size
+        s.success_ns += sum(int((q + compute_s) * 1e9) for q in queue_s)
+        s.queue_ns += sum(int(q * 1e9) for q in queue_s)
+        s.compute_ns += compute_ns * size
+        count_ns = s.batch_compute.setdefault(size, [0, 0])
+        count_ns[0] += 1
+        count_ns[1] += compute_ns
+
+
+def _settle(
+    future: asyncio.Future[ItemResult],
+    *,
+    value: ItemResult | None = None,
+    exc: BaseException | None = None,
+) -> None:
+    """Settle a future unless it already is (first answer wins; a request ends once)."""
+    if future.done():
+        return
+    if exc is not None:
+        future.set_exception(exc)
+    elif value is not None:
+        future.set_result(value)

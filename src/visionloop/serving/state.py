@@ -1,0 +1,204 @@
+"""What the HTTP routes share: the loaded model's runner, the decode pool, and the mapping
+from every failure to the status and JSON error a user expects.
+
+Errors cross the HTTP boundary as data: ``{"error": message, "type": name}`` with a status,
+never as a traceback.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+from starlette.requests import Request
+from starlette.responses import JSONResponse
+
+from visionloop import imaging
+from visionloop.models.base import VisionModel
+from visionloop.serving.metrics import Metrics
+from visionloop.serving.runner import (
+    DeadlineExceeded,
+    ItemResult,
+    ModelFailed,
+    NotReady,
+    QueueFull,
+    Runner,
+)
+from visionloop.settings import ModelSettings, ServeSettings
+
+log = logging.getLogger("visionloop.serve")
+
+
+class ApiError(Exception):
+    """A failure with its HTTP status, raised by routes and mapped by :func:`error_response`."""
+
+    def __init__(
+        self,
+        status: int,
+        message: str,
+        headers: dict[str, str] | None = None,
+        error_type: str = "BadRequest",
+    ) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+        self.headers = headers or {}
+        self.error_type = error_type
+
+
+class ClientGone(Exception):
+    """The client disconnected while its request was queued; nobody is left to answer."""
+
+
+_IMAGE_STATUS: dict[type[imaging.ImageError], int] = {
+    imaging.ImageTooLarge: 413,
+    imaging.NotAnImage: 415,
+    imaging.UnsupportedFormat: 415,
+    imaging.CorruptImage: 422,
+    imaging.TruncatedImage: 422,
+}
+
+
+@dataclass
+class ServerState:
+    """Everything a route needs; one per app."""
+
+    settings: ServeSettings
+    model_settings: ModelSettings
+    limits: imaging.ImageLimits
+    metrics: Metrics = field(default_factory=Metrics)
+    runner: Runner | None = None
+    load_error: str | None = None
+    started_at: float = field(default_factory=time.monotonic)
+    decode_pool: ThreadPoolExecutor = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.decode_pool = ThreadPoolExecutor(
+            max_workers=self.settings.decode_threads, thread_name_prefix="visionloop-decode"
+        )
+
+    @property
+    def model_name(self) -> str:
+        return self.runner.model.name if self.runner else self.model_settings.model
+
+    def runner_for(self, name: str) -> Runner:
+        """The runner serving ``name``: 404 if we serve no such model, 503 if not ready."""
+        if name != self.model_name:
+            raise ApiError(
+                404,
+                f"unknown model {name!r}; this server serves {self.model_name!r}",
+                error_type="UnknownModel",
+            )
+        if self.runner is None or not self.runner.ready:
+            reason = f"failed to load: {self.load_error}" if self.load_error else "loading"
+            raise ApiError(
+                503, f"model {name!r} is not ready ({reason})", {"Retry-After": "1"}, "NotReady"
+            )
+        return self.runner
+
+    def model(self, name: str) -> VisionModel:
+        return self.runner_for(name).model
+
+    async def decode(self, data: bytes, model: VisionModel) -> npt.NDArray[np.uint8]:
+        """Decode and resize off the event loop; imaging errors become 4xx before queueing."""
+        loop = asyncio.get_running_loop()
+        try:
+            return await loop.run_in_executor(
+                self.decode_pool, imaging.prepare, data, model.input_spec.crop, self.limits
+            )
+        except imaging.ImageError as exc:
+            self.metrics.refusals.labels(model=model.name, reason="bad_input").inc()
+            status = _IMAGE_STATUS.get(type(exc), 400)
+            raise ApiError(status, str(exc), error_type=type(exc).__name__) from None
+
+    async def infer(
+        self,
+        request: Request,
+        runner: Runner,
+        image: npt.NDArray[np.uint8],
+        timeout_ms: float | None,
+    ) -> ItemResult:
+        """Queue one image; give up (and free its queue slot) if the client disconnects."""
+        work = asyncio.ensure_future(runner.infer(image, timeout_ms))
+        gone = asyncio.ensure_future(_disconnected(request))
+        try:
+            done, _ = await asyncio.wait({work, gone}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            gone.cancel()
+        if work in done:
+            return work.result()
+        work.cancel()
+        await asyncio.gather(work, return_exceptions=True)
+        raise ClientGone()
+
+
+async def _disconnected(request: Request) -> None:
+    # The body has been read in full, so the next ASGI message is the disconnect.
+    while (await request.receive())["type"] != "http.disconnect":
+        pass
+
+
+async def read_body(request: Request, limit: int) -> bytes:
+    """The whole body, refused with 413 as soon as it passes ``limit`` bytes."""
+    declared = request.headers.get("content-length")
+    if declared and declared.isdigit() and int(declared) > limit:
+        raise ApiError(
+            413,
+            f"body too large: {declared} bytes exceeds the limit of {limit} bytes",
+            error_type="ImageTooLarge",
+        )
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise ApiError(
+                413, f"body too large: more than {limit} bytes", error_type="ImageTooLarge"
+            )
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def timeout_from(value: Any, source: str) -> float | None:
+    """Parse a client's requested deadline in ms (it may only shorten the server's)."""
+    if value is None or value == "":
+        return None
+    try:
+        timeout = float(value)
+    except (TypeError, ValueError):
+        raise ApiError(400, f"{source} must be a number of milliseconds, got {value!r}") from None
+    if not timeout > 0:
+        raise ApiError(400, f"{source} must be > 0, got {value!r}")
+    return timeout
+
+
+def error_response(exc: Exception, runner: Runner | None = None) -> JSONResponse:
+    """The status and JSON body for any failure a route can meet."""
+    status, headers = 500, {}
+    message, error_type = str(exc), type(exc).__name__
+    if isinstance(exc, ApiError):
+        status, headers, error_type = exc.status, exc.headers, exc.error_type
+    elif isinstance(exc, imaging.ImageError):
+        status = _IMAGE_STATUS.get(type(exc), 400)
+    elif isinstance(exc, QueueFull):
+        status = 503
+        headers = {"Retry-After": str(runner.retry_after_s() if runner else 1)}
+        message = f"overloaded: {exc}; retry later"
+    elif isinstance(exc, DeadlineExceeded):
+        status = 504
+    elif isinstance(exc, NotReady):
+        status, headers = 503, {"Retry-After": "1"}
+    elif isinstance(exc, ModelFailed):
+        message = f"model error: {exc}"
+    elif isinstance(exc, ValueError):
+        status = 400
+    else:
+        log.exception("unhandled error", exc_info=exc)
+        message = f"internal error: {type(exc).__name__}"
+    body = {"error": message, "type": error_type}
+    return JSONResponse(body, status_code=status, headers=headers)

@@ -1,0 +1,68 @@
+"""A fake model at the seam: deterministic, slow on demand, failing on demand, and it records
+which images reached it. Images are solid colours; the red value is the image's marker."""
+
+from __future__ import annotations
+
+import io
+import threading
+import time
+from collections.abc import Mapping
+
+import torch
+from PIL import Image
+from torch import nn
+
+from visionloop.imaging import CenterCrop
+from visionloop.models.base import InputSpec, JSONDict, OutputSpec, VisionModel
+
+FAIL_MARKER = 13
+
+
+class Probe(nn.Module):
+    """Returns each image's mean colour; records markers; sleeps; raises on FAIL_MARKER."""
+
+    def __init__(self, delay_s: float = 0.0) -> None:
+        super().__init__()
+        self.delay_s = delay_s
+        self.seen: list[int] = []
+        self.batch_sizes: list[int] = []
+        self.gate: threading.Event | None = None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.gate is not None:
+            self.gate.wait(timeout=30)
+        markers = x[:, 0, 0, 0].round().int().tolist()
+        self.seen.extend(m for m in markers if m)
+        self.batch_sizes.append(len(markers))
+        time.sleep(self.delay_s)
+        if FAIL_MARKER in markers:
+            raise RuntimeError("boom: the fake model fails on marker 13")
+        return x.mean(dim=(2, 3))
+
+
+class FakeModel(VisionModel):
+    name = "fake"
+    description = "test double"
+    input_spec = InputSpec(crop=CenterCrop(8, 8, 8), mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0))
+    outputs = (OutputSpec("mean", (3,)),)
+
+    def __init__(self, delay_s: float = 0.0) -> None:
+        self.probe = Probe(delay_s)
+        super().__init__(self.probe)
+
+    def outputs_from(self, raw: torch.Tensor) -> dict[str, torch.Tensor]:
+        return {"mean": raw.float()}
+
+    def postprocess(self, outputs: Mapping[str, torch.Tensor]) -> list[JSONDict]:
+        return [{"label": str(round(m[0])), "mean": m} for m in outputs["mean"].tolist()]
+
+
+def solid_png(marker: int, size: tuple[int, int] = (16, 12)) -> bytes:
+    buffer = io.BytesIO()
+    Image.new("RGB", size, (marker, 50, 100)).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def slow_fake() -> FakeModel:
+    """Registry factory for subprocess tests: ``--model tests.serving.fakes:slow_fake``."""
+    return FakeModel(delay_s=0.2)
