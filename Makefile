@@ -6,9 +6,6 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 PIP_INSTALL := $(BIN)/python -m pip install --quiet --disable-pip-version-check -c constraints.txt
 
-HOST ?= 127.0.0.1
-PORT ?= 8000
-
 .PHONY: serve predict test lint typecheck unit clean
 
 $(BIN)/python:
@@ -22,10 +19,10 @@ $(VENV)/.dev-installed: pyproject.toml constraints.txt | $(BIN)/python
 	$(PIP_INSTALL) -e ".[serve,bench,dev]"
 	touch $@ $(VENV)/.serve-installed
 
-## serve: set up, then run the built-in catdog model (the HTTP server arrives with issue 3;
-## until then this classifies the bundled sample photos).
+## serve: set up, then serve the built-in catdog model on http://127.0.0.1:8000 (docs at /docs;
+## VISIONLOOP_* environment variables change any setting, e.g. VISIONLOOP_PORT=9000).
 serve: $(VENV)/.serve-installed
-	$(BIN)/visionloop predict tests/data/*
+	$(BIN)/visionloop serve
 
 ## predict: classify the bundled sample photos.
 predict: $(VENV)/.serve-installed
