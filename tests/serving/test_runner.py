@@ -117,3 +117,23 @@ async def test_wrong_image_shape_is_refused_before_queueing():
         await runner.infer(np.zeros((4, 4, 3), dtype=np.uint8))
     assert len(runner.batcher) == 0
     await runner.stop()
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not __import__("torch").cuda.is_available(), reason="needs a CUDA device")
+async def test_cuda_runner_matches_cpu_answers(catdog, sample_bytes):
+    from visionloop import imaging
+    from visionloop.models.catdog import CatDog
+    from visionloop.settings import ModelSettings
+
+    gpu = CatDog().prepare(ModelSettings(device="cuda"))
+    runner = Runner(gpu, config(max_batch_size=4, pad_to_buckets=True))
+    await runner.start()
+    pixels = [
+        imaging.prepare(b, gpu.input_spec.crop, imaging.ImageLimits())
+        for b in sample_bytes.values()
+    ]
+    results = await asyncio.gather(*(runner.infer(p) for p in pixels))
+    await runner.stop()
+    cpu = catdog.postprocess(catdog.forward(__import__("torch").from_numpy(np.stack(pixels))))
+    assert [r.result["label"] for r in results] == [c["label"] for c in cpu]
