@@ -158,6 +158,7 @@ def serve(
     timeout_ms: Annotated[float | None, typer.Option(help="Default deadline.")] = None,
     instances: Annotated[int | None, typer.Option(help="Model executors.")] = None,
     pad_to_buckets: Annotated[bool | None, typer.Option(help="Pad batches to 2^k.")] = None,
+    policy: Annotated[str | None, typer.Option(help="fixed or adaptive.")] = None,
     threads: Annotated[int | None, typer.Option(help="torch threads per executor.")] = None,
     log_level: Annotated[str, typer.Option(help="debug, info, warning.")] = "info",
 ) -> None:
@@ -172,7 +173,7 @@ def serve(
     flags: dict[str, Any] = {
         "host": host, "port": port, "max_batch_size": max_batch_size,
         "max_delay_ms": max_delay_ms, "max_queue": max_queue, "timeout_ms": timeout_ms,
-        "instances": instances, "pad_to_buckets": pad_to_buckets,
+        "instances": instances, "pad_to_buckets": pad_to_buckets, "policy": policy,
     }  # fmt: skip
     settings = ServeSettings(**{k: v for k, v in flags.items() if v is not None})
     model_settings = _model_settings(model=model, device=device, threads=threads)
@@ -182,8 +183,9 @@ def serve(
     log = logging.getLogger("visionloop.serve")
     base = f"http://{settings.host}:{settings.port}"
     log.info(
-        "loading %s on %s; max_batch_size=%d max_delay_ms=%g max_queue=%d; docs at %s/docs",
-        model_settings.model, model_settings.device, settings.max_batch_size,
+        "loading %s on %s; policy=%s, max_batch_size=%d, max_delay_ms=%g, max_queue=%d; "
+        "docs: %s/docs",
+        model_settings.model, model_settings.device, settings.policy, settings.max_batch_size,
         settings.max_delay_ms, settings.max_queue, base,
     )  # fmt: skip
     uvicorn.run(
@@ -241,6 +243,95 @@ def bench_ceiling(
             f"{t.images_per_s:.1f}",
         )
     console.print(table)
+
+
+def _levels(text: str, name: str) -> list[float]:
+    try:
+        levels = [float(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise typer.BadParameter(f"{name} must be comma-separated numbers, got {text!r}") from None
+    if not levels or min(levels) <= 0:
+        raise typer.BadParameter(f"{name} must be > 0, got {text!r}")
+    return levels
+
+
+@bench_app.command("load")
+def bench_load(
+    url: Annotated[
+        str, typer.Argument(help="Predict URL, e.g. http://127.0.0.1:8000/v1/models/catdog/predict")
+    ],
+    protocol: Annotated[
+        str, typer.Option(help="raw (POST the image) or v2 (binary infer).")
+    ] = "raw",
+    mode: Annotated[
+        str, typer.Option(help="open (Poisson arrivals) or closed (N clients).")
+    ] = "open",
+    rates: Annotated[
+        str, typer.Option(help="Open loop: requests/s, comma-separated.")
+    ] = "10,20,30,40",
+    clients: Annotated[str, typer.Option(help="Closed loop: client counts.")] = "1,4,16",
+    duration: Annotated[float, typer.Option(help="Measured seconds per level.")] = 15.0,
+    warmup: Annotated[float, typer.Option(help="Unmeasured seconds before each level.")] = 2.0,
+    slo_ms: Annotated[float, typer.Option(help="Latency SLO for goodput.")] = 250.0,
+    images: Annotated[Path, typer.Option(help="Folder of images to send.")] = Path("tests/data"),
+    label: Annotated[str, typer.Option(help="Name of this system/config in results.")] = "",
+    metrics_url: Annotated[
+        str | None, typer.Option(help="visionloop /metrics, for the mean batch size.")
+    ] = None,
+    json_out: Annotated[
+        Path | None, typer.Option("--json", help="Append rows to this file.")
+    ] = None,
+) -> None:
+    """Drive an endpoint with open- or closed-loop load; print and save the results."""
+    from visionloop.bench.load import Target, load_payloads, sweep
+
+    if protocol not in ("raw", "v2") or mode not in ("open", "closed"):
+        raise typer.BadParameter(
+            f"protocol must be raw|v2 and mode open|closed, got {protocol}, {mode}"
+        )
+    levels = _levels(rates if mode == "open" else clients, "rates" if mode == "open" else "clients")
+    target = Target(url, protocol, metrics_url)  # type: ignore[arg-type]
+    payloads = load_payloads(images)
+    results = sweep(target, payloads, mode, levels, duration, warmup, slo_ms, label or url,  # type: ignore[arg-type]
+                    on_result=lambda r: err_console.print(r.as_dict()))  # fmt: skip
+    table = Table(title=f"{label or url} ({mode} loop, SLO {slo_ms:g} ms)")
+    columns = (
+        "offered",
+        "req/s",
+        "goodput/s",
+        "p50",
+        "p90",
+        "p99",
+        "max",
+        "batch",
+        "client CPU",
+        "statuses",
+    )
+    for column in columns:
+        table.add_column(column, justify="right")
+    for r in results:
+        table.add_row(
+            f"{r.offered:g}", f"{r.throughput_rps:.1f}", f"{r.goodput_rps:.1f}", f"{r.p50_ms:.0f}",
+            f"{r.p90_ms:.0f}", f"{r.p99_ms:.0f}", f"{r.max_ms:.0f}", str(r.mean_batch or "-"),
+            f"{r.client_cpu_pct:.0f}%", " ".join(f"{k}:{v}" for k, v in sorted(r.statuses.items())),
+        )  # fmt: skip
+    console.print(table)
+    if json_out is not None:
+        previous = json.loads(json_out.read_text()) if json_out.exists() else []
+        json_out.write_text(json.dumps(previous + [r.as_dict() for r in results], indent=2))
+
+
+@bench_app.command("plot")
+def bench_plot(
+    results: Annotated[list[Path], typer.Argument(help="JSON files written by bench load --json.")],
+    out: Annotated[Path, typer.Option(help="PNG to write.")] = Path("out/latency.png"),
+    title: Annotated[str, typer.Option(help="Figure title.")] = "",
+) -> None:
+    """Latency percentiles and goodput vs offered load, one line per label."""
+    from visionloop.bench.plots import plot_latency
+
+    rows = [row for path in results for row in json.loads(path.read_text())]
+    console.print(f"wrote {plot_latency(rows, out, title)}")
 
 
 def main() -> None:  # pragma: no cover - console entry

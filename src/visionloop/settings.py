@@ -83,6 +83,10 @@ class ServeSettings(BaseSettings):
         default=5000.0, gt=0, description="Default per-request deadline; X-Timeout-Ms shortens."
     )
     instances: int = Field(default=1, ge=1, description="Model executors sharing the one queue.")
+    policy: Literal["fixed", "adaptive"] = Field(
+        default="fixed",
+        description="fixed: wait max_delay_ms for company; adaptive: wait only while it pays.",
+    )
     pad_to_buckets: bool = Field(
         default=False, description="Pad batches to powers of two (few shapes for compiled graphs)."
     )

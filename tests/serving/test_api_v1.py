@@ -269,3 +269,22 @@ def test_openapi_docs_are_served(serve):
     with client(server) as c:
         assert c.get("/docs").status_code == 200
         assert "/v1/models/{model}/predict" in c.get("/openapi.json").json()["paths"]
+
+
+def test_adaptive_policy_refuses_on_arrival_what_would_miss_its_deadline(serve):
+    server = serve(
+        model=FakeModel(delay_s=0.1), policy="adaptive", max_batch_size=2, timeout_ms=400
+    )
+    markers = list(range(60, 90))
+    responses = post_many(f"{server.url}/v1/models/fake/predict", [solid_png(m) for m in markers])
+    statuses = [r.status_code for r in responses]
+    assert set(statuses) <= {200, 503, 504}
+    refused = [r for r in responses if r.status_code == 503]
+    assert refused
+    assert {r.json()["type"] for r in refused} == {"DeadlineUnreachable"}
+    assert all(int(r.headers["Retry-After"]) >= 1 for r in refused)
+    for marker, response in zip(markers, responses, strict=True):
+        if response.status_code == 200:
+            assert response.json()["label"] == str(marker)
+    reason = 'visionloop_refusals_total{model="fake",reason="deadline_unreachable"}'
+    assert server.metric(reason) == len(refused)

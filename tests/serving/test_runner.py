@@ -67,7 +67,7 @@ async def test_padding_to_buckets_pads_and_warms_every_bucket():
     runner = Runner(model, config(max_batch_size=4, pad_to_buckets=True, max_delay_ms=20))
     warmed = await runner.start()
     assert warmed == (1, 2, 4)
-    assert model.probe.batch_sizes == [1, 2, 4]
+    assert set(model.probe.batch_sizes) == {1, 2, 4}  # nothing else was ever run
     results = await asyncio.gather(*(runner.infer(image(m)) for m in (20, 21, 22)))
     await runner.stop()
     assert model.probe.batch_sizes[-1] == 4  # three images padded to the bucket of four

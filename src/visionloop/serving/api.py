@@ -136,7 +136,9 @@ async def _load(state: ServerState, model: VisionModel | None) -> None:
         if model is None:
             model = await asyncio.to_thread(registry.load, state.model_settings)
         config = RunnerConfig(
-            policy=BatchPolicy(settings.max_batch_size, settings.max_delay_ms, settings.max_queue),
+            policy=BatchPolicy(
+                settings.max_batch_size, settings.max_delay_ms, settings.max_queue, settings.policy
+            ),
             instances=settings.instances,
             pad_to_buckets=settings.pad_to_buckets,
             timeout_ms=settings.timeout_ms,

@@ -4,6 +4,9 @@ No torch, no I/O, no asyncio: the clock is injected, so tests drive it by hand a
 decision is deterministic. The runner asks :meth:`Batcher.poll` whenever an executor is free
 and does what the returned :class:`Decision` says.
 
+Policy ``adaptive`` (:mod:`.adaptive`) replaces the fixed interval with a measured trade-off: wait
+only while waiting buys throughput, and refuse on arrival what cannot make its deadline.
+
 Policy ``fixed`` (the classic queue-and-interval design, done right):
 
 - a full batch (``len(queue) >= max_batch_size``) goes at once;
@@ -18,7 +21,9 @@ from __future__ import annotations
 from collections import OrderedDict
 from collections.abc import Callable, Hashable
 from dataclasses import dataclass, field
-from typing import Generic, TypeVar
+from typing import Generic, Literal, TypeVar
+
+from visionloop.serving import adaptive
 
 P = TypeVar("P")
 Clock = Callable[[], float]
@@ -45,8 +50,17 @@ class BatchPolicy:
     max_batch_size: int = 8
     max_delay_ms: float = 10.0
     max_queue: int = 64
+    kind: Literal["fixed", "adaptive"] = "fixed"
+    executors: int = 1
+    buckets: tuple[int, ...] = ()
 
     def __post_init__(self) -> None:
+        if self.kind not in ("fixed", "adaptive"):
+            raise ValueError(f"kind must be 'fixed' or 'adaptive', got {self.kind!r}")
+        if self.executors < 1:
+            raise ValueError(f"executors must be >= 1, got {self.executors}")
+        if list(self.buckets) != sorted(set(self.buckets)) or any(b < 1 for b in self.buckets):
+            raise ValueError(f"buckets must be increasing sizes >= 1, got {self.buckets}")
         if self.max_batch_size < 1:
             raise ValueError(f"max_batch_size must be >= 1, got {self.max_batch_size}")
         if self.max_delay_ms < 0:
@@ -69,6 +83,10 @@ class QueueFull(Exception):
     """``max_queue`` requests are already waiting."""
 
 
+class DeadlineUnreachable(QueueFull):
+    """Adaptive policy: the work already queued ends after this request's deadline."""
+
+
 class Batcher(Generic[P]):
     """FIFO queue of jobs plus the ``fixed`` dispatch policy."""
 
@@ -76,17 +94,43 @@ class Batcher(Generic[P]):
         self.policy = policy
         self.clock = clock
         self._queue: OrderedDict[Hashable, Job[P]] = OrderedDict()
+        self.service_times = adaptive.ServiceTimes()
+        self.arrivals = adaptive.ArrivalRate()
 
     def __len__(self) -> int:
         return len(self._queue)
 
     def submit(self, job: Job[P]) -> None:
         """Queue a job, or raise :class:`QueueFull`. Job ids must be unique while queued."""
-        if len(self._queue) >= self.policy.max_queue:
-            raise QueueFull(f"queue full: {len(self._queue)} requests waiting")
         if job.id in self._queue:
             raise ValueError(f"job id {job.id!r} is already queued")
+        self.arrivals.observe(job.enqueued_at)
+        if len(self._queue) >= self.policy.max_queue:
+            raise QueueFull(f"queue full: {len(self._queue)} requests waiting")
+        if self.policy.kind == "adaptive":
+            p = self.policy
+            finish = adaptive.projected_finish(
+                job.enqueued_at, len(self._queue) + 1, p.max_batch_size, p.executors,
+                self.service_times,
+            )  # fmt: skip
+            if finish is not None and finish > job.deadline:
+                raise DeadlineUnreachable(
+                    f"cannot answer within the deadline: {len(self._queue)} requests ahead "
+                    f"need ~{(finish - job.enqueued_at) * 1e3:.0f} ms"
+                )
         self._queue[job.id] = job
+
+    def observe_service(self, size: int, seconds: float) -> None:
+        """Record how long a batch of ``size`` (after padding) took; the adaptive policy and
+        ``Retry-After`` estimates learn from it."""
+        self.service_times.observe(size, seconds)
+
+    def drain_seconds(self) -> float | None:
+        """Measured time to work off the current queue; None before any measurement."""
+        rate = adaptive.drain_rate(
+            self.policy.max_batch_size, self.policy.executors, self.service_times
+        )
+        return len(self._queue) / rate if rate else None
 
     def cancel(self, job_id: Hashable) -> bool:
         """Drop a queued job (its client went away). False if it is no longer queued."""
@@ -104,13 +148,34 @@ class Batcher(Generic[P]):
         decision: Decision[P] = Decision(expired=self._take_expired(now))
         if not self._queue:
             return decision
-        oldest = next(iter(self._queue.values()))
-        due_at = oldest.enqueued_at + self.policy.max_delay_ms / 1e3
-        if len(self._queue) >= self.policy.max_batch_size or now >= due_at - _EPSILON:
-            decision.batch = self._take(self.policy.max_batch_size)
+        take, hint = self._plan(now)
+        if take:
+            decision.batch = self._take(take)
+            hint = None
         if self._queue:
-            decision.wait = self._seconds_to_next_event(now)
+            decision.wait = self._seconds_to_next_event(now, hint)
         return decision
+
+    def _plan(self, now: float) -> tuple[int, float | None]:
+        """How many to send now, and (adaptive) how long it chose to wait otherwise."""
+        p = self.policy
+        oldest = next(iter(self._queue.values()))
+        if p.kind == "fixed":
+            due_at = oldest.enqueued_at + p.max_delay_ms / 1e3
+            if len(self._queue) >= p.max_batch_size or now >= due_at - _EPSILON:
+                return min(len(self._queue), p.max_batch_size), None
+            return 0, None
+        situation = adaptive.Situation(
+            now=now,
+            queued=len(self._queue),
+            oldest_age=now - oldest.enqueued_at + _EPSILON,
+            oldest_deadline=oldest.deadline,
+            max_batch_size=p.max_batch_size,
+            max_delay=p.max_delay_ms / 1e3,
+            buckets=p.buckets,
+        )
+        chosen = adaptive.plan(situation, self.service_times, self.arrivals)
+        return chosen.take, chosen.wait
 
     def _take_expired(self, now: float) -> list[Job[P]]:
         expired = [job for job in self._queue.values() if job.deadline <= now + _EPSILON]
@@ -124,11 +189,14 @@ class Batcher(Generic[P]):
             batch.append(self._queue.popitem(last=False)[1])
         return batch
 
-    def _seconds_to_next_event(self, now: float) -> float:
-        """Until the oldest job is due or the earliest deadline passes, whichever is first."""
+    def _seconds_to_next_event(self, now: float, hint: float | None = None) -> float:
+        """Until the oldest job is due, the earliest deadline passes, or the adaptive
+        policy's chosen wait ends, whichever is first."""
         oldest = next(iter(self._queue.values()))
         due_at = oldest.enqueued_at + self.policy.max_delay_ms / 1e3
         if len(self._queue) >= self.policy.max_batch_size:
             due_at = now
+        if hint is not None:
+            due_at = min(due_at, now + hint)
         earliest_deadline = min(job.deadline for job in self._queue.values())
         return max(0.0, min(due_at, earliest_deadline) - now)

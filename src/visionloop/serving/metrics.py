@@ -1,7 +1,8 @@
 """Prometheus metrics for one server, in a registry of its own (so tests can run several).
 
 Names follow Prometheus conventions (base units, ``_total`` counters). Refusals carry a
-``reason`` label: ``queue_full``, ``deadline``, ``bad_input``, ``not_ready``, ``cancelled``,
+``reason`` label: ``queue_full``, ``deadline_unreachable`` (adaptive: refused on arrival),
+``deadline``, ``bad_input``, ``not_ready``, ``cancelled``,
 ``model_error``, ``shutting_down``.
 """
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import itertools
 import math
 import time
@@ -28,7 +29,7 @@ import numpy.typing as npt
 import torch
 
 from visionloop.models.base import JSONDict, VisionModel
-from visionloop.serving.batcher import Batcher, BatchPolicy, Job, QueueFull
+from visionloop.serving.batcher import Batcher, BatchPolicy, DeadlineUnreachable, Job, QueueFull
 from visionloop.serving.metrics import Metrics
 
 __all__ = [
@@ -173,7 +174,12 @@ class Runner:
         self.config = config
         self.metrics = metrics or Metrics()
         self.clock = clock
-        self.batcher: Batcher[_Request] = Batcher(config.policy, clock)
+        policy = dataclasses.replace(
+            config.policy,
+            executors=config.instances,
+            buckets=config.buckets if config.pad_to_buckets else (),
+        )
+        self.batcher: Batcher[_Request] = Batcher(policy, clock)
         self.stats = ModelStats()
         self.ready = False
         self._accepting = False
@@ -183,7 +189,6 @@ class Runner:
         self._tasks: list[asyncio.Task[None]] = []
         self._in_flight = 0
         self._labels = {"model": model.name}
-        self._mean_batch_s = 0.05
 
     # -- lifecycle -----------------------------------------------------------------------
 
@@ -203,12 +208,19 @@ class Runner:
         )
         loop = asyncio.get_running_loop()
         for executor in self._executors:
-            started = time.perf_counter()
-            await loop.run_in_executor(executor.pool, self.model.warmup, sizes)
-            self._mean_batch_s = (time.perf_counter() - started) / len(sizes)
+            await loop.run_in_executor(executor.pool, self._warmup, sizes)
         self._tasks = [asyncio.create_task(self._serve(e)) for e in self._executors]
         self.ready = self._accepting = True
         return sizes
+
+    def _warmup(self, sizes: tuple[int, ...]) -> None:
+        """Runs in an executor thread: every size twice; the second run seeds the service-time
+        table (the first pays one-off allocation and kernel selection)."""
+        for size in sizes:
+            self.model.warmup([size])
+            started = time.perf_counter()
+            self.model.warmup([size])
+            self.batcher.observe_service(size, time.perf_counter() - started)
 
     async def stop(self, drain_timeout_s: float = 30.0) -> None:
         """Refuse new work, let queued and running batches finish (up to the timeout), then
@@ -231,10 +243,8 @@ class Runner:
     # -- requests ------------------------------------------------------------------------
 
     def retry_after_s(self) -> int:
-        """A client's fair wait before retrying: time to drain the current queue, >= 1 s."""
-        batches = math.ceil(len(self.batcher) / self.config.policy.max_batch_size)
-        per_executor = batches * self._mean_batch_s / max(1, len(self._executors))
-        return max(1, math.ceil(per_executor))
+        """A client's fair wait before retrying: the measured time to drain the queue, >= 1 s."""
+        return max(1, math.ceil(self.batcher.drain_seconds() or 1.0))
 
     async def infer(self, image: Image, timeout_ms: float | None = None) -> ItemResult:
         """Queue one uint8 HWC image and wait for its answer.
@@ -269,8 +279,9 @@ class Runner:
         )
         try:
             self.batcher.submit(job)
-        except QueueFull:
-            self._refuse("queue_full")
+        except QueueFull as exc:
+            unreachable = isinstance(exc, DeadlineUnreachable)
+            self._refuse("deadline_unreachable" if unreachable else "queue_full")
             raise
         self._queue_changed()
         try:
@@ -328,6 +339,7 @@ class Runner:
                     ),
                 )
             self._record(live, started, compute_s, failed=False)
+            self.batcher.observe_service(padded, compute_s)
         except asyncio.CancelledError:  # stop() ran out of drain time mid-batch
             for job in live:
                 _settle(job.payload.future, exc=NotReady("server is shutting down"))
@@ -364,7 +376,6 @@ class Runner:
         self.metrics.compute.labels(**self._labels).observe(compute_s)
         for wait in queue_s:
             self.metrics.queue_wait.labels(**self._labels).observe(wait)
-        self._mean_batch_s = 0.9 * self._mean_batch_s + 0.1 * compute_s
         s = self.stats
         compute_ns = int(compute_s * 1e9)
         s.execution_count += 1

@@ -1,0 +1,291 @@
+"""Load generator for HTTP inference endpoints: open loop (Poisson arrivals) and closed loop.
+
+Open loop is the realistic model of phones: requests arrive at a rate whether or not the server
+keeps up, so an overloaded server shows growing latency and refusals instead of silently slowing
+its clients down. Latency is measured from each request's *scheduled* send time, so a client
+that fell behind cannot hide server delay (no coordinated omission). Closed loop (N clients,
+each sending its next request when the last is answered) measures capacity.
+
+Goodput counts only answers within the latency SLO. The generator measures its own CPU use,
+because on a small machine it competes with the server it measures.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import json
+import random
+import resource
+import time
+from collections import Counter
+from collections.abc import Awaitable, Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Literal
+
+import httpx
+from PIL import Image
+
+Protocol = Literal["raw", "v2"]
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".gif", ".bmp")
+
+
+@dataclass(frozen=True)
+class Target:
+    """Where to send: ``url`` is the full predict/infer URL."""
+
+    url: str
+    protocol: Protocol = "raw"
+    metrics_url: str | None = None
+
+
+@dataclass
+class LoadResult:
+    """One load level's outcome. Latencies are of successful (200) answers, in ms."""
+
+    label: str
+    mode: str
+    offered: float
+    seconds: float
+    sent: int
+    ok: int
+    good: int
+    throughput_rps: float
+    goodput_rps: float
+    p50_ms: float
+    p90_ms: float
+    p99_ms: float
+    max_ms: float
+    slo_ms: float
+    statuses: dict[str, int] = field(default_factory=dict)
+    mean_batch: float | None = None
+    client_cpu_pct: float = 0.0
+
+    def as_dict(self) -> dict[str, object]:
+        return asdict(self)
+
+
+def load_payloads(folder: Path, as_jpeg: bool = True) -> list[bytes]:
+    """Every image in ``folder`` (sorted), re-encoded as JPEG quality 90 unless told not to."""
+    payloads = []
+    for path in sorted(folder.iterdir()):
+        if path.suffix.lower() not in IMAGE_SUFFIXES:
+            continue
+        data = path.read_bytes()
+        if as_jpeg and path.suffix.lower() not in (".jpg", ".jpeg"):
+            buffer = io.BytesIO()
+            Image.open(io.BytesIO(data)).convert("RGB").save(buffer, "JPEG", quality=90)
+            data = buffer.getvalue()
+        payloads.append(data)
+    if not payloads:
+        raise ValueError(f"no images ({', '.join(IMAGE_SUFFIXES)}) in {folder}")
+    return payloads
+
+
+def v2_request(image: bytes) -> tuple[bytes, dict[str, str]]:
+    """A binary-extension v2 infer body carrying one encoded image, asking for ``label``."""
+    blob = len(image).to_bytes(4, "little") + image
+    header = json.dumps(
+        {
+            "inputs": [
+                {
+                    "name": "image_bytes",
+                    "shape": [1],
+                    "datatype": "BYTES",
+                    "parameters": {"binary_data_size": len(blob)},
+                }
+            ],
+            "outputs": [{"name": "label", "parameters": {"binary_data": False}}],
+        }
+    ).encode()
+    headers = {
+        "Inference-Header-Content-Length": str(len(header)),
+        "content-type": "application/octet-stream",
+    }
+    return header + blob, headers
+
+
+def _bodies(target: Target, payloads: list[bytes]) -> list[tuple[bytes, dict[str, str]]]:
+    if target.protocol == "v2":
+        return [v2_request(p) for p in payloads]
+    return [(p, {"content-type": "image/jpeg"}) for p in payloads]
+
+
+def _percentile(sorted_ms: list[float], p: float) -> float:
+    if not sorted_ms:
+        return float("nan")
+    return sorted_ms[min(len(sorted_ms) - 1, int(p * len(sorted_ms)))]
+
+
+async def _batch_totals(client: httpx.AsyncClient, url: str | None) -> tuple[float, float] | None:
+    if url is None:
+        return None
+    try:
+        text = (await client.get(url)).text
+    except httpx.HTTPError:
+        return None
+    totals = {"sum": 0.0, "count": 0.0}
+    for line in text.splitlines():
+        for key in totals:
+            if line.startswith(f"visionloop_batch_size_{key}{{"):
+                totals[key] += float(line.rsplit(" ", 1)[1])
+    return totals["sum"], totals["count"]
+
+
+class _Recorder:
+    def __init__(self, slo_ms: float) -> None:
+        self.slo_ms = slo_ms
+        self.latencies: list[float] = []
+        self.statuses: Counter[str] = Counter()
+        self.sent = 0
+
+    async def send(
+        self, client: httpx.AsyncClient, url: str, body: tuple[bytes, dict[str, str]], t0: float
+    ) -> None:
+        self.sent += 1
+        try:
+            response = await client.post(url, content=body[0], headers=body[1])
+            status = str(response.status_code)
+        except httpx.HTTPError as exc:
+            status = type(exc).__name__
+        self.statuses[status] += 1
+        if status == "200":
+            self.latencies.append((time.perf_counter() - t0) * 1e3)
+
+
+async def _measure(
+    label: str,
+    mode: str,
+    offered: float,
+    target: Target,
+    slo_ms: float,
+    drive: Callable[[httpx.AsyncClient, _Recorder], Awaitable[None]],
+    connections: int,
+) -> LoadResult:
+    limits = httpx.Limits(max_connections=connections, max_keepalive_connections=connections)
+    recorder = _Recorder(slo_ms)
+    async with httpx.AsyncClient(timeout=120, limits=limits) as client:
+        before = await _batch_totals(client, target.metrics_url)
+        cpu0 = resource.getrusage(resource.RUSAGE_SELF)
+        started = time.perf_counter()
+        await drive(client, recorder)
+        seconds = time.perf_counter() - started
+        cpu1 = resource.getrusage(resource.RUSAGE_SELF)
+        after = await _batch_totals(client, target.metrics_url)
+    cpu = (cpu1.ru_utime + cpu1.ru_stime) - (cpu0.ru_utime + cpu0.ru_stime)
+    mean_batch = None
+    if before is not None and after is not None and after[1] > before[1]:
+        mean_batch = round((after[0] - before[0]) / (after[1] - before[1]), 2)
+    ordered = sorted(recorder.latencies)
+    good = sum(1 for ms in ordered if ms <= slo_ms)
+    return LoadResult(
+        label=label,
+        mode=mode,
+        offered=offered,
+        seconds=round(seconds, 2),
+        sent=recorder.sent,
+        ok=len(ordered),
+        good=good,
+        throughput_rps=round(len(ordered) / seconds, 2),
+        goodput_rps=round(good / seconds, 2),
+        p50_ms=round(_percentile(ordered, 0.50), 1),
+        p90_ms=round(_percentile(ordered, 0.90), 1),
+        p99_ms=round(_percentile(ordered, 0.99), 1),
+        max_ms=round(ordered[-1], 1) if ordered else float("nan"),
+        slo_ms=slo_ms,
+        statuses=dict(recorder.statuses),
+        mean_batch=mean_batch,
+        client_cpu_pct=round(100 * cpu / seconds, 1),
+    )
+
+
+async def open_loop(
+    target: Target,
+    payloads: list[bytes],
+    rate: float,
+    duration_s: float,
+    slo_ms: float = 250.0,
+    label: str = "",
+    seed: int = 0,
+) -> LoadResult:
+    """Poisson arrivals at ``rate`` requests/s for ``duration_s``; waits for every answer."""
+    if rate <= 0:
+        raise ValueError(f"rate must be > 0, got {rate}")
+    bodies = _bodies(target, payloads)
+    rng = random.Random(seed)
+
+    async def drive(client: httpx.AsyncClient, recorder: _Recorder) -> None:
+        tasks = []
+        start = time.perf_counter()
+        scheduled, i = start, 0
+        while scheduled - start < duration_s:
+            delay = scheduled - time.perf_counter()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            body = bodies[i % len(bodies)]
+            tasks.append(asyncio.create_task(recorder.send(client, target.url, body, scheduled)))
+            i += 1
+            scheduled += rng.expovariate(rate)
+        await asyncio.gather(*tasks)
+
+    connections = max(16, int(rate * 4))
+    return await _measure(label, "open", rate, target, slo_ms, drive, connections)
+
+
+async def closed_loop(
+    target: Target,
+    payloads: list[bytes],
+    clients: int,
+    duration_s: float,
+    slo_ms: float = 250.0,
+    label: str = "",
+) -> LoadResult:
+    """``clients`` concurrent clients, each sending its next request when answered."""
+    if clients < 1:
+        raise ValueError(f"clients must be >= 1, got {clients}")
+    bodies = _bodies(target, payloads)
+
+    async def drive(client: httpx.AsyncClient, recorder: _Recorder) -> None:
+        stop_at = time.perf_counter() + duration_s
+
+        async def one(index: int) -> None:
+            i = index
+            while time.perf_counter() < stop_at:
+                await recorder.send(
+                    client, target.url, bodies[i % len(bodies)], time.perf_counter()
+                )
+                i += 1
+
+        await asyncio.gather(*(one(c) for c in range(clients)))
+
+    return await _measure(label, "closed", clients, target, slo_ms, drive, clients)
+
+
+def sweep(
+    target: Target,
+    payloads: list[bytes],
+    mode: Literal["open", "closed"],
+    levels: list[float],
+    duration_s: float,
+    warmup_s: float = 2.0,
+    slo_ms: float = 250.0,
+    label: str = "",
+    on_result: Callable[[LoadResult], None] | None = None,
+) -> list[LoadResult]:
+    """Run each load level in turn (each after ``warmup_s`` of unmeasured load)."""
+    results = []
+    for level in levels:
+        for seconds, keep in ((warmup_s, False), (duration_s, True)):
+            if seconds <= 0:
+                continue
+            if mode == "open":
+                coro = open_loop(target, payloads, level, seconds, slo_ms, label)
+            else:
+                coro = closed_loop(target, payloads, int(level), seconds, slo_ms, label)
+            result = asyncio.run(coro)
+            if keep:
+                results.append(result)
+                if on_result is not None:
+                    on_result(result)
+    return results

@@ -1,0 +1,176 @@
+"""The ``adaptive`` batching policy's estimators and its decision rule. Pure: no clock, no I/O.
+
+Idea: a free executor should wait for company only when waiting buys throughput. With a
+measured service time ``s(b)`` per batch size and an estimated arrival rate ``lambda``, sending
+``t`` images now serves them at ``t / s(t)`` images/s; waiting ``k / lambda`` for ``k`` more
+arrivals serves ``(n + k) / (k / lambda + s(n + k))``. The rule sends now unless some ``k``
+beats it, and never waits past ``max_delay_ms`` or past the point where the oldest request
+could still finish before its deadline. At low load ``lambda`` is small, so a lone request goes
+at once (latency of the naive server); near saturation, waiting a few ms for a fuller batch is
+worth it; in overload the queue holds full batches and they go back to back.
+
+The same table answers "can this request still make its deadline?" on arrival, so hopeless
+requests are refused at once (503 + ``Retry-After`` from the measured drain rate) instead of
+timing out after occupying the queue.
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+from collections import deque
+from dataclasses import dataclass
+
+
+class ServiceTimes:
+    """Online service time per batch size: the median of the last ``window`` samples.
+
+    A median ignores the occasional stall (a GC pause, a page fault) that would drag a mean.
+    Sizes never measured are interpolated linearly between measured neighbours (extrapolated
+    from the two nearest), since a forward pass costs roughly ``a + b * size``.
+    """
+
+    def __init__(self, window: int = 31) -> None:
+        if window < 1:
+            raise ValueError(f"window must be >= 1, got {window}")
+        self._samples: dict[int, deque[float]] = {}
+        self._window = window
+
+    def observe(self, size: int, seconds: float) -> None:
+        if size < 1 or not seconds >= 0:
+            raise ValueError(f"need size >= 1 and seconds >= 0, got {size}, {seconds}")
+        self._samples.setdefault(size, deque(maxlen=self._window)).append(seconds)
+
+    @property
+    def calibrated(self) -> bool:
+        return bool(self._samples)
+
+    def estimate(self, size: int) -> float | None:
+        """Seconds for one batch of ``size``; None before any measurement."""
+        if not self._samples:
+            return None
+        if size in self._samples:
+            return statistics.median(self._samples[size])
+        known = sorted(self._samples)
+        if len(known) == 1:
+            only = known[0]
+            return statistics.median(self._samples[only]) * size / only
+        lower = [k for k in known if k < size]
+        upper = [k for k in known if k > size]
+        if lower and upper:
+            a, b = lower[-1], upper[0]
+        elif upper:
+            a, b = upper[0], upper[1]
+        else:
+            a, b = lower[-2], lower[-1]
+        sa, sb = statistics.median(self._samples[a]), statistics.median(self._samples[b])
+        return max(0.0, sa + (sb - sa) * (size - a) / (b - a))
+
+
+class ArrivalRate:
+    """Requests per second: an exponentially weighted mean of inter-arrival gaps that also
+    decays while nothing arrives (a quiet spell must not look like the last burst)."""
+
+    def __init__(self, smoothing: float = 0.1) -> None:
+        if not 0 < smoothing <= 1:
+            raise ValueError(f"smoothing must be in (0, 1], got {smoothing}")
+        self._smoothing = smoothing
+        self._mean_gap: float | None = None
+        self._last: float | None = None
+
+    def observe(self, now: float) -> None:
+        if self._last is not None:
+            gap = max(now - self._last, 0.0)
+            if self._mean_gap is None:
+                self._mean_gap = gap
+            else:
+                self._mean_gap += self._smoothing * (gap - self._mean_gap)
+        self._last = now
+
+    def rate(self, now: float) -> float:
+        if self._mean_gap is None or self._last is None:
+            return 0.0
+        gap = max(self._mean_gap, now - self._last)
+        return math.inf if gap == 0 else 1.0 / gap
+
+
+@dataclass(frozen=True)
+class Plan:
+    """Send ``take`` jobs now (0: none), then poll again within ``wait`` seconds."""
+
+    take: int
+    wait: float | None = None
+
+
+@dataclass(frozen=True)
+class Situation:
+    """What the rule looks at, all times in seconds on the batcher's clock."""
+
+    now: float
+    queued: int
+    oldest_age: float
+    oldest_deadline: float
+    max_batch_size: int
+    max_delay: float
+    buckets: tuple[int, ...] = ()
+
+
+def padded(size: int, buckets: tuple[int, ...]) -> int:
+    """The bucket a batch of ``size`` is padded to (itself without buckets)."""
+    return next((b for b in buckets if b >= size), size)
+
+
+def plan(situation: Situation, times: ServiceTimes, arrivals: ArrivalRate) -> Plan:
+    """The adaptive decision for a free executor facing a non-empty queue."""
+    s = situation
+    n = min(s.queued, s.max_batch_size)
+    if s.queued >= s.max_batch_size or s.oldest_age >= s.max_delay or not times.calibrated:
+        return Plan(take=n)
+
+    def cost(size: int) -> float:
+        return times.estimate(padded(size, s.buckets)) or 1e-9
+
+    # Best "send now": all n, or fewer if n would be padded to a bucket that wastes compute.
+    candidates = {n} | {b for b in s.buckets if b <= n}
+    take = max(candidates, key=lambda t: (t / cost(t), t))
+    rate_now = take / cost(take)
+    lam = arrivals.rate(s.now)
+    if lam <= 0 or math.isinf(lam):
+        return Plan(take=take)
+    best_wait: float | None = None
+    best_rate = rate_now * 1.02  # a 2% gain must be real, not estimate noise
+    for k in range(1, s.max_batch_size - n + 1):
+        delay = k / lam
+        if s.oldest_age + delay > s.max_delay:
+            break
+        if s.now + delay + cost(n + k) > s.oldest_deadline:
+            break
+        rate = (n + k) / (delay + cost(n + k))
+        if rate > best_rate:
+            best_rate, best_wait = rate, delay
+    if best_wait is None:
+        return Plan(take=take)
+    return Plan(take=0, wait=best_wait)
+
+
+def projected_finish(
+    now: float, position: int, max_batch_size: int, executors: int, times: ServiceTimes
+) -> float | None:
+    """Optimistic finish time of a request arriving behind ``position - 1`` others: full
+    batches ahead of it, spread over the executors, then its own (maybe partial) batch.
+    None before calibration."""
+    full = times.estimate(max_batch_size)
+    if full is None:
+        return None
+    batches = math.ceil(position / max_batch_size)
+    rounds = math.ceil(batches / executors)
+    own = times.estimate(position - (batches - 1) * max_batch_size) or full
+    return now + (rounds - 1) * full + own
+
+
+def drain_rate(max_batch_size: int, executors: int, times: ServiceTimes) -> float | None:
+    """Images per second the executors finish at with full batches; None before calibration."""
+    full = times.estimate(max_batch_size)
+    if not full:
+        return None
+    return executors * max_batch_size / full

@@ -1,0 +1,172 @@
+"""The adaptive policy, driven by a fake clock and a hand-made service-time table."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from tests.serving.test_batcher import FakeClock, ids, job
+from visionloop.serving.adaptive import ArrivalRate, ServiceTimes
+from visionloop.serving.batcher import Batcher, BatchPolicy, DeadlineUnreachable
+
+
+@pytest.fixture
+def clock() -> FakeClock:
+    return FakeClock()
+
+
+def table(fixed_ms: float, per_image_ms: float, sizes=range(1, 9)) -> ServiceTimes:
+    times = ServiceTimes()
+    for size in sizes:
+        times.observe(size, (fixed_ms + per_image_ms * size) / 1e3)
+    return times
+
+
+def adaptive(clock, fixed_ms=20.0, per_image_ms=5.0, **kwargs) -> Batcher[str]:
+    options = {"max_batch_size": 8, "max_delay_ms": 50.0, "max_queue": 64, **kwargs}
+    batcher: Batcher[str] = Batcher(BatchPolicy(kind="adaptive", **options), clock)
+    batcher.service_times = table(fixed_ms, per_image_ms)
+    return batcher
+
+
+def arrive_every(batcher, clock, gap_ms: float, count: int) -> None:
+    """Teach the arrival estimator a steady rate (and drain the queue so it stays empty)."""
+    for i in range(count):
+        batcher.submit(job(clock, f"warm{i}"))
+        batcher.drain()
+        clock.advance(gap_ms)
+
+
+def test_a_lone_request_at_low_load_goes_at_once(clock):
+    batcher = adaptive(clock)
+    arrive_every(batcher, clock, gap_ms=500, count=5)  # 2 requests/s
+    batcher.submit(job(clock, "a"))
+    assert ids(batcher.poll().batch) == ["a"]
+
+
+def test_a_lone_request_with_no_history_goes_at_once(clock):
+    batcher = adaptive(clock)
+    batcher.submit(job(clock, "a"))
+    assert ids(batcher.poll().batch) == ["a"]
+
+
+def test_under_heavy_load_it_waits_for_company_when_batching_pays(clock):
+    batcher = adaptive(clock, fixed_ms=40.0, per_image_ms=2.0)  # big fixed cost per pass
+    arrive_every(batcher, clock, gap_ms=2, count=20)  # 500 requests/s
+    batcher.submit(job(clock, "a"))
+    decision = batcher.poll()
+    assert decision.batch == []
+    assert 0 < decision.wait <= 0.050
+
+
+def test_when_batching_does_not_pay_it_never_waits(clock):
+    batcher = adaptive(clock, fixed_ms=0.0, per_image_ms=25.0)  # cost is linear in the size
+    arrive_every(batcher, clock, gap_ms=2, count=20)
+    batcher.submit(job(clock, "a"))
+    assert ids(batcher.poll().batch) == ["a"]
+
+
+def test_it_never_waits_past_max_delay(clock):
+    batcher = adaptive(clock, fixed_ms=40.0, per_image_ms=2.0, max_delay_ms=10.0)
+    arrive_every(batcher, clock, gap_ms=2, count=20)
+    batcher.submit(job(clock, "a"))
+    assert batcher.poll().wait <= 0.010
+    clock.advance(10)
+    assert ids(batcher.poll().batch) == ["a"]
+
+
+def test_it_never_waits_past_what_the_deadline_allows(clock):
+    batcher = adaptive(clock, fixed_ms=40.0, per_image_ms=2.0)
+    arrive_every(batcher, clock, gap_ms=2, count=20)
+    batcher.submit(job(clock, "tight", timeout_ms=43))  # s(1) = 42 ms: no slack to wait
+    assert ids(batcher.poll().batch) == ["tight"]
+
+
+def test_a_full_batch_goes_at_once(clock):
+    batcher = adaptive(clock)
+    for i in range(8):
+        batcher.submit(job(clock, str(i)))
+    assert len(batcher.poll().batch) == 8
+
+
+def test_it_refuses_on_arrival_what_cannot_make_its_deadline(clock):
+    batcher = adaptive(clock, fixed_ms=20.0, per_image_ms=5.0)  # a full batch: 60 ms
+    for i in range(16):
+        batcher.submit(job(clock, str(i), timeout_ms=1000))
+    # Two full batches ahead (60 ms each), then its own batch of one (25 ms): 145 ms.
+    with pytest.raises(DeadlineUnreachable, match="16 requests ahead need ~145 ms"):
+        batcher.submit(job(clock, "late", timeout_ms=100))
+    batcher.submit(job(clock, "patient", timeout_ms=1000))
+    assert len(batcher) == 17
+
+
+def test_more_executors_drain_faster(clock):
+    batcher = adaptive(clock, executors=2)
+    for i in range(16):
+        batcher.submit(job(clock, str(i)))
+    batcher.submit(job(clock, "ok", timeout_ms=150))  # 3 batches over 2 executors: 120 ms
+    assert batcher.drain_seconds() == pytest.approx(17 / (2 * 8 / 0.060))
+
+
+def test_it_prefers_a_warmed_bucket_over_padding(clock):
+    batcher = adaptive(clock, fixed_ms=10.0, per_image_ms=10.0, buckets=(1, 2, 4, 8))
+    for i in range(5):
+        batcher.submit(job(clock, str(i)))
+    # 5 would be padded to 8 (90 ms for 5 images); 4 now costs 50 ms: 0.08 vs 0.056 images/ms.
+    assert ids(batcher.poll().batch) == ["0", "1", "2", "3"]
+
+
+def test_fixed_policy_ignores_the_table(clock):
+    batcher: Batcher[str] = Batcher(BatchPolicy(max_batch_size=8, max_delay_ms=10), clock)
+    batcher.service_times = table(20, 5)
+    batcher.submit(job(clock, "a"))
+    assert batcher.poll().batch == []
+
+
+def test_service_times_use_the_median_and_ignore_a_stall():
+    times = ServiceTimes()
+    for seconds in (0.010, 0.011, 0.012, 0.500, 0.010):
+        times.observe(4, seconds)
+    assert times.estimate(4) == pytest.approx(0.011)
+
+
+def test_service_times_interpolate_and_extrapolate():
+    times = ServiceTimes()
+    times.observe(2, 0.020)
+    times.observe(6, 0.060)
+    assert times.estimate(4) == pytest.approx(0.040)
+    assert times.estimate(8) == pytest.approx(0.080)
+    assert times.estimate(1) == pytest.approx(0.010)
+    assert ServiceTimes().estimate(3) is None
+
+
+def test_arrival_rate_tracks_gaps_and_decays_when_quiet():
+    rate = ArrivalRate(smoothing=1.0)
+    for t in (0.0, 0.1, 0.2, 0.3):
+        rate.observe(t)
+    assert rate.rate(0.3) == pytest.approx(10.0)
+    assert rate.rate(1.3) == pytest.approx(1.0)  # a second of silence
+    assert ArrivalRate().rate(5.0) == 0.0
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"kind": "smart"}, "kind must be"),
+        ({"executors": 0}, "executors must be >= 1"),
+        ({"buckets": (4, 2)}, "buckets must be increasing"),
+    ],
+)
+def test_policy_validation(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        BatchPolicy(**kwargs)
+
+
+def test_inf_rate_is_not_a_reason_to_wait(clock):
+    batcher = adaptive(clock)
+    batcher.arrivals.observe(clock.now)
+    batcher.arrivals.observe(clock.now)  # zero gap: infinite rate
+    assert math.isinf(batcher.arrivals.rate(clock.now))
+    batcher.submit(job(clock, "a"))
+    assert ids(batcher.poll().batch) == ["a"]
