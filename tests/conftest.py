@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.live_server import serve  # noqa: F401  (fixture: real servers on loopback)
 from visionloop.models.catdog import CatDog
 from visionloop.models.efficientnet_lite import efficientnet_lite0
 

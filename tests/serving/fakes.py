@@ -27,9 +27,11 @@ class Probe(nn.Module):
         self.seen: list[int] = []
         self.batch_sizes: list[int] = []
         self.gate: threading.Event | None = None
+        self.entered = threading.Event()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.gate is not None:
+            self.entered.set()
             self.gate.wait(timeout=30)
         markers = x[:, 0, 0, 0].round().int().tolist()
         self.seen.extend(m for m in markers if m)

@@ -10,7 +10,7 @@ import httpx
 import pytest
 
 from tests.conftest import EXPECTED
-from tests.serving.conftest import client
+from tests.live_server import client
 from tests.serving.fakes import FAIL_MARKER, FakeModel, solid_png
 from visionloop.settings import ImagingSettings
 
@@ -128,38 +128,62 @@ def test_a_model_error_fails_only_its_batch_and_serving_goes_on(serve):
     assert after.json()["label"] == "40"
 
 
-def test_deadline_passed_in_the_queue_is_504_and_never_reaches_the_model(serve):
-    model = FakeModel(delay_s=0.3)
-    server = serve(model=model, max_batch_size=1, max_delay_ms=0)
+def hold_the_model(server, model) -> threading.Thread:
+    """Block the model inside a batch (marker 41), so whatever arrives next waits in the queue."""
+    model.probe.gate = threading.Event()
     url = f"{server.url}/v1/models/fake/predict"
-    results: dict[str, httpx.Response] = {}
-
-    def occupy() -> None:
-        results["busy"] = httpx.post(url, content=solid_png(41), timeout=30)
-
-    busy = threading.Thread(target=occupy)
+    busy = threading.Thread(target=lambda: httpx.post(url, content=solid_png(41), timeout=30))
     busy.start()
-    while 41 not in model.probe.seen:
-        time.sleep(0.001)
-    late = httpx.post(url, content=solid_png(42), headers={"X-Timeout-Ms": "50"}, timeout=30)
+    assert model.probe.entered.wait(timeout=30)
+    return busy
+
+
+def wait_until_queued(server, count: int) -> None:
+    while len(server.state.runner.batcher) < count:
+        time.sleep(0.005)
+
+
+def test_deadline_passed_in_the_queue_is_504_and_never_reaches_the_model(serve):
+    model = FakeModel()
+    server = serve(model=model, max_batch_size=1, max_delay_ms=0)
+    busy = hold_the_model(server, model)
+    url = f"{server.url}/v1/models/fake/predict"
+    result: dict[str, httpx.Response] = {}
+    late = threading.Thread(
+        target=lambda: result.update(
+            late=httpx.post(url, content=solid_png(42), headers={"X-Timeout-Ms": "50"}, timeout=30)
+        )
+    )
+    late.start()
+    wait_until_queued(server, 1)
+    time.sleep(0.1)  # its 50 ms deadline passes while the model is held
+    model.probe.gate.set()
+    late.join()
     busy.join()
-    assert late.status_code == 504
-    assert late.json()["type"] == "DeadlineExceeded"
-    assert results["busy"].status_code == 200
+    assert result["late"].status_code == 504
+    assert result["late"].json()["type"] == "DeadlineExceeded"
     assert 42 not in model.probe.seen
+    assert 41 in model.probe.seen
     assert server.metric('visionloop_refusals_total{model="fake",reason="deadline"}') == 1
 
 
 def test_a_client_that_disconnects_is_dropped_before_inference(serve):
-    model = FakeModel(delay_s=0.4)
+    model = FakeModel()
     server = serve(model=model, max_batch_size=1, max_delay_ms=0)
+    busy = hold_the_model(server, model)
     url = f"{server.url}/v1/models/fake/predict"
-    busy = threading.Thread(target=lambda: httpx.post(url, content=solid_png(43), timeout=30))
-    busy.start()
-    while 43 not in model.probe.seen:
-        time.sleep(0.001)
-    with pytest.raises(httpx.ReadTimeout):
-        httpx.post(url, content=solid_png(44), timeout=httpx.Timeout(30, read=0.1))
+
+    def impatient() -> None:
+        with pytest.raises(httpx.ReadTimeout):
+            httpx.post(url, content=solid_png(44), timeout=httpx.Timeout(30, read=0.3))
+
+    client_thread = threading.Thread(target=impatient)
+    client_thread.start()
+    wait_until_queued(server, 1)
+    client_thread.join()  # the client gave up and closed its connection
+    while len(server.state.runner.batcher):
+        time.sleep(0.005)  # the server noticed and took it out of the queue
+    model.probe.gate.set()
     busy.join()
     with client(server) as c:
         assert c.post("/v1/models/fake/predict", content=solid_png(45)).json()["label"] == "45"

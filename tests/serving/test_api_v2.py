@@ -10,7 +10,7 @@ import pytest
 import tritonclient.http as triton
 
 from tests.conftest import EXPECTED
-from tests.serving.conftest import client
+from tests.live_server import client
 from tests.serving.fakes import solid_png
 
 

@@ -1,5 +1,5 @@
-"""A real server on a free loopback port, in a thread of the test process (so a prepared
-model can be shared between servers instead of loading once per test)."""
+"""Fixture plumbing: a real server on a free loopback port, in a thread of the test process
+(so a prepared model can be shared between servers instead of loading once per test)."""
 
 from __future__ import annotations
 
