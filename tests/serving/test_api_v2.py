@@ -265,3 +265,25 @@ def test_unknown_model_in_v2_is_404(serve):
         assert c.get("/v2/models/zebra").status_code == 404
         assert c.get("/v2/models/zebra/ready").status_code == 404
         assert c.post("/v2/models/zebra/infer", json={"inputs": []}).status_code == 404
+
+
+def test_config_and_metadata_read_as_triton_would_write_them(catdog_server):
+    tc = triton_client(catdog_server)
+    config = tc.get_model_config("catdog")
+    assert all(i["optional"] for i in config["input"])  # either input, never both
+    shapes = {i["name"]: i["shape"] for i in tc.get_model_metadata("catdog")["inputs"]}
+    assert shapes["image_bytes"] == [
+        -1,
+        *next(i["dims"] for i in config["input"] if i["name"] == "image_bytes"),
+    ]
+
+
+def test_stats_report_every_phase_with_equal_counts(catdog_server, sample_bytes):
+    tc = triton_client(catdog_server)
+    inp = triton.InferInput("image_bytes", [2, 1], "BYTES")
+    inp.set_data_from_numpy(np.array([[sample_bytes["cat_chelsea.png"]]] * 2, dtype=np.object_))
+    tc.infer("catdog", [inp])
+    stats = tc.get_inference_statistics("catdog")["model_stats"][0]["inference_stats"]
+    phases = ("success", "queue", "compute_input", "compute_infer", "compute_output")
+    assert len({stats[p]["count"] for p in phases}) == 1
+    assert stats["compute_infer"]["ns"] > 0

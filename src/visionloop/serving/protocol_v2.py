@@ -133,7 +133,9 @@ def metadata(model: VisionModel) -> dict[str, Any]:
         "versions": ["1"],
         "platform": "pytorch",
         "inputs": [
-            {"name": "image_bytes", "datatype": "BYTES", "shape": [-1]},
+            # [-1, 1] as Triton derives it from the config (max_batch_size > 0, dims [1]);
+            # [N] is accepted too.
+            {"name": "image_bytes", "datatype": "BYTES", "shape": [-1, 1]},
             {"name": "image", "datatype": "UINT8", "shape": [-1, *spec.shape]},
         ],
         "outputs": outputs,
@@ -147,9 +149,15 @@ def config(state: ServerState, runner: Runner) -> dict[str, Any]:
         "platform": "pytorch",
         "backend": "visionloop",
         "max_batch_size": s.max_batch_size,
+        # Either input, never both: Triton's way to say so is "optional" on each.
         "input": [
-            {"name": "image_bytes", "data_type": "TYPE_STRING", "dims": [1]},
-            {"name": "image", "data_type": "TYPE_UINT8", "dims": list(model.input_spec.shape)},
+            {"name": "image_bytes", "data_type": "TYPE_STRING", "dims": [1], "optional": True},
+            {
+                "name": "image",
+                "data_type": "TYPE_UINT8",
+                "dims": list(model.input_spec.shape),
+                "optional": True,
+            },
         ],
         "output": [
             {"name": o.name, "data_type": f"TYPE_{o.dtype}", "dims": list(o.shape)}
@@ -186,11 +194,20 @@ def stats(runner: Runner) -> dict[str, Any]:
                     "success": {"count": s.success_count, "ns": s.success_ns},
                     "fail": {"count": s.fail_count, "ns": s.fail_ns},
                     "queue": {"count": s.success_count, "ns": s.queue_ns},
-                    "compute_infer": {"count": s.success_count, "ns": s.compute_ns},
+                    "compute_input": {"count": s.success_count, "ns": s.input_ns},
+                    "compute_infer": {"count": s.success_count, "ns": s.infer_ns},
+                    "compute_output": {"count": s.success_count, "ns": s.output_ns},
+                    "cache_hit": {"count": 0, "ns": 0},
+                    "cache_miss": {"count": 0, "ns": 0},
                 },
                 "batch_stats": [
-                    {"batch_size": size, "compute_infer": {"count": c, "ns": ns}}
-                    for size, (c, ns) in sorted(s.batch_compute.items())
+                    {
+                        "batch_size": size,
+                        "compute_input": {"count": runs, "ns": input_ns},
+                        "compute_infer": {"count": runs, "ns": infer_ns},
+                        "compute_output": {"count": runs, "ns": output_ns},
+                    }
+                    for size, (runs, input_ns, infer_ns, output_ns) in sorted(s.batches.items())
                 ],
             }
         ]

@@ -114,9 +114,22 @@ class ModelStats:
     fail_count: int = 0
     fail_ns: int = 0
     queue_ns: int = 0
-    compute_ns: int = 0
+    input_ns: int = 0
+    infer_ns: int = 0
+    output_ns: int = 0
     last_inference_ms: int = 0
-    batch_compute: dict[int, list[int]] = field(default_factory=dict)  # size -> [count, ns]
+    # batch size -> [executions, input ns, infer ns, output ns]
+    batches: dict[int, list[int]] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Phases:
+    """Where one batch's compute time went: staging the input, the forward pass (including
+    reading results back, the synchronisation point on CUDA), and postprocessing."""
+
+    input_s: float
+    infer_s: float
+    output_s: float
 
 
 class _Executor:
@@ -138,21 +151,25 @@ class _Executor:
 
     def compute(
         self, images: list[Image], padded_size: int
-    ) -> list[tuple[dict[str, Any], JSONDict]]:
+    ) -> tuple[list[tuple[dict[str, Any], JSONDict]], Phases]:
         """Runs in this executor's thread: stage, forward, read back, postprocess."""
+        t0 = time.perf_counter()
         count = len(images)
         staged = self.staging[:padded_size]
         np.stack(images, out=staged.numpy()[:count])
         if padded_size > count:
             staged[count:].zero_()
+        t1 = time.perf_counter()
         outputs = self.model.forward(staged)
         # Reading results back is the one synchronisation point on CUDA.
         host = {name: tensor[:count].cpu() for name, tensor in outputs.items()}
+        t2 = time.perf_counter()
         results = self.model.postprocess(host)
         if len(results) != count:
             raise RuntimeError(f"postprocess returned {len(results)} results for {count} images")
         arrays = {name: tensor.numpy() for name, tensor in host.items()}
-        return [({n: a[i] for n, a in arrays.items()}, results[i]) for i in range(count)]
+        answers = [({n: a[i] for n, a in arrays.items()}, results[i]) for i in range(count)]
+        return answers, Phases(t1 - t0, t2 - t1, time.perf_counter() - t2)
 
 
 def _set_threads(threads: int) -> None:
@@ -327,7 +344,7 @@ class Runner:
         self._in_flight += size
         loop = asyncio.get_running_loop()
         try:
-            answers = await loop.run_in_executor(
+            answers, phases = await loop.run_in_executor(
                 executor.pool, executor.compute, [job.payload.image for job in live], padded
             )
             compute_s = self.clock() - started
@@ -338,7 +355,7 @@ class Runner:
                         outputs, result, (started - job.enqueued_at) * 1e3, compute_s * 1e3, size
                     ),
                 )
-            self._record(live, started, compute_s, failed=False)
+            self._record(live, started, compute_s, phases)
             self.batcher.observe_service(padded, compute_s)
         except asyncio.CancelledError:  # stop() ran out of drain time mid-batch
             for job in live:
@@ -346,7 +363,7 @@ class Runner:
             raise
         except Exception as exc:  # a model error fails only this batch
             self._refuse("model_error", len(live))
-            self._record(live, started, self.clock() - started, failed=True)
+            self._record(live, started, self.clock() - started, None)
             error = ModelFailed(type(exc).__name__, str(exc))
             for job in live:
                 _settle(job.payload.future, exc=error)
@@ -368,8 +385,9 @@ class Runner:
         self.metrics.refusals.labels(reason=reason, **self._labels).inc(count)
 
     def _record(
-        self, jobs: list[Job[_Request]], started: float, compute_s: float, failed: bool
+        self, jobs: list[Job[_Request]], started: float, compute_s: float, phases: Phases | None
     ) -> None:
+        """Metrics and v2 statistics for one batch; ``phases`` is None when it failed."""
         size = len(jobs)
         queue_s = [started - job.enqueued_at for job in jobs]
         self.metrics.batch_size.labels(**self._labels).observe(size)
@@ -380,7 +398,7 @@ class Runner:
         compute_ns = int(compute_s * 1e9)
         s.execution_count += 1
         s.last_inference_ms = int(time.time() * 1e3)
-        if failed:
+        if phases is None:
             s.fail_count += size
             s.fail_ns += compute_ns * size
             return
@@ -388,10 +406,15 @@ class Runner:
         s.success_count += size
         s.success_ns += sum(int((q + compute_s) * 1e9) for q in queue_s)
         s.queue_ns += sum(int(q * 1e9) for q in queue_s)
-        s.compute_ns += compute_ns * size
-        count_ns = s.batch_compute.setdefault(size, [0, 0])
-        count_ns[0] += 1
-        count_ns[1] += compute_ns
+        spent = [int(x * 1e9) for x in (phases.input_s, phases.infer_s, phases.output_s)]
+        # Triton counts per request: each image of the batch is charged the batch's time.
+        s.input_ns += spent[0] * size
+        s.infer_ns += spent[1] * size
+        s.output_ns += spent[2] * size
+        row = s.batches.setdefault(size, [0, 0, 0, 0])
+        row[0] += 1
+        for i, ns in enumerate(spent, start=1):
+            row[i] += ns
 
 
 def _settle(
