@@ -84,14 +84,17 @@ def load_payloads(folder: Path, as_jpeg: bool = True) -> list[bytes]:
 
 
 def v2_request(image: bytes) -> tuple[bytes, dict[str, str]]:
-    """A binary-extension v2 infer body carrying one encoded image, asking for ``label``."""
+    """A binary-extension v2 infer body carrying one encoded image, asking for ``label``.
+
+    The shape is ``[1, 1]``: Triton, with batching on, wants the per-item dimension too.
+    """
     blob = len(image).to_bytes(4, "little") + image
     header = json.dumps(
         {
             "inputs": [
                 {
                     "name": "image_bytes",
-                    "shape": [1],
+                    "shape": [1, 1],
                     "datatype": "BYTES",
                     "parameters": {"binary_data_size": len(blob)},
                 }
