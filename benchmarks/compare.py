@@ -134,7 +134,9 @@ def measure_in_netns(name: str, args: argparse.Namespace) -> list[dict[str, obje
              "--rates", rates, "--duration", str(args.duration), "--warmup", str(args.warmup),
              "--slo-ms", str(args.slo_ms), "--rows", str(out)]  # fmt: skip
     script = f"ip link set lo up && exec {shlex.join(inner)}"
-    subprocess.run(["unshare", "-n", "bash", "-c", script], check=True, cwd=ROOT,
+    # A PID namespace too: whatever the peer leaves running dies with it.
+    unshare = ["unshare", "--net", "--pid", "--fork", "--kill-child", "--mount-proc"]
+    subprocess.run([*unshare, "bash", "-c", script], check=True, cwd=ROOT,
                    env={**os.environ, "RAY_AUTH_MODE": "disabled"})  # fmt: skip
     rows: list[dict[str, object]] = json.loads(out.read_text())
     return rows
