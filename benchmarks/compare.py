@@ -114,6 +114,7 @@ def measure(name: str, args: argparse.Namespace) -> list[LoadResult]:
             base + sys_.predict_url,
             protocol=sys_.protocol,  # type: ignore[arg-type]
             metrics_url=f"{base}/metrics" if sys_.metrics else None,
+            deadline_ms=args.deadline_ms,
         )
         payloads = load_payloads(ROOT / "tests" / "data")
         return sweep(target, payloads, "open", args.rates, args.duration, args.warmup,
@@ -133,6 +134,8 @@ def measure_in_netns(name: str, args: argparse.Namespace) -> list[dict[str, obje
     inner = [sys.executable, __file__, "--systems", name, "--out", str(out.parent),
              "--rates", rates, "--duration", str(args.duration), "--warmup", str(args.warmup),
              "--slo-ms", str(args.slo_ms), "--rows", str(out)]  # fmt: skip
+    if args.deadline_ms is not None:
+        inner += ["--deadline-ms", str(args.deadline_ms)]
     script = f"ip link set lo up && exec {shlex.join(inner)}"
     # A PID namespace too: whatever the peer leaves running dies with it.
     unshare = ["unshare", "--net", "--pid", "--fork", "--kill-child", "--mount-proc"]
@@ -167,6 +170,8 @@ def main() -> None:
     parser.add_argument("--duration", type=float, default=15.0)
     parser.add_argument("--warmup", type=float, default=3.0)
     parser.add_argument("--slo-ms", type=float, default=250.0)
+    parser.add_argument("--deadline-ms", type=float, default=None,
+                        help="send X-Timeout-Ms (servers that read it drop late work)")  # fmt: skip
     parser.add_argument("--out", default=str(ROOT / "out" / "compare"))
     parser.add_argument("--rows", help="write only the rows here (used inside a namespace)")
     args = parser.parse_args()

@@ -275,6 +275,9 @@ def bench_load(
     slo_ms: Annotated[float, typer.Option(help="Latency SLO for goodput.")] = 250.0,
     images: Annotated[Path, typer.Option(help="Folder of images to send.")] = Path("tests/data"),
     label: Annotated[str, typer.Option(help="Name of this system/config in results.")] = "",
+    deadline_ms: Annotated[
+        float | None, typer.Option(help="Send X-Timeout-Ms with every request.")
+    ] = None,
     metrics_url: Annotated[
         str | None, typer.Option(help="visionloop /metrics, for the mean batch size.")
     ] = None,
@@ -290,7 +293,7 @@ def bench_load(
             f"protocol must be raw|v2 and mode open|closed, got {protocol}, {mode}"
         )
     levels = _levels(rates if mode == "open" else clients, "rates" if mode == "open" else "clients")
-    target = Target(url, protocol, metrics_url)  # type: ignore[arg-type]
+    target = Target(url, protocol, metrics_url, deadline_ms)  # type: ignore[arg-type]
     payloads = load_payloads(images)
     results = sweep(target, payloads, mode, levels, duration, warmup, slo_ms, label or url,  # type: ignore[arg-type]
                     on_result=lambda r: err_console.print(r.as_dict()))  # fmt: skip

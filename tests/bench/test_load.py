@@ -75,3 +75,10 @@ def test_cli_load_writes_json_and_plot(serve, tmp_path):
 def test_bad_levels_are_refused():
     result = CliRunner().invoke(app, ["bench", "load", "http://127.0.0.1:9/x", "--rates", "0"])
     assert result.exit_code == 2
+
+
+def test_deadline_travels_as_a_header(serve):
+    server = serve()
+    target = Target(f"{server.url}/v1/models/fake/predict", deadline_ms=0.001)
+    result = asyncio.run(closed_loop(target, PAYLOADS, clients=1, duration_s=0.2))
+    assert set(result.statuses) == {"504"}  # every request expired in the queue

@@ -170,3 +170,33 @@ def test_inf_rate_is_not_a_reason_to_wait(clock):
     assert math.isinf(batcher.arrivals.rate(clock.now))
     batcher.submit(job(clock, "a"))
     assert ids(batcher.poll().batch) == ["a"]
+
+
+def test_admission_can_be_asked_before_the_expensive_part(clock):
+    batcher = adaptive(clock)  # a full batch: 60 ms
+    for i in range(8):
+        batcher.submit(job(clock, str(i)))
+    with pytest.raises(DeadlineUnreachable):
+        batcher.admit(clock.now, clock.now + 0.050)
+    batcher.admit(clock.now, clock.now + 1.0)  # no exception: it would be queued
+    assert len(batcher) == 8  # asking queues nothing
+
+
+def test_a_running_batch_delays_the_projection(clock):
+    batcher = adaptive(clock)  # s(8) = 60 ms, s(1) = 25 ms
+    for i in range(8):
+        batcher.submit(job(clock, str(i)))
+    assert len(batcher.poll().batch) == 8  # now busy until +60 ms
+    with pytest.raises(DeadlineUnreachable, match="need ~85 ms"):
+        batcher.submit(job(clock, "next", timeout_ms=80))
+    batcher.observe_service(8, 0.060)  # that batch ended: the executor is free again
+    batcher.submit(job(clock, "next", timeout_ms=80))
+
+
+def test_a_request_that_cannot_finish_even_alone_is_dropped_before_running(clock):
+    batcher = adaptive(clock)  # s(1) = 25 ms
+    batcher.submit(job(clock, "a", timeout_ms=1000))
+    clock.advance(980)  # 20 ms left, a batch of one needs 25
+    decision = batcher.poll()
+    assert ids(decision.expired) == ["a"]
+    assert decision.batch == []

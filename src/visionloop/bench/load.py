@@ -33,11 +33,14 @@ IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".gif", ".bmp")
 
 @dataclass(frozen=True)
 class Target:
-    """Where to send: ``url`` is the full predict/infer URL."""
+    """Where to send: ``url`` is the full predict/infer URL. With ``deadline_ms``, every
+    request carries ``X-Timeout-Ms`` (a phone that stops waiting after that long says so;
+    servers that do not read the header ignore it)."""
 
     url: str
     protocol: Protocol = "raw"
     metrics_url: str | None = None
+    deadline_ms: float | None = None
 
 
 @dataclass
@@ -111,8 +114,13 @@ def v2_request(image: bytes) -> tuple[bytes, dict[str, str]]:
 
 def _bodies(target: Target, payloads: list[bytes]) -> list[tuple[bytes, dict[str, str]]]:
     if target.protocol == "v2":
-        return [v2_request(p) for p in payloads]
-    return [(p, {"content-type": "image/jpeg"}) for p in payloads]
+        bodies = [v2_request(p) for p in payloads]
+    else:
+        bodies = [(p, {"content-type": "image/jpeg"}) for p in payloads]
+    if target.deadline_ms is not None:
+        for _, headers in bodies:
+            headers["X-Timeout-Ms"] = f"{target.deadline_ms:g}"
+    return bodies
 
 
 def _percentile(sorted_ms: list[float], p: float) -> float:
@@ -140,6 +148,7 @@ class _Recorder:
     def __init__(self, slo_ms: float) -> None:
         self.slo_ms = slo_ms
         self.latencies: list[float] = []
+        self.done_at: list[float] = []  # perf_counter time of each 200, same order
         self.statuses: Counter[str] = Counter()
         self.sent = 0
 
@@ -154,7 +163,9 @@ class _Recorder:
             status = type(exc).__name__
         self.statuses[status] += 1
         if status == "200":
-            self.latencies.append((time.perf_counter() - t0) * 1e3)
+            now = time.perf_counter()
+            self.latencies.append((now - t0) * 1e3)
+            self.done_at.append(now)
 
 
 async def _measure(
@@ -165,10 +176,16 @@ async def _measure(
     slo_ms: float,
     drive: Callable[[httpx.AsyncClient, _Recorder], Awaitable[None]],
     connections: int,
+    window_s: float,
+    timeout_s: float = 30.0,
 ) -> LoadResult:
+    """Run ``drive`` and summarise. Rates count answers that *completed* within the load
+    window: answers still arriving after it (the backlog of an overloaded server) must not
+    dilute the rate by stretching the denominator, nor inflate it later. A request unanswered
+    after ``timeout_s`` counts as failed (a collapsed server must not stall the sweep)."""
     limits = httpx.Limits(max_connections=connections, max_keepalive_connections=connections)
     recorder = _Recorder(slo_ms)
-    async with httpx.AsyncClient(timeout=120, limits=limits) as client:
+    async with httpx.AsyncClient(timeout=timeout_s, limits=limits) as client:
         before = await _batch_totals(client, target.metrics_url)
         cpu0 = resource.getrusage(resource.RUSAGE_SELF)
         started = time.perf_counter()
@@ -182,6 +199,10 @@ async def _measure(
         mean_batch = round((after[0] - before[0]) / (after[1] - before[1]), 2)
     ordered = sorted(recorder.latencies)
     good = sum(1 for ms in ordered if ms <= slo_ms)
+    window_end = started + window_s
+    in_window = [ms for ms, t in zip(recorder.latencies, recorder.done_at, strict=True)
+                 if t <= window_end]  # fmt: skip
+    good_in_window = sum(1 for ms in in_window if ms <= slo_ms)
     return LoadResult(
         label=label,
         mode=mode,
@@ -190,8 +211,8 @@ async def _measure(
         sent=recorder.sent,
         ok=len(ordered),
         good=good,
-        throughput_rps=round(len(ordered) / seconds, 2),
-        goodput_rps=round(good / seconds, 2),
+        throughput_rps=round(len(in_window) / window_s, 2),
+        goodput_rps=round(good_in_window / window_s, 2),
         p50_ms=round(_percentile(ordered, 0.50), 1),
         p90_ms=round(_percentile(ordered, 0.90), 1),
         p99_ms=round(_percentile(ordered, 0.99), 1),
@@ -233,7 +254,7 @@ async def open_loop(
         await asyncio.gather(*tasks)
 
     connections = max(16, int(rate * 4))
-    return await _measure(label, "open", rate, target, slo_ms, drive, connections)
+    return await _measure(label, "open", rate, target, slo_ms, drive, connections, duration_s)
 
 
 async def closed_loop(
@@ -262,7 +283,7 @@ async def closed_loop(
 
         await asyncio.gather(*(one(c) for c in range(clients)))
 
-    return await _measure(label, "closed", clients, target, slo_ms, drive, clients)
+    return await _measure(label, "closed", clients, target, slo_ms, drive, clients, duration_s)
 
 
 def sweep(

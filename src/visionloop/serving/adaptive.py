@@ -154,18 +154,30 @@ def plan(situation: Situation, times: ServiceTimes, arrivals: ArrivalRate) -> Pl
 
 
 def projected_finish(
-    now: float, position: int, max_batch_size: int, executors: int, times: ServiceTimes
+    now: float,
+    position: int,
+    max_batch_size: int,
+    executors: int,
+    times: ServiceTimes,
+    busy_until: list[float] | None = None,
 ) -> float | None:
-    """Optimistic finish time of a request arriving behind ``position - 1`` others: full
-    batches ahead of it, spread over the executors, then its own (maybe partial) batch.
+    """Expected finish time of a request arriving behind ``position - 1`` others: each
+    executor first ends the batch it is running (``busy_until``), then the full batches ahead
+    go to whichever executor frees first, then the request's own (maybe partial) batch.
     None before calibration."""
     full = times.estimate(max_batch_size)
     if full is None:
         return None
+    free = sorted(max(now, t) for t in (busy_until or [])[:executors])
+    free += [now] * (executors - len(free))
     batches = math.ceil(position / max_batch_size)
-    rounds = math.ceil(batches / executors)
     own = times.estimate(position - (batches - 1) * max_batch_size) or full
-    return now + (rounds - 1) * full + own
+    finish = now
+    for index in range(batches):
+        start = free.pop(0)
+        finish = start + (own if index == batches - 1 else full)
+        free = sorted([*free, finish])
+    return finish
 
 
 def drain_rate(max_batch_size: int, executors: int, times: ServiceTimes) -> float | None:

@@ -116,7 +116,7 @@ def create_app(
             return await _predict_many(state, request, runner, timeout)
         data = await read_body(request, state.limits.max_bytes)
         started = time.perf_counter()
-        image = await state.decode(data, runner.model)
+        image = await state.decode(data, runner, timeout)
         decode_ms = (time.perf_counter() - started) * 1e3
         item = await state.infer(request, runner, image, timeout)
         return JSONResponse(_v1_body(runner, item, decode_ms, started))
@@ -216,7 +216,7 @@ async def _predict_many(
                 f"image too large: {len(data)} bytes exceeds {limits.max_bytes}",
                 error_type="ImageTooLarge",
             )
-        image = await state.decode(data, runner.model)
+        image = await state.decode(data, runner, timeout)
         decode_ms = (time.perf_counter() - started) * 1e3
         item = await state.infer(request, runner, image, timeout)
         return {"file": upload.filename, **_v1_body(runner, item, decode_ms, started)}

@@ -96,6 +96,7 @@ class Batcher(Generic[P]):
         self._queue: OrderedDict[Hashable, Job[P]] = OrderedDict()
         self.service_times = adaptive.ServiceTimes()
         self.arrivals = adaptive.ArrivalRate()
+        self._busy_until: list[float] = []  # expected end of each batch handed out
 
     def __len__(self) -> int:
         return len(self._queue)
@@ -105,25 +106,35 @@ class Batcher(Generic[P]):
         if job.id in self._queue:
             raise ValueError(f"job id {job.id!r} is already queued")
         self.arrivals.observe(job.enqueued_at)
+        self.admit(job.enqueued_at, job.deadline)
+        self._queue[job.id] = job
+
+    def admit(self, now: float, deadline: float) -> None:
+        """Would a request arriving ``now`` be queued? Raises what :meth:`submit` would.
+
+        Cheap enough to ask before the expensive part of a request (decoding its image), so
+        that an overloaded server refuses without doing that work first.
+        """
         if len(self._queue) >= self.policy.max_queue:
             raise QueueFull(f"queue full: {len(self._queue)} requests waiting")
         if self.policy.kind == "adaptive":
             p = self.policy
             finish = adaptive.projected_finish(
-                job.enqueued_at, len(self._queue) + 1, p.max_batch_size, p.executors,
-                self.service_times,
+                now, len(self._queue) + 1, p.max_batch_size, p.executors,
+                self.service_times, self._busy_until,
             )  # fmt: skip
-            if finish is not None and finish > job.deadline:
+            if finish is not None and finish > deadline:
                 raise DeadlineUnreachable(
                     f"cannot answer within the deadline: {len(self._queue)} requests ahead "
-                    f"need ~{(finish - job.enqueued_at) * 1e3:.0f} ms"
+                    f"need ~{(finish - now) * 1e3:.0f} ms"
                 )
-        self._queue[job.id] = job
 
     def observe_service(self, size: int, seconds: float) -> None:
         """Record how long a batch of ``size`` (after padding) took; the adaptive policy and
-        ``Retry-After`` estimates learn from it."""
+        ``Retry-After`` estimates learn from it. Also marks one executor free again."""
         self.service_times.observe(size, seconds)
+        if self._busy_until:
+            self._busy_until.pop(0)
 
     def drain_seconds(self) -> float | None:
         """Measured time to work off the current queue; None before any measurement."""
@@ -152,6 +163,9 @@ class Batcher(Generic[P]):
         if take:
             decision.batch = self._take(take)
             hint = None
+            if self.policy.kind == "adaptive":
+                cost = self.service_times.estimate(take) or 0.0
+                self._busy_until = sorted([*self._busy_until, now + cost])[-self.policy.executors :]
         if self._queue:
             decision.wait = self._seconds_to_next_event(now, hint)
         return decision
@@ -178,7 +192,12 @@ class Batcher(Generic[P]):
         return chosen.take, chosen.wait
 
     def _take_expired(self, now: float) -> list[Job[P]]:
-        expired = [job for job in self._queue.values() if job.deadline <= now + _EPSILON]
+        """Jobs past their deadline; for ``adaptive`` also those that could no longer finish in
+        time even alone, now (running them would only make other requests late)."""
+        horizon = now + _EPSILON
+        if self.policy.kind == "adaptive":
+            horizon += self.service_times.estimate(1) or 0.0
+        expired = [job for job in self._queue.values() if job.deadline <= horizon]
         for job in expired:
             del self._queue[job.id]
         return expired

@@ -228,8 +228,10 @@ async def _infer(state: ServerState, runner: Runner, request: Request) -> Respon
         encoded = _bytes_elements(tensor, binary)
         if len(encoded) > state.settings.max_files:
             raise ApiError(413, f"too many images: {len(encoded)} > {state.settings.max_files}")
-        images = list(await asyncio.gather(*(state.decode(e, model) for e in encoded)))
+        decoding = (state.decode(e, runner, timeout_ms) for e in encoded)
+        images = list(await asyncio.gather(*decoding))
     else:
+        runner.admit(timeout_ms)
         images = _pixel_tensor(tensor, binary, model)
     items = await asyncio.gather(
         *(state.infer(request, runner, image, timeout_ms) for image in images)

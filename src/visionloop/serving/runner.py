@@ -263,6 +263,27 @@ class Runner:
         """A client's fair wait before retrying: the measured time to drain the queue, >= 1 s."""
         return max(1, math.ceil(self.batcher.drain_seconds() or 1.0))
 
+    def admit(self, timeout_ms: float | None = None) -> None:
+        """Refuse now, before any decoding, what :meth:`infer` would refuse on arrival.
+
+        Raises:
+            NotReady, QueueFull (or its DeadlineUnreachable): as :meth:`infer` would.
+        """
+        if not self._accepting:
+            self._refuse("not_ready" if not self.ready else "shutting_down")
+            raise NotReady("model is not ready" if not self.ready else "server is shutting down")
+        now = self.clock()
+        try:
+            self.batcher.admit(now, now + self._timeout_ms(timeout_ms) / 1e3)
+        except QueueFull as exc:
+            unreachable = isinstance(exc, DeadlineUnreachable)
+            self._refuse("deadline_unreachable" if unreachable else "queue_full")
+            raise
+
+    def _timeout_ms(self, requested: float | None) -> float:
+        default = self.config.timeout_ms
+        return default if requested is None else min(requested, default)
+
     async def infer(self, image: Image, timeout_ms: float | None = None) -> ItemResult:
         """Queue one uint8 HWC image and wait for its answer.
 
@@ -281,11 +302,7 @@ class Runner:
             raise ValueError(
                 f"expected a uint8 image of shape {expected}, got {image.dtype} {image.shape}"
             )
-        timeout = (
-            self.config.timeout_ms
-            if timeout_ms is None
-            else min(timeout_ms, self.config.timeout_ms)
-        )
+        timeout = self._timeout_ms(timeout_ms)
         now = self.clock()
         future: asyncio.Future[ItemResult] = asyncio.get_running_loop().create_future()
         job = Job(

@@ -105,8 +105,14 @@ class ServerState:
     def model(self, name: str) -> VisionModel:
         return self.runner_for(name).model
 
-    async def decode(self, data: bytes, model: VisionModel) -> npt.NDArray[np.uint8]:
-        """Decode and resize off the event loop; imaging errors become 4xx before queueing."""
+    async def decode(
+        self, data: bytes, runner: Runner, timeout_ms: float | None
+    ) -> npt.NDArray[np.uint8]:
+        """Admit, then decode and resize off the event loop; imaging errors become 4xx before
+        queueing. Admission comes first so that an overloaded server refuses for the price of
+        a queue look-up, not of a decode."""
+        runner.admit(timeout_ms)
+        model = runner.model
         loop = asyncio.get_running_loop()
         try:
             return await loop.run_in_executor(
