@@ -312,3 +312,59 @@ def test_adaptive_policy_refuses_on_arrival_what_would_miss_its_deadline(serve):
             assert response.json()["label"] == str(marker)
     reason = 'visionloop_refusals_total{model="fake",reason="deadline_unreachable"}'
     assert server.metric(reason) == len(refused)
+
+
+def block_decoding(server) -> threading.Event:
+    """Make the first decode wait on the returned gate (the others queue for the thread)."""
+    state, gate = server.state, threading.Event()
+    original = state._prepare
+
+    def gated(*args):
+        gate.wait(timeout=30)
+        return original(*args)
+
+    state._prepare = gated
+    return gate
+
+
+def test_uploads_waiting_for_a_decode_thread_are_bounded(serve):
+    server = serve(decode_threads=1, max_queue=1)
+    gate = block_decoding(server)
+    url = f"{server.url}/v1/models/fake/predict"
+    first: dict[str, httpx.Response] = {}
+    thread = threading.Thread(target=lambda: first.update(r=httpx.post(url, content=solid_png(50))))
+    thread.start()
+    while server.state._decoding < 1:
+        time.sleep(0.005)
+    refused = httpx.post(url, content=solid_png(51))
+    gate.set()
+    thread.join()
+    assert refused.status_code == 503
+    assert refused.json()["error"].startswith("overloaded: decode backlog full")
+    assert first["r"].status_code == 200
+
+
+def test_a_deadline_that_passes_while_waiting_for_decode_is_504_without_decoding(serve):
+    server = serve(decode_threads=1)
+    gate = block_decoding(server)
+    url = f"{server.url}/v1/models/fake/predict"
+    results: dict[str, httpx.Response] = {}
+    first = threading.Thread(
+        target=lambda: results.update(a=httpx.post(url, content=solid_png(52)))
+    )
+    first.start()
+    while server.state._decoding < 1:
+        time.sleep(0.005)
+    late = threading.Thread(target=lambda: results.update(
+        b=httpx.post(url, content=solid_png(53), headers={"X-Timeout-Ms": "50"})))  # fmt: skip
+    late.start()
+    while server.state._decoding < 2:
+        time.sleep(0.005)
+    time.sleep(0.1)
+    gate.set()
+    first.join()
+    late.join()
+    assert results["a"].status_code == 200
+    assert results["b"].status_code == 504
+    assert results["b"].json()["error"] == "deadline passed while waiting to be decoded"
+    assert 53 not in server.state.runner.model.probe.seen

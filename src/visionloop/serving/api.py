@@ -111,14 +111,15 @@ def create_app(
         """Classify one image (raw body) or several (multipart, one part per file)."""
         _authorise(state, request)
         runner = state.runner_for(model)
+        arrived = runner.clock()  # the deadline counts from here: body and decode included
         timeout = timeout_from(request.headers.get("x-timeout-ms"), "X-Timeout-Ms")
         if request.headers.get("content-type", "").startswith("multipart/form-data"):
-            return await _predict_many(state, request, runner, timeout)
+            return await _predict_many(state, request, runner, timeout, arrived)
         data = await read_body(request, state.limits.max_bytes)
         started = time.perf_counter()
-        image = await state.decode(data, runner, timeout)
+        image = await state.decode(data, runner, timeout, arrived)
         decode_ms = (time.perf_counter() - started) * 1e3
-        item = await state.infer(request, runner, image, timeout)
+        item = await state.infer(request, runner, image, timeout, arrived)
         return JSONResponse(_v1_body(runner, item, decode_ms, started))
 
     @app.get("/metrics", tags=["ops"])
@@ -194,7 +195,7 @@ def _v1_body(runner: Runner, item: ItemResult, decode_ms: float, started: float)
 
 
 async def _predict_many(
-    state: ServerState, request: Request, runner: Runner, timeout: float | None
+    state: ServerState, request: Request, runner: Runner, timeout: float | None, arrived: float
 ) -> Response:
     limits = state.limits
     try:
@@ -216,9 +217,9 @@ async def _predict_many(
                 f"image too large: {len(data)} bytes exceeds {limits.max_bytes}",
                 error_type="ImageTooLarge",
             )
-        image = await state.decode(data, runner, timeout)
+        image = await state.decode(data, runner, timeout, arrived)
         decode_ms = (time.perf_counter() - started) * 1e3
-        item = await state.infer(request, runner, image, timeout)
+        item = await state.infer(request, runner, image, timeout, arrived)
         return {"file": upload.filename, **_v1_body(runner, item, decode_ms, started)}
 
     answers = await asyncio.gather(*(one(u) for _, u in files), return_exceptions=True)

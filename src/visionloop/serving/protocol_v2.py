@@ -215,6 +215,7 @@ def stats(runner: Runner) -> dict[str, Any]:
 
 
 async def _infer(state: ServerState, runner: Runner, request: Request) -> Response:
+    arrived = runner.clock()
     body = await read_body(request, state.limits.max_bytes * state.settings.max_files)
     parsed, binary = _split(body, request.headers.get(HEADER_LENGTH))
     tensor = _single_input(parsed)
@@ -228,13 +229,13 @@ async def _infer(state: ServerState, runner: Runner, request: Request) -> Respon
         encoded = _bytes_elements(tensor, binary)
         if len(encoded) > state.settings.max_files:
             raise ApiError(413, f"too many images: {len(encoded)} > {state.settings.max_files}")
-        decoding = (state.decode(e, runner, timeout_ms) for e in encoded)
+        decoding = (state.decode(e, runner, timeout_ms, arrived) for e in encoded)
         images = list(await asyncio.gather(*decoding))
     else:
-        runner.admit(timeout_ms)
+        runner.admit(timeout_ms, arrived)
         images = _pixel_tensor(tensor, binary, model)
     items = await asyncio.gather(
-        *(state.infer(request, runner, image, timeout_ms) for image in images)
+        *(state.infer(request, runner, image, timeout_ms, arrived) for image in images)
     )
     return _response(parsed, model, list(items))
 

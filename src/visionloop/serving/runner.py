@@ -263,7 +263,7 @@ class Runner:
         """A client's fair wait before retrying: the measured time to drain the queue, >= 1 s."""
         return max(1, math.ceil(self.batcher.drain_seconds() or 1.0))
 
-    def admit(self, timeout_ms: float | None = None) -> None:
+    def admit(self, timeout_ms: float | None = None, arrived_at: float | None = None) -> None:
         """Refuse now, before any decoding, what :meth:`infer` would refuse on arrival.
 
         Raises:
@@ -272,19 +272,28 @@ class Runner:
         if not self._accepting:
             self._refuse("not_ready" if not self.ready else "shutting_down")
             raise NotReady("model is not ready" if not self.ready else "server is shutting down")
-        now = self.clock()
         try:
-            self.batcher.admit(now, now + self._timeout_ms(timeout_ms) / 1e3)
+            self.batcher.admit(self.clock(), self.deadline(timeout_ms, arrived_at))
         except QueueFull as exc:
             unreachable = isinstance(exc, DeadlineUnreachable)
             self._refuse("deadline_unreachable" if unreachable else "queue_full")
             raise
 
-    def _timeout_ms(self, requested: float | None) -> float:
-        default = self.config.timeout_ms
-        return default if requested is None else min(requested, default)
+    def deadline(self, timeout_ms: float | None = None, arrived_at: float | None = None) -> float:
+        """When a request that arrived at ``arrived_at`` (default: now) must be answered by.
 
-    async def infer(self, image: Image, timeout_ms: float | None = None) -> ItemResult:
+        The clock starts when the request reached the server, not when it reached the queue:
+        reading and decoding its upload spend the client's budget too. A client may shorten
+        the server's default timeout, never lengthen it.
+        """
+        default = self.config.timeout_ms
+        timeout = default if timeout_ms is None else min(timeout_ms, default)
+        start = self.clock() if arrived_at is None else arrived_at
+        return start + timeout / 1e3
+
+    async def infer(
+        self, image: Image, timeout_ms: float | None = None, arrived_at: float | None = None
+    ) -> ItemResult:
         """Queue one uint8 HWC image and wait for its answer.
 
         Raises:
@@ -302,13 +311,12 @@ class Runner:
             raise ValueError(
                 f"expected a uint8 image of shape {expected}, got {image.dtype} {image.shape}"
             )
-        timeout = self._timeout_ms(timeout_ms)
         now = self.clock()
         future: asyncio.Future[ItemResult] = asyncio.get_running_loop().create_future()
         job = Job(
             id=next(self._ids),
             enqueued_at=now,
-            deadline=now + timeout / 1e3,
+            deadline=self.deadline(timeout_ms, arrived_at),
             payload=_Request(image, future),
         )
         try:

@@ -77,6 +77,7 @@ class ServerState:
     load_error: str | None = None
     started_at: float = field(default_factory=time.monotonic)
     decode_pool: ThreadPoolExecutor = field(init=False)
+    _decoding: int = field(default=0, init=False)  # uploads in or waiting for a decode thread
 
     def __post_init__(self) -> None:
         self.decode_pool = ThreadPoolExecutor(
@@ -106,22 +107,42 @@ class ServerState:
         return self.runner_for(name).model
 
     async def decode(
-        self, data: bytes, runner: Runner, timeout_ms: float | None
+        self, data: bytes, runner: Runner, timeout_ms: float | None, arrived_at: float
     ) -> npt.NDArray[np.uint8]:
         """Admit, then decode and resize off the event loop; imaging errors become 4xx before
         queueing. Admission comes first so that an overloaded server refuses for the price of
-        a queue look-up, not of a decode."""
-        runner.admit(timeout_ms)
+        a queue look-up, not of a decode; the uploads waiting for a decode thread are bounded
+        (``max_queue``) like the queue itself; one whose deadline passed while it waited is
+        answered 504 without being decoded."""
         model = runner.model
+        if self._decoding >= self.settings.max_queue:
+            self.metrics.refusals.labels(model=model.name, reason="queue_full").inc()
+            raise QueueFull(f"decode backlog full: {self._decoding} uploads waiting")
+        runner.admit(timeout_ms, arrived_at)
+        deadline = runner.deadline(timeout_ms, arrived_at)
         loop = asyncio.get_running_loop()
+        self._decoding += 1
         try:
             return await loop.run_in_executor(
-                self.decode_pool, imaging.prepare, data, model.input_spec.crop, self.limits
+                self.decode_pool, self._prepare, data, model, runner, deadline
             )
+        except DeadlineExceeded:
+            self.metrics.refusals.labels(model=model.name, reason="deadline").inc()
+            raise
         except imaging.ImageError as exc:
             self.metrics.refusals.labels(model=model.name, reason="bad_input").inc()
             status = _IMAGE_STATUS.get(type(exc), 400)
             raise ApiError(status, str(exc), error_type=type(exc).__name__) from None
+        finally:
+            self._decoding -= 1
+
+    def _prepare(
+        self, data: bytes, model: VisionModel, runner: Runner, deadline: float
+    ) -> npt.NDArray[np.uint8]:
+        """Runs in a decode thread."""
+        if runner.clock() >= deadline:
+            raise DeadlineExceeded("deadline passed while waiting to be decoded")
+        return imaging.prepare(data, model.input_spec.crop, self.limits)
 
     async def infer(
         self,
@@ -129,9 +150,10 @@ class ServerState:
         runner: Runner,
         image: npt.NDArray[np.uint8],
         timeout_ms: float | None,
+        arrived_at: float,
     ) -> ItemResult:
         """Queue one image; give up (and free its queue slot) if the client disconnects."""
-        work = asyncio.ensure_future(runner.infer(image, timeout_ms))
+        work = asyncio.ensure_future(runner.infer(image, timeout_ms, arrived_at))
         gone = asyncio.ensure_future(_disconnected(request))
         try:
             done, _ = await asyncio.wait({work, gone}, return_when=asyncio.FIRST_COMPLETED)
