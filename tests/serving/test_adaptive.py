@@ -94,8 +94,8 @@ def test_it_refuses_on_arrival_what_cannot_make_its_deadline(clock):
     batcher = adaptive(clock, fixed_ms=20.0, per_image_ms=5.0)  # a full batch: 60 ms
     for i in range(16):
         batcher.submit(job(clock, str(i), timeout_ms=1000))
-    # Two full batches ahead (60 ms each), then its own batch of one (25 ms): 145 ms.
-    with pytest.raises(DeadlineUnreachable, match="16 requests ahead need ~145 ms"):
+    # Two full batches ahead (60 ms each), then its own, which later arrivals fill: 180 ms.
+    with pytest.raises(DeadlineUnreachable, match="16 requests ahead need ~180 ms"):
         batcher.submit(job(clock, "late", timeout_ms=100))
     batcher.submit(job(clock, "patient", timeout_ms=1000))
     assert len(batcher) == 17
@@ -187,10 +187,19 @@ def test_a_running_batch_delays_the_projection(clock):
     for i in range(8):
         batcher.submit(job(clock, str(i)))
     assert len(batcher.poll().batch) == 8  # now busy until +60 ms
-    with pytest.raises(DeadlineUnreachable, match="need ~85 ms"):
+    with pytest.raises(DeadlineUnreachable, match="need ~120 ms"):  # then a full batch
         batcher.submit(job(clock, "next", timeout_ms=80))
     batcher.observe_service(8, 0.060)  # that batch ended: the executor is free again
-    batcher.submit(job(clock, "next", timeout_ms=80))
+    batcher.submit(job(clock, "next", timeout_ms=80))  # alone on a free executor: 25 ms
+
+
+def test_a_queued_request_that_would_finish_late_in_the_next_batch_is_dropped(clock):
+    batcher = adaptive(clock)  # s(4) = 40 ms
+    for name in "abc":
+        batcher.submit(job(clock, name, timeout_ms=1000))
+    batcher.submit(job(clock, "d", timeout_ms=1000))
+    clock.advance(965)  # 35 ms left: enough for a batch of one, not for this batch of four
+    assert ids(batcher.poll().expired) == ["a", "b", "c", "d"]
 
 
 def test_a_request_that_cannot_finish_even_alone_is_dropped_before_running(clock):

@@ -163,15 +163,18 @@ def projected_finish(
 ) -> float | None:
     """Expected finish time of a request arriving behind ``position - 1`` others: each
     executor first ends the batch it is running (``busy_until``), then the full batches ahead
-    go to whichever executor frees first, then the request's own (maybe partial) batch.
-    None before calibration."""
+    go to whichever executor frees first, then the request's own batch. That batch is only as
+    small as the queue ahead when an executor is free for it now; if it has to wait, later
+    arrivals fill it, so it is costed as a full one. None before calibration."""
     full = times.estimate(max_batch_size)
     if full is None:
         return None
     free = sorted(max(now, t) for t in (busy_until or [])[:executors])
     free += [now] * (executors - len(free))
     batches = math.ceil(position / max_batch_size)
-    own = times.estimate(position - (batches - 1) * max_batch_size) or full
+    partial = position - (batches - 1) * max_batch_size
+    must_wait = batches > executors or free[0] > now
+    own = full if must_wait else (times.estimate(partial) or full)
     finish = now
     for index in range(batches):
         start = free.pop(0)

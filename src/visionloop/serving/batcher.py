@@ -193,10 +193,11 @@ class Batcher(Generic[P]):
 
     def _take_expired(self, now: float) -> list[Job[P]]:
         """Jobs past their deadline; for ``adaptive`` also those that could no longer finish in
-        time even alone, now (running them would only make other requests late)."""
+        time in the batch that would go now (running them would only make others late)."""
         horizon = now + _EPSILON
         if self.policy.kind == "adaptive":
-            horizon += self.service_times.estimate(1) or 0.0
+            size = min(len(self._queue), self.policy.max_batch_size)
+            horizon += self.service_times.estimate(max(size, 1)) or 0.0
         expired = [job for job in self._queue.values() if job.deadline <= horizon]
         for job in expired:
             del self._queue[job.id]
