@@ -84,8 +84,9 @@ class ServeSettings(BaseSettings):
     )
     instances: int = Field(default=1, ge=1, description="Model executors sharing the one queue.")
     policy: Literal["fixed", "adaptive"] = Field(
-        default="fixed",
-        description="fixed: wait max_delay_ms for company; adaptive: wait only while it pays.",
+        default="adaptive",
+        description="adaptive: wait only while it pays, refuse what would be late (default "
+        "since it won in BENCHMARKS.md); fixed: always wait max_delay_ms for company.",
     )
     pad_to_buckets: bool = Field(
         default=False, description="Pad batches to powers of two (few shapes for compiled graphs)."
