@@ -1,9 +1,11 @@
-"""visionloop (naive / fixed / adaptive) and its peers under the same open-loop load, in one run.
+"""visionloop (naive / fixed / adaptive) and its peers under the same load, in one run.
 
 Each system is started in turn on a free 127.0.0.1 port (peers from their own venvs, see
 ``benchmarks/peers/<name>/peer.json``), driven with the same Poisson rate sweep by
 ``visionloop.bench.load``, then stopped. A peer that needs its own network namespace (Ray Serve
 binds every interface) is measured from inside one, generator included.
+
+Open loop (Poisson rates, the default) or closed loop (``--mode closed --clients 4,32``).
 
 Run: .venv/bin/python benchmarks/compare.py --systems naive,fixed,adaptive,litserve
 Writes out/compare/rows.json, out/compare/latency.png and prints Markdown tables.
@@ -32,9 +34,14 @@ from visionloop.bench.plots import plot_latency
 ROOT = Path(__file__).resolve().parents[1]
 PEERS = ROOT / "benchmarks" / "peers"
 SERVE = [sys.executable, "-m", "visionloop", "serve", "--log-level", "warning"]
+# Policies named explicitly: the server's default policy may change, these names must not.
 VISIONLOOP = {
-    "naive": ["--max-batch-size", "1", "--max-delay-ms", "0", "--max-queue", "256"],
-    "fixed": ["--max-batch-size", "8", "--max-delay-ms", "20", "--max-queue", "256"],
+    "naive": ["--policy", "fixed", "--max-batch-size", "1", "--max-delay-ms", "0",
+              "--max-queue", "256"],
+    "fixed": ["--policy", "fixed", "--max-batch-size", "8", "--max-delay-ms", "20",
+              "--max-queue", "256"],
+    "batched": ["--policy", "fixed", "--max-batch-size", "8", "--max-delay-ms", "10",
+                "--max-queue", "256"],
     "adaptive": ["--policy", "adaptive", "--max-batch-size", "8", "--max-delay-ms", "20",
                  "--max-queue", "256"],
 }  # fmt: skip
@@ -117,7 +124,8 @@ def measure(name: str, args: argparse.Namespace) -> list[LoadResult]:
             deadline_ms=args.deadline_ms,
         )
         payloads = load_payloads(ROOT / "tests" / "data")
-        return sweep(target, payloads, "open", args.rates, args.duration, args.warmup,
+        levels = args.rates if args.mode == "open" else args.clients
+        return sweep(target, payloads, args.mode, levels, args.duration, args.warmup,
                      args.slo_ms, label=name, on_result=_progress)  # fmt: skip
     finally:
         stop(process, sys_)
@@ -130,9 +138,10 @@ def _progress(result: LoadResult) -> None:
 def measure_in_netns(name: str, args: argparse.Namespace) -> list[dict[str, object]]:
     """Re-run this script for one system inside a fresh network namespace."""
     out = Path(args.out) / f"{name}.netns.json"
-    rates = ",".join(map(str, args.rates))
+    rates, clients = ",".join(map(str, args.rates)), ",".join(map(str, args.clients))
     inner = [sys.executable, __file__, "--systems", name, "--out", str(out.parent),
-             "--rates", rates, "--duration", str(args.duration), "--warmup", str(args.warmup),
+             "--rates", rates, "--clients", clients, "--mode", args.mode,
+             "--duration", str(args.duration), "--warmup", str(args.warmup),
              "--slo-ms", str(args.slo_ms), "--rows", str(out)]  # fmt: skip
     if args.deadline_ms is not None:
         inner += ["--deadline-ms", str(args.deadline_ms)]
@@ -146,7 +155,7 @@ def measure_in_netns(name: str, args: argparse.Namespace) -> list[dict[str, obje
 
 
 def markdown(rows: list[dict[str, object]]) -> str:
-    lines = ["| system | offered req/s | req/s | goodput/s | p50 ms | p99 ms | batch | statuses |",
+    lines = ["| system | offered | req/s | goodput/s | p50 ms | p99 ms | batch | statuses |",
              "| --- | ---: | ---: | ---: | ---: | ---: | ---: | --- |"]  # fmt: skip
     best: dict[str, float] = {}
     for r in rows:
@@ -157,7 +166,7 @@ def markdown(rows: list[dict[str, object]]) -> str:
         lines.append("| " + " | ".join(map(str, cells)) + " |")
         label, goodput = str(r["label"]), float(str(r["goodput_rps"]))
         best[label] = max(best.get(label, 0.0), goodput)
-    lines += ["", "| system | best goodput/s (p99-free, answers within SLO) |", "| --- | ---: |"]
+    lines += ["", "| system | best goodput/s over the sweep (answers within the SLO) |", "| --- | ---: |"]
     lines += [f"| {name} | {value:.2f} |" for name, value in best.items()]
     return "\n".join(lines)
 
@@ -165,6 +174,9 @@ def markdown(rows: list[dict[str, object]]) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--systems", default="naive,fixed,adaptive")
+    parser.add_argument("--mode", choices=("open", "closed"), default="open")
+    parser.add_argument("--clients", default="4,32", help="closed loop: concurrent clients",
+                        type=lambda s: [float(x) for x in s.split(",")])  # fmt: skip
     parser.add_argument("--rates", default="10,20,30,40,60",
                         type=lambda s: [float(x) for x in s.split(",")])  # fmt: skip
     parser.add_argument("--duration", type=float, default=15.0)
@@ -190,7 +202,7 @@ def main() -> None:
         return
     (Path(args.out) / "rows.json").write_text(json.dumps(rows, indent=2))
     plot_latency(rows, Path(args.out) / "latency.png",
-                 title=f"open loop, Poisson arrivals, SLO {args.slo_ms:g} ms")  # fmt: skip
+                 title=f"{args.mode} loop, SLO {args.slo_ms:g} ms")  # fmt: skip
     print(markdown(rows))
 
 
