@@ -166,7 +166,11 @@ def markdown(rows: list[dict[str, object]]) -> str:
         lines.append("| " + " | ".join(map(str, cells)) + " |")
         label, goodput = str(r["label"]), float(str(r["goodput_rps"]))
         best[label] = max(best.get(label, 0.0), goodput)
-    lines += ["", "| system | best goodput/s over the sweep (answers within the SLO) |", "| --- | ---: |"]
+    lines += [
+        "",
+        "| system | best goodput/s over the sweep (answers within the SLO) |",
+        "| --- | ---: |",
+    ]
     lines += [f"| {name} | {value:.2f} |" for name, value in best.items()]
     return "\n".join(lines)
 
