@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
@@ -75,7 +74,6 @@ class ServerState:
     metrics: Metrics = field(default_factory=Metrics)
     runner: Runner | None = None
     load_error: str | None = None
-    started_at: float = field(default_factory=time.monotonic)
     decode_pool: ThreadPoolExecutor = field(init=False)
     _decoding: int = field(default=0, init=False)  # uploads in or waiting for a decode thread
 
