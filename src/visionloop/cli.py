@@ -160,9 +160,17 @@ def serve(
     pad_to_buckets: Annotated[bool | None, typer.Option(help="Pad batches to 2^k.")] = None,
     policy: Annotated[str | None, typer.Option(help="fixed or adaptive.")] = None,
     threads: Annotated[int | None, typer.Option(help="torch threads per executor.")] = None,
+    transport: Annotated[
+        str | None, typer.Option(help="memory (model in this process) or redis (API replica).")
+    ] = None,
+    redis_url: Annotated[str | None, typer.Option(help="Redis URL for --transport redis.")] = None,
     log_level: Annotated[str, typer.Option(help="debug, info, warning.")] = "info",
 ) -> None:
-    """Serve the model over HTTP (v1 predict, Open Inference Protocol v2, /metrics)."""
+    """Serve the model over HTTP (v1 predict, Open Inference Protocol v2, /metrics).
+
+    With --transport redis this process is an API replica: it decodes uploads and queues them
+    on Redis Streams for `visionloop worker` processes, on this machine or others.
+    """
     import logging
 
     import uvicorn
@@ -174,27 +182,127 @@ def serve(
         "host": host, "port": port, "max_batch_size": max_batch_size,
         "max_delay_ms": max_delay_ms, "max_queue": max_queue, "timeout_ms": timeout_ms,
         "instances": instances, "pad_to_buckets": pad_to_buckets, "policy": policy,
+        "transport": transport,
     }  # fmt: skip
     settings = ServeSettings(**{k: v for k, v in flags.items() if v is not None})
     model_settings = _model_settings(model=model, device=device, threads=threads)
+    redis_settings = _redis_settings(url=redis_url)
     logging.basicConfig(
         level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
     log = logging.getLogger("visionloop.serve")
     base = f"http://{settings.host}:{settings.port}"
-    log.info(
-        "loading %s on %s; policy=%s, max_batch_size=%d, max_delay_ms=%g, max_queue=%d; "
-        "docs: %s/docs",
-        model_settings.model, model_settings.device, settings.policy, settings.max_batch_size,
-        settings.max_delay_ms, settings.max_queue, base,
-    )  # fmt: skip
+    if settings.transport == "redis":
+        log.info(
+            "API replica for %s via %s (batching is the workers'); max_queue=%d; docs: %s/docs",
+            model_settings.model, redis_settings.url, settings.max_queue, base,
+        )  # fmt: skip
+    else:
+        log.info(
+            "loading %s on %s; policy=%s, max_batch_size=%d, max_delay_ms=%g, max_queue=%d; "
+            "docs: %s/docs",
+            model_settings.model, model_settings.device, settings.policy, settings.max_batch_size,
+            settings.max_delay_ms, settings.max_queue, base,
+        )  # fmt: skip
     uvicorn.run(
-        create_app(settings, model_settings),
+        create_app(settings, model_settings, redis_settings=redis_settings),
         host=settings.host,
         port=settings.port,
         log_level=log_level,
         timeout_graceful_shutdown=int(settings.drain_timeout_s),
     )
+
+
+def _redis_settings(**flags: Any) -> Any:
+    from visionloop.settings import RedisSettings
+
+    return RedisSettings(**{k: v for k, v in flags.items() if v is not None})
+
+
+@app.command()
+def worker(
+    model: Annotated[str | None, typer.Option(help="Registry name or module:factory.")] = None,
+    redis_url: Annotated[str | None, typer.Option(help="Redis URL.")] = None,
+    device: Annotated[str | None, typer.Option(help="cpu, cuda, cuda:1 ...")] = None,
+    max_batch_size: Annotated[int | None, typer.Option(help="Most images per pass.")] = None,
+    max_delay_ms: Annotated[float | None, typer.Option(help="Oldest request's wait.")] = None,
+    instances: Annotated[int | None, typer.Option(help="Model executors.")] = None,
+    pad_to_buckets: Annotated[bool | None, typer.Option(help="Pad batches to 2^k.")] = None,
+    policy: Annotated[str | None, typer.Option(help="fixed or adaptive.")] = None,
+    threads: Annotated[int | None, typer.Option(help="torch threads per executor.")] = None,
+    claim_idle_ms: Annotated[
+        float | None, typer.Option(help="Reclaim jobs pending this long with a dead worker.")
+    ] = None,
+    name: Annotated[str | None, typer.Option(help="Consumer name (default host-pid-rand).")] = None,
+    metrics_port: Annotated[
+        int | None, typer.Option(help="Serve this worker's /metrics on 127.0.0.1:PORT.")
+    ] = None,
+    log_level: Annotated[str, typer.Option(help="debug, info, warning.")] = "info",
+) -> None:
+    """Run a model worker: take jobs from Redis Streams, batch them, answer the API replicas.
+
+    Start any number, on any machines that reach the same Redis. SIGTERM (or Ctrl-C) stops
+    taking jobs and finishes the ones taken.
+    """
+    import asyncio
+    import logging
+
+    from visionloop.settings import ServeSettings
+
+    flags: dict[str, Any] = {
+        "max_batch_size": max_batch_size, "max_delay_ms": max_delay_ms, "instances": instances,
+        "pad_to_buckets": pad_to_buckets, "policy": policy,
+    }  # fmt: skip
+    settings = ServeSettings(**{k: v for k, v in flags.items() if v is not None})
+    model_settings = _model_settings(model=model, device=device, threads=threads)
+    redis_settings = _redis_settings(url=redis_url, claim_idle_ms=claim_idle_ms)
+    logging.basicConfig(
+        level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    asyncio.run(_run_worker(settings, model_settings, redis_settings, name, metrics_port))
+
+
+async def _run_worker(
+    settings: Any, model_settings: Any, redis_settings: Any, name: str | None, port: int | None
+) -> None:
+    import asyncio
+    import logging
+    import signal
+
+    from visionloop.models import registry
+    from visionloop.serving.batcher import BatchPolicy
+    from visionloop.serving.metrics import Metrics
+    from visionloop.serving.runner import RunnerConfig
+    from visionloop.serving.transport.redis_streams import RedisWorker
+
+    log = logging.getLogger("visionloop.worker")
+    log.info("loading %s on %s", model_settings.model, model_settings.device)
+    model = await asyncio.to_thread(registry.load, model_settings)
+    capacity = settings.max_batch_size * (settings.instances + 1)
+    config = RunnerConfig(
+        policy=BatchPolicy(
+            settings.max_batch_size,
+            settings.max_delay_ms,
+            max(capacity, settings.max_queue),
+            settings.policy,
+        ),
+        instances=settings.instances,
+        pad_to_buckets=settings.pad_to_buckets,
+        timeout_ms=24 * 3600 * 1e3,  # each job carries its own deadline
+        threads=model_settings.threads,
+    )
+    metrics = Metrics()
+    if port is not None:
+        from prometheus_client import start_http_server
+
+        start_http_server(port, addr="127.0.0.1", registry=metrics.registry)
+    node = RedisWorker(model, config, redis_settings, metrics=metrics, name=name)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await node.run(stop)
+    log.info("worker %s stopped: %s", node.name, node.counts)
 
 
 bench_app = typer.Typer(help="Measure: the model-only ceiling (load tests arrive later).")

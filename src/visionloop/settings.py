@@ -97,3 +97,39 @@ class ServeSettings(BaseSettings):
     api_token: str | None = Field(
         default=None, description="If set, every route but health needs 'Authorization: Bearer'."
     )
+    transport: Literal["memory", "redis"] = Field(
+        default="memory",
+        description="memory: the model runs in this process; redis: this is an API replica "
+        "that queues jobs on Redis Streams for `visionloop worker` processes.",
+    )
+
+
+class RedisSettings(BaseSettings):
+    """The Redis Streams transport (``VISIONLOOP_REDIS_*``), shared by API replicas and workers."""
+
+    model_config = SettingsConfigDict(env_prefix="VISIONLOOP_REDIS_", extra="ignore")
+
+    url: str = Field(default="redis://127.0.0.1:6379/0", description="redis:// or rediss:// URL.")
+    prefix: str = Field(default="visionloop", min_length=1, description="Key prefix.")
+    claim_idle_ms: float = Field(
+        default=2000.0,
+        gt=0,
+        description="A job pending this long with its worker is reclaimed by a live worker. "
+        "Keep it above the longest batch time, or jobs of a slow worker run twice.",
+    )
+    max_deliveries: int = Field(
+        default=3, ge=1, description="A job delivered more often is answered with an error."
+    )
+    heartbeat_s: float = Field(
+        default=1.0, gt=0, description="Liveness period; a worker silent for 3 is dead."
+    )
+    reply_ttl_s: float = Field(
+        default=30.0, gt=0, description="A dead API replica's reply stream expires after this."
+    )
+    stream_maxlen: int = Field(
+        default=10_000, ge=1, description="Hard cap (MAXLEN ~) on every stream's length."
+    )
+    connect_timeout_s: float = Field(
+        default=1.0, gt=0, description="Give up connecting after this: 503 fast, not a hang."
+    )
+    command_timeout_s: float = Field(default=5.0, gt=0, description="Socket timeout per command.")

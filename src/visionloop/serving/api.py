@@ -44,7 +44,8 @@ from visionloop.serving.state import (
     read_body,
     timeout_from,
 )
-from visionloop.settings import ImagingSettings, ModelSettings, ServeSettings
+from visionloop.serving.transport.base import Transport
+from visionloop.settings import ImagingSettings, ModelSettings, RedisSettings, ServeSettings
 
 log = logging.getLogger("visionloop.serve")
 
@@ -72,8 +73,13 @@ def create_app(
     model_settings: ModelSettings | None = None,
     imaging_settings: ImagingSettings | None = None,
     model: VisionModel | None = None,
+    redis_settings: RedisSettings | None = None,
 ) -> FastAPI:
-    """Build the ASGI app. ``model`` (already prepared) skips loading from the registry."""
+    """Build the ASGI app. ``model`` (already prepared) skips loading from the registry.
+
+    With ``settings.transport == "redis"`` the app is an API replica: it loads no model and
+    queues jobs on Redis Streams for ``visionloop worker`` processes (``redis_settings``).
+    """
     settings = settings or ServeSettings()
     model_settings = model_settings or ModelSettings()
     limits_settings = imaging_settings or ImagingSettings()
@@ -85,13 +91,16 @@ def create_app(
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        loading = asyncio.create_task(_load(state, model))
+        if settings.transport == "redis":
+            loading = asyncio.create_task(_connect(state, redis_settings or RedisSettings()))
+        else:
+            loading = asyncio.create_task(_load(state, model))
         try:
             yield
         finally:
             await asyncio.gather(loading, return_exceptions=True)
             if state.runner is not None:
-                log.info("draining: %d queued", len(state.runner.batcher))
+                log.info("draining: %d queued", state.runner.queued())
                 await state.runner.stop(settings.drain_timeout_s)
             state.decode_pool.shutdown(wait=False, cancel_futures=True)
 
@@ -172,6 +181,29 @@ async def _load(state: ServerState, model: VisionModel | None) -> None:
     )
 
 
+async def _connect(state: ServerState, redis_settings: RedisSettings) -> None:
+    """An API replica: serve jobs through Redis; ready once a worker has published the model."""
+    from visionloop.serving.transport.redis_streams import RedisTransport
+
+    settings = state.settings
+    transport = RedisTransport(
+        state.model_settings.model,
+        redis_settings,
+        max_queue=settings.max_queue,
+        timeout_ms=settings.timeout_ms,
+        metrics=state.metrics,
+    )
+    await transport.start()
+    state.runner = transport
+    log.info(
+        "API replica %s for model %s: jobs go to %s on %s",
+        transport.replica,
+        transport.name,
+        transport.keys.requests,
+        redis_settings.url,
+    )
+
+
 def _authorise(state: ServerState, request: Request) -> None:
     token = state.settings.api_token
     if token and request.headers.get("authorization") != f"Bearer {token}":
@@ -180,7 +212,7 @@ def _authorise(state: ServerState, request: Request) -> None:
         )
 
 
-def _v1_body(runner: Runner, item: ItemResult, decode_ms: float, started: float) -> JSONDict:
+def _v1_body(runner: Transport, item: ItemResult, decode_ms: float, started: float) -> JSONDict:
     return {
         "model": runner.model.name,
         **item.result,
@@ -195,7 +227,7 @@ def _v1_body(runner: Runner, item: ItemResult, decode_ms: float, started: float)
 
 
 async def _predict_many(
-    state: ServerState, request: Request, runner: Runner, timeout: float | None, arrived: float
+    state: ServerState, request: Request, runner: Transport, timeout: float | None, arrived: float
 ) -> Response:
     limits = state.limits
     try:

@@ -3,7 +3,11 @@
 Names follow Prometheus conventions (base units, ``_total`` counters). Refusals carry a
 ``reason`` label: ``queue_full``, ``deadline_unreachable`` (adaptive: refused on arrival),
 ``deadline``, ``bad_input``, ``not_ready``, ``cancelled``,
-``model_error``, ``shutting_down``.
+``model_error``, ``shutting_down``, ``broker_unavailable`` (Redis transport).
+
+With the Redis transport, workers count jobs by ``outcome`` (``answered``, ``error``, ``expired``,
+``bad_job``, ``gave_up``, ``reclaimed``) and API replicas count the replies they dropped because
+the request had already been answered (a reclaimed job run twice, or a reply after the 504).
 """
 
 from __future__ import annotations
@@ -64,6 +68,19 @@ class Metrics:
             "visionloop_refusals_total",
             "Requests refused or failed, by reason.",
             ["model", "reason"],
+            registry=r,
+        )
+
+        self.duplicate_replies = Counter(
+            "visionloop_duplicate_replies_total",
+            "Replies dropped because their request was already answered (Redis transport).",
+            ["model"],
+            registry=r,
+        )
+        self.worker_jobs = Counter(
+            "visionloop_worker_jobs_total",
+            "Jobs a Redis worker handled, by outcome.",
+            ["model", "outcome"],
             registry=r,
         )
 

@@ -31,9 +31,9 @@ from pydantic import BaseModel, Field, ValidationError
 from starlette.responses import JSONResponse, Response
 
 from visionloop import __version__
-from visionloop.models.base import VisionModel
-from visionloop.serving.runner import ItemResult, Runner
+from visionloop.serving.runner import ItemResult
 from visionloop.serving.state import ApiError, ServerState, read_body, timeout_from
+from visionloop.serving.transport.base import ModelInfo, Transport
 
 HEADER_LENGTH = "inference-header-content-length"
 _NUMPY_TO_V2 = {
@@ -123,7 +123,7 @@ def router(state: ServerState, authorise: Callable[[ServerState, Request], None]
     return api
 
 
-def metadata(model: VisionModel) -> dict[str, Any]:
+def metadata(model: ModelInfo) -> dict[str, Any]:
     spec = model.input_spec
     outputs = [
         {"name": o.name, "datatype": o.dtype, "shape": [-1, *o.shape]} for o in model.outputs
@@ -142,7 +142,7 @@ def metadata(model: VisionModel) -> dict[str, Any]:
     }
 
 
-def config(state: ServerState, runner: Runner) -> dict[str, Any]:
+def config(state: ServerState, runner: Transport) -> dict[str, Any]:
     s, model = state.settings, runner.model
     return {
         "name": model.name,
@@ -165,7 +165,7 @@ def config(state: ServerState, runner: Runner) -> dict[str, Any]:
         ],
         "dynamic_batching": {
             "max_queue_delay_microseconds": int(s.max_delay_ms * 1000),
-            "preferred_batch_size": list(runner.config.buckets) if s.pad_to_buckets else [],
+            "preferred_batch_size": list(runner.preferred_batch_sizes),
             "default_queue_policy": {
                 "max_queue_size": s.max_queue,
                 "default_timeout_microseconds": int(s.timeout_ms * 1000),
@@ -180,7 +180,7 @@ def config(state: ServerState, runner: Runner) -> dict[str, Any]:
     }
 
 
-def stats(runner: Runner) -> dict[str, Any]:
+def stats(runner: Transport) -> dict[str, Any]:
     s = runner.stats
     return {
         "model_stats": [
@@ -214,7 +214,7 @@ def stats(runner: Runner) -> dict[str, Any]:
     }
 
 
-async def _infer(state: ServerState, runner: Runner, request: Request) -> Response:
+async def _infer(state: ServerState, runner: Transport, request: Request) -> Response:
     arrived = runner.clock()
     body = await read_body(request, state.limits.max_bytes * state.settings.max_files)
     parsed, binary = _split(body, request.headers.get(HEADER_LENGTH))
@@ -315,9 +315,7 @@ def _bytes_elements(tensor: TensorIn, binary: bytes) -> list[bytes]:
     return elements
 
 
-def _pixel_tensor(
-    tensor: TensorIn, binary: bytes, model: VisionModel
-) -> list[npt.NDArray[np.uint8]]:
+def _pixel_tensor(tensor: TensorIn, binary: bytes, model: ModelInfo) -> list[npt.NDArray[np.uint8]]:
     expected = model.input_spec.shape
     if len(tensor.shape) != 4 or tuple(tensor.shape[1:]) != expected or tensor.shape[0] < 1:
         raise ApiError(
@@ -347,7 +345,7 @@ def _flatten(data: Any) -> list[Any]:
     return [data]
 
 
-def _response(parsed: InferRequest, model: VisionModel, items: list[ItemResult]) -> Response:
+def _response(parsed: InferRequest, model: ModelInfo, items: list[ItemResult]) -> Response:
     available: dict[str, npt.NDArray[Any]] = {
         name: np.stack([item.outputs[name] for item in items]) for name in items[0].outputs
     }

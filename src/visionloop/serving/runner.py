@@ -207,6 +207,19 @@ class Runner:
         self._in_flight = 0
         self._labels = {"model": model.name}
 
+    # -- the Transport interface (see visionloop.serving.transport.base) ---------------------
+
+    @property
+    def name(self) -> str:
+        return self.model.name
+
+    @property
+    def preferred_batch_sizes(self) -> tuple[int, ...]:
+        return self.config.buckets if self.config.pad_to_buckets else ()
+
+    def queued(self) -> int:
+        return len(self.batcher)
+
     # -- lifecycle -----------------------------------------------------------------------
 
     async def start(self) -> tuple[int, ...]:
@@ -327,6 +340,18 @@ class Runner:
             raise
         self._queue_changed()
         try:
+            # Executors only look at the queue when they are free; the deadline must not wait
+            # for that. At the deadline, a job still queued is taken out and answered 504; one
+            # already in a batch gets its result.
+            with contextlib.suppress(TimeoutError):
+                return await asyncio.wait_for(
+                    asyncio.shield(future), timeout=max(0.0, job.deadline - self.clock())
+                )
+            if self.batcher.cancel(job.id):
+                self._refuse("deadline")
+                self._queue_changed()
+                waited_ms = (self.clock() - job.enqueued_at) * 1e3
+                raise DeadlineExceeded(f"deadline passed after {waited_ms:.0f} ms in the queue")
             return await future
         except asyncio.CancelledError:
             if self.batcher.cancel(job.id):

@@ -19,7 +19,6 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 
 from visionloop import imaging
-from visionloop.models.base import VisionModel
 from visionloop.serving.metrics import Metrics
 from visionloop.serving.runner import (
     DeadlineExceeded,
@@ -27,8 +26,8 @@ from visionloop.serving.runner import (
     ModelFailed,
     NotReady,
     QueueFull,
-    Runner,
 )
+from visionloop.serving.transport.base import BadJob, ModelInfo, Transport
 from visionloop.settings import ModelSettings, ServeSettings
 
 log = logging.getLogger("visionloop.serve")
@@ -72,7 +71,7 @@ class ServerState:
     model_settings: ModelSettings
     limits: imaging.ImageLimits
     metrics: Metrics = field(default_factory=Metrics)
-    runner: Runner | None = None
+    runner: Transport | None = None
     load_error: str | None = None
     decode_pool: ThreadPoolExecutor = field(init=False)
     _decoding: int = field(default=0, init=False)  # uploads in or waiting for a decode thread
@@ -84,9 +83,9 @@ class ServerState:
 
     @property
     def model_name(self) -> str:
-        return self.runner.model.name if self.runner else self.model_settings.model
+        return self.runner.name if self.runner else self.model_settings.model
 
-    def runner_for(self, name: str) -> Runner:
+    def runner_for(self, name: str) -> Transport:
         """The runner serving ``name``: 404 if we serve no such model, 503 if not ready."""
         if name != self.model_name:
             raise ApiError(
@@ -96,16 +95,18 @@ class ServerState:
             )
         if self.runner is None or not self.runner.ready:
             reason = f"failed to load: {self.load_error}" if self.load_error else "loading"
+            if self.runner is not None and self.settings.transport == "redis":
+                reason = "no live worker, or Redis unavailable"
             raise ApiError(
                 503, f"model {name!r} is not ready ({reason})", {"Retry-After": "1"}, "NotReady"
             )
         return self.runner
 
-    def model(self, name: str) -> VisionModel:
+    def model(self, name: str) -> ModelInfo:
         return self.runner_for(name).model
 
     async def decode(
-        self, data: bytes, runner: Runner, timeout_ms: float | None, arrived_at: float
+        self, data: bytes, runner: Transport, timeout_ms: float | None, arrived_at: float
     ) -> npt.NDArray[np.uint8]:
         """Admit, then decode and resize off the event loop; imaging errors become 4xx before
         queueing. Admission comes first so that an overloaded server refuses for the price of
@@ -135,7 +136,7 @@ class ServerState:
             self._decoding -= 1
 
     def _prepare(
-        self, data: bytes, model: VisionModel, runner: Runner, deadline: float
+        self, data: bytes, model: ModelInfo, runner: Transport, deadline: float
     ) -> npt.NDArray[np.uint8]:
         """Runs in a decode thread."""
         if runner.clock() >= deadline:
@@ -145,7 +146,7 @@ class ServerState:
     async def infer(
         self,
         request: Request,
-        runner: Runner,
+        runner: Transport,
         image: npt.NDArray[np.uint8],
         timeout_ms: float | None,
         arrived_at: float,
@@ -203,7 +204,7 @@ def timeout_from(value: Any, source: str) -> float | None:
     return timeout
 
 
-def error_response(exc: Exception, runner: Runner | None = None) -> JSONResponse:
+def error_response(exc: Exception, runner: Transport | None = None) -> JSONResponse:
     """The status and JSON body for any failure a route can meet."""
     status, headers = 500, {}
     message, error_type = str(exc), type(exc).__name__
@@ -219,6 +220,8 @@ def error_response(exc: Exception, runner: Runner | None = None) -> JSONResponse
         status = 504
     elif isinstance(exc, NotReady):
         status, headers = 503, {"Retry-After": "1"}
+    elif isinstance(exc, BadJob):  # our own API and worker disagree: a server fault
+        message = f"internal error: {exc}"
     elif isinstance(exc, ModelFailed):
         message = f"model error: {exc}"
     elif isinstance(exc, ValueError):

@@ -1,0 +1,226 @@
+"""The one small interface between the HTTP routes and whatever runs the model.
+
+``memory`` (:class:`~visionloop.serving.runner.Runner`): the queue, batcher and model threads live
+in the API process. ``redis`` (:mod:`.redis_streams`): the API replica decodes and queues jobs on
+a Redis stream; worker processes anywhere batch and run them. Routes only see :class:`Transport`,
+and both implementations pass one contract test suite (``tests/serving/test_transport_contract``).
+
+Failures cross the interface as the exceptions of :mod:`visionloop.serving.runner`, whichever
+transport raised them; across Redis they travel as ``(kind, message)`` data (:func:`error_kind`,
+:func:`error_from`), never as pickles.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol
+
+import numpy as np
+import numpy.typing as npt
+import torch
+
+from visionloop.imaging import CenterCrop
+from visionloop.models.base import InputSpec, JSONDict, OutputSpec
+from visionloop.serving.batcher import DeadlineUnreachable, QueueFull
+from visionloop.serving.runner import (
+    DeadlineExceeded,
+    ItemResult,
+    ModelFailed,
+    ModelStats,
+    NotReady,
+)
+
+__all__ = ["BadJob", "ModelCard", "ModelInfo", "Transport", "error_from", "error_kind"]
+
+
+class BadJob(ValueError):
+    """A job whose payload cannot be read (wrong fields, size or shape): answered, never run."""
+
+
+class ModelInfo(Protocol):
+    """What the routes need to know about the served model (a loaded
+    :class:`~visionloop.models.base.VisionModel` or a worker's :class:`ModelCard`)."""
+
+    @property
+    def name(self) -> str: ...
+    @property
+    def description(self) -> str: ...
+    @property
+    def input_spec(self) -> InputSpec: ...
+    @property
+    def outputs(self) -> tuple[OutputSpec, ...]: ...
+    @property
+    def device(self) -> torch.device: ...
+    def describe(self) -> JSONDict: ...
+
+
+class Transport(Protocol):
+    """Queue a prepared image for a model and await its answer; every request ends once."""
+
+    @property
+    def name(self) -> str:
+        """The model this transport serves (known before the model is)."""
+        ...
+
+    @property
+    def model(self) -> ModelInfo:
+        """The served model's description. Raises NotReady until it is known."""
+        ...
+
+    @property
+    def ready(self) -> bool: ...
+
+    @property
+    def stats(self) -> ModelStats: ...
+
+    @property
+    def preferred_batch_sizes(self) -> tuple[int, ...]:
+        """Buckets batches are padded to, or () when they are not padded."""
+        ...
+
+    def clock(self) -> float:
+        """Monotonic seconds, the clock deadlines are expressed in."""
+        ...
+
+    def queued(self) -> int:
+        """Requests accepted and not yet answered or taken into a batch."""
+        ...
+
+    def admit(self, timeout_ms: float | None = None, arrived_at: float | None = None) -> None:
+        """Refuse now, before decoding, what ``infer`` would refuse on arrival."""
+        ...
+
+    def deadline(self, timeout_ms: float | None = None, arrived_at: float | None = None) -> float:
+        """When a request that arrived at ``arrived_at`` must be answered by."""
+        ...
+
+    async def infer(
+        self,
+        image: npt.NDArray[np.uint8],
+        timeout_ms: float | None = None,
+        arrived_at: float | None = None,
+    ) -> ItemResult:
+        """Queue one uint8 HWC image and wait for its answer.
+
+        Raises:
+            NotReady, QueueFull, DeadlineExceeded, ModelFailed, ValueError (wrong shape).
+        """
+        ...
+
+    def retry_after_s(self) -> int:
+        """A client's fair wait before retrying after a 503, in whole seconds."""
+        ...
+
+    async def stop(self, drain_timeout_s: float = 30.0) -> None:
+        """Refuse new work, let accepted work finish (up to the timeout), release resources."""
+        ...
+
+
+@dataclass(frozen=True)
+class ModelCard:
+    """A model described as data: what a worker publishes and an API replica serves from.
+
+    The API replica never loads weights; it needs only the input spec (to decode and resize)
+    and the outputs (for v2 metadata).
+    """
+
+    name: str
+    description: str
+    input_spec: InputSpec
+    outputs: tuple[OutputSpec, ...]
+    device_name: str = "cpu"
+
+    @property
+    def device(self) -> torch.device:
+        return torch.device(self.device_name)
+
+    @classmethod
+    def of(cls, model: ModelInfo) -> ModelCard:
+        return cls(
+            model.name,
+            model.description,
+            model.input_spec,
+            model.outputs,
+            str(model.device),
+        )
+
+    def to_json(self) -> JSONDict:
+        spec, crop = self.input_spec, self.input_spec.crop
+        return {
+            "name": self.name,
+            "description": self.description,
+            "device": self.device_name,
+            "crop": [crop.short_side, crop.height, crop.width, crop.resample],
+            "mean": list(spec.mean),
+            "std": list(spec.std),
+            "outputs": [[o.name, list(o.shape), o.dtype, o.description] for o in self.outputs],
+        }
+
+    @classmethod
+    def from_json(cls, data: JSONDict) -> ModelCard:
+        """Raises BadJob if ``data`` is not a card."""
+        try:
+            short, height, width, resample = data["crop"]
+            mean, std = data["mean"], data["std"]
+            spec = InputSpec(
+                crop=CenterCrop(int(short), int(height), int(width), resample),
+                mean=(float(mean[0]), float(mean[1]), float(mean[2])),
+                std=(float(std[0]), float(std[1]), float(std[2])),
+            )
+            outputs = tuple(
+                OutputSpec(str(n), tuple(int(d) for d in shape), str(dtype), str(text))
+                for n, shape, dtype, text in data["outputs"]
+            )
+            return cls(
+                str(data["name"]), str(data["description"]), spec, outputs, str(data["device"])
+            )
+        except (KeyError, TypeError, ValueError, IndexError) as exc:
+            raise BadJob(f"not a model card: {type(exc).__name__}: {exc}") from None
+
+    def describe(self) -> JSONDict:
+        spec = self.input_spec
+        return {
+            "name": self.name,
+            "description": self.description,
+            "input": {
+                "shape": list(spec.shape),
+                "dtype": "UINT8",
+                "layout": spec.layout,
+                "mean": list(spec.mean),
+                "std": list(spec.std),
+                "resize_short_side": spec.crop.short_side,
+                "resample": spec.crop.resample,
+            },
+            "outputs": [
+                {"name": o.name, "shape": list(o.shape), "dtype": o.dtype} for o in self.outputs
+            ],
+        }
+
+
+# -- failures as data ------------------------------------------------------------------------
+
+_KINDS: dict[str, type[Exception]] = {
+    "deadline": DeadlineExceeded,
+    "deadline_unreachable": DeadlineUnreachable,
+    "queue_full": QueueFull,
+    "not_ready": NotReady,
+    "bad_job": BadJob,
+}
+
+
+def error_kind(exc: BaseException) -> tuple[str, str, str]:
+    """``(kind, error_type, message)`` for an exception a worker sends back as data."""
+    if isinstance(exc, ModelFailed):
+        return "model_error", exc.error_type, exc.message
+    for kind, cls in _KINDS.items():
+        if type(exc) is cls:
+            return kind, cls.__name__, str(exc)
+    return "model_error", type(exc).__name__, str(exc)
+
+
+def error_from(kind: str, error_type: str, message: str) -> Exception:
+    """The exception :func:`error_kind` described (an unknown kind is a model error)."""
+    cls = _KINDS.get(kind)
+    if cls is not None:
+        return cls(message)
+    return ModelFailed(error_type, message)
