@@ -6,6 +6,8 @@ Each system is started in turn on a free 127.0.0.1 port (peers from their own ve
 binds every interface) is measured from inside one, generator included.
 
 Open loop (Poisson rates, the default) or closed loop (``--mode closed --clients 4,32``).
+Systems ``redis-1w`` and ``redis-2w`` are the distributed deployment on this machine (Redis, one
+API replica, one or two workers; ``benchmarks/distributed/start.sh``).
 
 Run: .venv/bin/python benchmarks/compare.py --systems naive,fixed,adaptive,litserve
 Writes out/compare/rows.json, out/compare/latency.png and prints Markdown tables.
@@ -45,6 +47,9 @@ VISIONLOOP = {
     "adaptive": ["--policy", "adaptive", "--max-batch-size", "8", "--max-delay-ms", "20",
                  "--max-queue", "256"],
 }  # fmt: skip
+# The distributed deployment on this machine: Redis + N workers + one API replica
+# (benchmarks/distributed/start.sh PORT WORKERS THREADS_PER_WORKER), adaptive policy like above.
+DISTRIBUTED = {"redis-1w": ["1", "2"], "redis-2w": ["2", "1"]}
 
 
 @dataclass
@@ -69,6 +74,10 @@ def system(name: str, port: int) -> System:
     if name in VISIONLOOP:
         return System(name, [*SERVE, "--port", str(port), *VISIONLOOP[name]],
                       "/v1/models/catdog/predict", "/v2/health/ready", metrics=True)  # fmt: skip
+    if name in DISTRIBUTED:
+        start_sh = str(ROOT / "benchmarks" / "distributed" / "start.sh")
+        return System(name, ["bash", start_sh, str(port), *DISTRIBUTED[name]],
+                      "/v1/models/catdog/predict", "/v2/health/ready")  # fmt: skip
     spec = json.loads((PEERS / name / "peer.json").read_text())
     stop = str(spec.get("stop_signal", "SIGTERM")).split()[0]
     return System(
