@@ -23,8 +23,14 @@ from tests.serving.fakes import FakeModel, solid_png
 from tests.serving.transports import redis_settings, wait_until
 from visionloop.serving.api import create_app
 from visionloop.serving.batcher import BatchPolicy
-from visionloop.serving.runner import RunnerConfig
-from visionloop.serving.transport.redis_streams import GROUP, Keys, RedisWorker
+from visionloop.serving.runner import ItemResult, RunnerConfig
+from visionloop.serving.transport.redis_streams import (
+    GROUP,
+    Keys,
+    RedisTransport,
+    RedisWorker,
+    reply_ok,
+)
 from visionloop.settings import ModelSettings, ServeSettings
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -315,3 +321,57 @@ def test_no_worker_means_503_not_a_hang(deployment):
         )
         assert answer.status_code == 503
         assert http.get(f"{replica.url}/v2/health/ready").status_code == 503
+
+
+def test_a_request_answered_twice_is_answered_once(redis_server):
+    """A job run twice (reclaimed from a worker that was only slow) yields two replies: the
+    client sees the first, the second is dropped and counted."""
+
+    settings = redis_settings(redis_server.url)
+    keys, client = Keys(settings.prefix, "fake"), redis_server.client()
+    client.set(keys.card, '{"name": "fake", "description": "d", "device": "cpu", '
+               '"crop": [8, 8, 8, "bicubic"], "mean": [0, 0, 0], "std": [1, 1, 1], '
+               '"outputs": [["mean", [3], "FP32", ""]]}')  # fmt: skip
+    client.zadd(keys.workers, {"by-hand": time.time() + 3600})
+
+    async def scenario():
+        transport = RedisTransport("fake", settings, timeout_ms=10_000)
+        await transport.start()
+        await wait_until(lambda: transport.ready, what="the replica")
+        asking = asyncio.ensure_future(transport.infer(np.zeros((8, 8, 3), dtype=np.uint8)))
+        await wait_until(lambda: client.xlen(keys.requests) == 1, what="the job")
+        ((_, fields),) = client.xrange(keys.requests)
+        job_id, reply = fields[b"id"].decode(), fields[b"reply"].decode()
+        for label in ("first", "second"):
+            item = ItemResult({"mean": np.zeros(3, np.float32)}, {"label": label}, 1.0, 2.0, 1)
+            client.xadd(reply, reply_ok(job_id, item))
+        answer = await asking
+        await asyncio.sleep(0.3)  # let the reader see the second reply
+        duplicates = transport.metrics.duplicate_replies.labels(model="fake")._value.get()
+        await transport.stop()
+        return answer, duplicates
+
+    answer, duplicates = asyncio.run(scenario())
+    assert answer.result == {"label": "first"}
+    assert duplicates == 1
+
+
+def test_the_v2_protocol_works_through_a_replica(deployment):
+    deployment.worker("a")
+    replica = deployment.replica()
+    with httpx.Client(base_url=replica.url, timeout=30) as http:
+        meta = http.get("/v2/models/fake").json()
+        assert meta["inputs"][1]["shape"] == [-1, 8, 8, 3]
+        pixels = np.zeros((1, 8, 8, 3), dtype=np.uint8)
+        pixels[..., 0] = 42
+        body = {
+            "inputs": [
+                {"name": "image", "datatype": "UINT8", "shape": [1, 8, 8, 3],
+                 "data": pixels.flatten().tolist()}
+            ]
+        }  # fmt: skip
+        answer = http.post("/v2/models/fake/infer", json=body)
+        assert answer.status_code == 200, answer.text
+        outputs = {o["name"]: o for o in answer.json()["outputs"]}
+        assert outputs["mean"]["data"][0] == pytest.approx(42.0)
+        assert outputs["label"]["data"] == ["42"]
