@@ -226,15 +226,33 @@ async def _with_worker(url: str, settings, model: FakeModel, body) -> None:
         await running
 
 
+class ByHand:
+    """A worker's world set up by hand: settings, keys, a fake model, a client, and a reply
+    stream (created, as a live replica would) that the jobs written here answer into."""
+
+    def __init__(self, redis_server, **overrides) -> None:
+        self.url = redis_server.url
+        self.settings = redis_settings(redis_server.url, **overrides)
+        self.keys = Keys(self.settings.prefix, "fake")
+        self.model = FakeModel()
+        self.client = redis_server.client()
+        self.reply = self.keys.replies("by-hand")
+        self.client.xadd(self.reply, {"hello": "1"})
+
+    def run_worker(self, body) -> None:
+        asyncio.run(_with_worker(self.url, self.settings, self.model, body))
+
+    def answers(self) -> list[dict]:
+        return _replies(self.client, self.reply)
+
+
 def _replies(client, key: str) -> list[dict]:
     return [fields for _, fields in client.xrange(key) if b"id" in fields]
 
 
 def test_a_poison_job_is_answered_with_an_error_and_acknowledged(redis_server):
-    settings = redis_settings(redis_server.url)
-    keys, model, client = Keys(settings.prefix, "fake"), FakeModel(), redis_server.client()
-    reply = keys.replies("by-hand")
-    client.xadd(reply, {"hello": "1"})
+    w = ByHand(redis_server)
+    keys, model, client, reply = w.keys, w.model, w.client, w.reply
 
     async def body(worker):
         client.xadd(keys.requests, _job(reply, b"not pixels", time.time() + 30))
@@ -243,8 +261,8 @@ def test_a_poison_job_is_answered_with_an_error_and_acknowledged(redis_server):
         await asyncio.sleep(3 * CLAIM_IDLE_MS / 1e3)  # nothing left to redeliver
         assert worker.counts.bad_jobs == 2
 
-    asyncio.run(_with_worker(redis_server.url, settings, model, body))
-    (answer,) = _replies(client, reply)
+    w.run_worker(body)
+    (answer,) = w.answers()
     assert answer[b"ok"] == b"0"
     assert answer[b"kind"] == b"bad_job"
     assert b"10 bytes" in answer[b"message"]
@@ -253,26 +271,22 @@ def test_a_poison_job_is_answered_with_an_error_and_acknowledged(redis_server):
 
 
 def test_an_expired_job_is_answered_504_and_never_runs(redis_server):
-    settings = redis_settings(redis_server.url)
-    keys, model, client = Keys(settings.prefix, "fake"), FakeModel(), redis_server.client()
-    reply = keys.replies("by-hand")
-    client.xadd(reply, {"hello": "1"})
+    w = ByHand(redis_server)
+    keys, model, client, reply = w.keys, w.model, w.client, w.reply
 
     async def body(worker):
         client.xadd(keys.requests, _job(reply, _pixels(20), time.time() - 1))
         await wait_until(lambda: _replies(client, reply), what="the answer")
 
-    asyncio.run(_with_worker(redis_server.url, settings, model, body))
-    (answer,) = _replies(client, reply)
+    w.run_worker(body)
+    (answer,) = w.answers()
     assert answer[b"kind"] == b"deadline"
     assert 20 not in model.probe.seen
 
 
 def test_a_job_redelivered_too_often_is_given_up_with_an_error(redis_server):
-    settings = redis_settings(redis_server.url, claim_idle_ms=200, max_deliveries=3)
-    keys, model, client = Keys(settings.prefix, "fake"), FakeModel(), redis_server.client()
-    reply = keys.replies("by-hand")
-    client.xadd(reply, {"hello": "1"})
+    w = ByHand(redis_server, claim_idle_ms=200, max_deliveries=3)
+    keys, model, client, reply = w.keys, w.model, w.client, w.reply
     client.xgroup_create(keys.requests, GROUP, id="0", mkstream=True)
     entry = client.xadd(keys.requests, _job(reply, _pixels(20), time.time() + 60))
     client.xreadgroup(GROUP, "ghost", {keys.requests: ">"})  # delivery 1: a worker that dies
@@ -282,8 +296,8 @@ def test_a_job_redelivered_too_often_is_given_up_with_an_error(redis_server):
     async def body(worker):
         await wait_until(lambda: _replies(client, reply), what="the answer")
 
-    asyncio.run(_with_worker(redis_server.url, settings, model, body))
-    (answer,) = _replies(client, reply)
+    w.run_worker(body)
+    (answer,) = w.answers()
     assert answer[b"kind"] == b"model_error"
     assert answer[b"type"] == b"GaveUp"
     assert b"4 times" in answer[b"message"]

@@ -156,20 +156,24 @@ class VisionModel(ABC):
 
     def describe(self) -> JSONDict:
         """Metadata for listings and the v2 model endpoint."""
-        spec = self.input_spec
-        return {
-            "name": self.name,
-            "description": self.description,
-            "input": {
-                "shape": list(spec.shape),
-                "dtype": "UINT8",
-                "layout": spec.layout,
-                "mean": list(spec.mean),
-                "std": list(spec.std),
-                "resize_short_side": spec.crop.short_side,
-                "resample": spec.crop.resample,
-            },
-            "outputs": [
-                {"name": o.name, "shape": list(o.shape), "dtype": o.dtype} for o in self.outputs
-            ],
-        }
+        return describe(self.name, self.description, self.input_spec, self.outputs)
+
+
+def describe(
+    name: str, description: str, spec: InputSpec, outputs: Iterable[OutputSpec]
+) -> JSONDict:
+    """A model's metadata as JSON: what listings and the v2 model endpoint show."""
+    return {
+        "name": name,
+        "description": description,
+        "input": {
+            "shape": list(spec.shape),
+            "dtype": "UINT8",
+            "layout": spec.layout,
+            "mean": list(spec.mean),
+            "std": list(spec.std),
+            "resize_short_side": spec.crop.short_side,
+            "resample": spec.crop.resample,
+        },
+        "outputs": [{"name": o.name, "shape": list(o.shape), "dtype": o.dtype} for o in outputs],
+    }

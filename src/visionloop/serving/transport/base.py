@@ -20,7 +20,7 @@ import numpy.typing as npt
 import torch
 
 from visionloop.imaging import CenterCrop
-from visionloop.models.base import InputSpec, JSONDict, OutputSpec
+from visionloop.models.base import InputSpec, JSONDict, OutputSpec, describe
 from visionloop.serving.batcher import DeadlineUnreachable, QueueFull
 from visionloop.serving.runner import (
     DeadlineExceeded,
@@ -178,23 +178,7 @@ class ModelCard:
             raise BadJob(f"not a model card: {type(exc).__name__}: {exc}") from None
 
     def describe(self) -> JSONDict:
-        spec = self.input_spec
-        return {
-            "name": self.name,
-            "description": self.description,
-            "input": {
-                "shape": list(spec.shape),
-                "dtype": "UINT8",
-                "layout": spec.layout,
-                "mean": list(spec.mean),
-                "std": list(spec.std),
-                "resize_short_side": spec.crop.short_side,
-                "resample": spec.crop.resample,
-            },
-            "outputs": [
-                {"name": o.name, "shape": list(o.shape), "dtype": o.dtype} for o in self.outputs
-            ],
-        }
+        return describe(self.name, self.description, self.input_spec, self.outputs)
 
 
 # -- failures as data ------------------------------------------------------------------------
