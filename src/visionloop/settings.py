@@ -114,8 +114,8 @@ class RedisSettings(BaseSettings):
     claim_idle_ms: float = Field(
         default=2000.0,
         gt=0,
-        description="A job pending this long with its worker is reclaimed by a live worker. "
-        "Keep it above the longest batch time, or jobs of a slow worker run twice.",
+        description="A job pending this long with a silent worker (dead or hung) is reclaimed "
+        "by a live one; live workers refresh their jobs every claim_idle_ms / 3.",
     )
     max_deliveries: int = Field(
         default=3, ge=1, description="A job delivered more often is answered with an error."

@@ -389,3 +389,54 @@ def test_the_v2_protocol_works_through_a_replica(deployment):
         outputs = {o["name"]: o for o in answer.json()["outputs"]}
         assert outputs["mean"]["data"][0] == pytest.approx(42.0)
         assert outputs["label"]["data"] == ["42"]
+
+
+def test_a_slow_batch_is_not_taken_for_a_dead_worker(redis_server):
+    """Batches slower than claim_idle_ms: the holder keeps its jobs fresh, so the other
+    worker does not reclaim them, and every job runs exactly once."""
+    settings = redis_settings(redis_server.url, claim_idle_ms=300)
+    slow, other = FakeModel(delay_s=0.8), FakeModel(delay_s=0.8)
+
+    async def scenario() -> tuple[list, float]:
+        policy = BatchPolicy(2, 5, 64)
+        stop = asyncio.Event()
+        workers = [
+            RedisWorker(m, RunnerConfig(policy=policy, timeout_ms=86_400_000), settings, name=n)
+            for m, n in ((slow, "slow"), (other, "other"))
+        ]
+        running = [asyncio.create_task(w.run(stop)) for w in workers]
+        transport = RedisTransport("fake", settings, timeout_ms=30_000)
+        await transport.start()
+        await wait_until(lambda: transport.ready, what="the replica")
+        pixels = [np.full((8, 8, 3), m, dtype=np.uint8) for m in range(20, 32)]
+        items = await asyncio.gather(*(transport.infer(p) for p in pixels))
+        duplicates = transport.metrics.duplicate_replies.labels(model="fake")._value.get()
+        await transport.stop()
+        stop.set()
+        await asyncio.gather(*running)
+        return items, duplicates, [w.counts.reclaimed for w in workers]
+
+    items, duplicates, reclaimed = asyncio.run(scenario())
+    assert [item.result["label"] for item in items] == [str(m) for m in range(20, 32)]
+    assert sorted(slow.probe.seen + other.probe.seen) == list(range(20, 32))  # once each
+    assert duplicates == 0
+    assert reclaimed == [0, 0]
+
+
+def test_consumers_of_killed_workers_are_forgotten(redis_server):
+    w = ByHand(redis_server, claim_idle_ms=150)
+    w.client.xgroup_create(w.keys.requests, GROUP, id="0", mkstream=True)
+    w.client.xadd(w.keys.requests, _job(w.reply, _pixels(20), time.time() + 60))
+    w.client.xreadgroup(GROUP, "killed", {w.keys.requests: ">"}, count=1)  # then it died
+
+    def names() -> set[str]:
+        return {str(c["name"]) for c in w.client.xinfo_consumers(w.keys.requests, GROUP)}
+
+    async def body(worker):
+        assert any("killed" in n for n in names())
+        await wait_until(lambda: not any("killed" in n for n in names()), what="killed to go")
+        assert any(worker.name in n for n in names())
+
+    w.run_worker(body)
+    (answer,) = w.answers()  # its job was reclaimed and answered first
+    assert answer[b"ok"] == b"1"

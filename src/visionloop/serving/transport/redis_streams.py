@@ -640,29 +640,53 @@ class RedisWorker:
         await backoff.wait()
 
     async def _reclaim(self) -> None:
-        """Take over jobs left pending longer than ``claim_idle_ms`` (a dead or stuck worker)."""
+        """Take over jobs left pending longer than ``claim_idle_ms`` by a dead (or hung) worker.
+
+        A live worker first refreshes the jobs it holds (``XCLAIM ... JUSTID`` to itself resets
+        their idle time without counting a delivery), so a slow batch is not mistaken for a
+        dead worker and run twice. Consumers gone quiet with nothing pending are removed.
+        """
         idle_ms = int(self.settings.claim_idle_ms)
+        rounds = 0
         while not self._stopping.is_set():
-            await _pause(self._stopping, max(0.05, idle_ms / 2e3))
-            free = self.capacity - len(self._local)
-            if free <= 0:
-                continue
+            await _pause(self._stopping, max(0.05, idle_ms / 3e3))
+            rounds += 1
             try:
-                _, claimed, _ = await self._client.xautoclaim(
-                    self.keys.requests, GROUP, self.name, idle_ms, "0-0", count=free
-                )
-                for entry_id, fields in claimed:
-                    if entry_id in self._local or fields is None:
-                        continue
-                    pending = await self._client.xpending_range(
-                        self.keys.requests, GROUP, entry_id, entry_id, 1
+                if self._local:
+                    await self._client.xclaim(
+                        self.keys.requests, GROUP, self.name, 0, list(self._local), justid=True
                     )
-                    deliveries = int(pending[0]["times_delivered"]) if pending else 1
-                    self.counts.reclaimed += 1
-                    self.metrics.worker_jobs.labels(outcome="reclaimed", **self._labels).inc()
-                    self._take(entry_id, fields, deliveries)
+                free = self.capacity - len(self._local)
+                if free > 0:
+                    await self._take_over(idle_ms, free)
+                if rounds % 30 == 0:
+                    await self._forget_quiet_consumers()
             except RedisError:
                 continue  # NOGROUP or down: the reader and heartbeat recover
+
+    async def _take_over(self, idle_ms: int, count: int) -> None:
+        _, claimed, _ = await self._client.xautoclaim(
+            self.keys.requests, GROUP, self.name, idle_ms, "0-0", count=count
+        )
+        for entry_id, fields in claimed:
+            if entry_id in self._local or fields is None:
+                continue
+            pending = await self._client.xpending_range(
+                self.keys.requests, GROUP, entry_id, entry_id, 1
+            )
+            deliveries = int(pending[0]["times_delivered"]) if pending else 1
+            self.counts.reclaimed += 1
+            self.metrics.worker_jobs.labels(outcome="reclaimed", **self._labels).inc()
+            self._take(entry_id, fields, deliveries)
+
+    async def _forget_quiet_consumers(self) -> None:
+        """Delete consumers (killed workers) with nothing pending, silent for 10 worker TTLs:
+        a live worker reads every half second."""
+        quiet_ms = 10 * worker_ttl_s(self.settings) * 1e3
+        for consumer in await self._client.xinfo_consumers(self.keys.requests, GROUP):
+            name = consumer["name"]
+            if consumer["pending"] == 0 and consumer["idle"] > quiet_ms:
+                await self._client.xgroup_delconsumer(self.keys.requests, GROUP, name)
 
     # -- one job -------------------------------------------------------------------------
 
