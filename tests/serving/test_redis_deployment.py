@@ -137,6 +137,9 @@ def test_two_replicas_and_two_workers_answer_a_burst(deployment):
     a.terminate()
     b.terminate()
     counts = [a.counts(), b.counts()]
+    ok = [r.status_code for r in answers].count(200)
+    shares = [c["answered"] for c in counts]
+    print(f"\n2 replicas x 2 workers: sent {len(markers)}, answered {ok}, by worker {shares}")
     assert sum(c["answered"] for c in counts) == len(markers)  # each job ran once
     assert all(c["answered"] > 0 for c in counts)  # both workers took a share
 
@@ -189,10 +192,12 @@ def test_redis_down_means_fast_503_then_service_resumes(deployment):
         assert "Redis" in refused.json()["error"] or "worker" in refused.json()["error"]
         assert refused.headers["retry-after"]
         deployment.redis.start()  # same port, empty: no persistence
-        deadline = time.monotonic() + 30
+        deadline, tries = time.monotonic() + 30, 0
         while True:
             again = http.post(predict, content=solid_png(22), headers=headers)
+            tries += 1
             if again.status_code == 200:
+                print(f"\nRedis restart: 503 while down; served again after {tries} tries")
                 break
             assert again.status_code == 503, again.text
             assert time.monotonic() < deadline, "service did not resume after Redis came back"
