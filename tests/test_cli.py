@@ -62,3 +62,43 @@ def test_models_lists_catdog():
     result = runner.invoke(app, ["models"])
     assert result.exit_code == 0
     assert "catdog" in result.stdout
+
+
+def test_bn_fuse_reports_pairs_parameters_speed_and_difference():
+    result = runner.invoke(app, ["bn", "fuse", str(DATA), "--min-run-time", "0.2"])
+    assert result.exit_code == 0, result.output
+    assert "fused 49 pair(s)" in result.stdout
+    assert "speed-up" in result.stdout
+    assert "4,652,008" in result.stdout  # unfused parameter count of Lite0
+
+
+def test_bn_recalibrate_writes_weights_that_serve_and_lower_drift(tmp_path):
+    out = tmp_path / "recalibrated.pt"
+    before = runner.invoke(app, ["bn", "drift", "--json", "--batch-size", "4", str(DATA)])
+    result = runner.invoke(
+        app, ["bn", "recalibrate", str(DATA), "--out", str(out), "--batch-size", "4"]
+    )
+    assert result.exit_code == 0, result.output
+    after = runner.invoke(
+        app, ["bn", "drift", "--json", "--batch-size", "4", "--weights", str(out), str(DATA)]
+    )
+    assert json.loads(after.stdout)["score"] < json.loads(before.stdout)["score"]
+    served = runner.invoke(
+        app,
+        ["predict", "--json", str(DATA / "cat_chelsea.png")],
+        env={"VISIONLOOP_WEIGHTS": str(out)},
+    )
+    assert served.exit_code == 0, served.output
+
+
+def test_bn_commands_refuse_bad_weights_and_empty_input(tmp_path):
+    bad = tmp_path / "bad.pt"
+    bad.write_bytes(b"not a state dict")
+    result = runner.invoke(app, ["bn", "drift", "--weights", str(bad), str(DATA)])
+    assert result.exit_code == 2
+    assert "cannot read weights" in result.stderr
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    result = runner.invoke(app, ["bn", "drift", str(empty)])
+    assert result.exit_code == 2
+    assert "no readable image" in result.stderr

@@ -305,6 +305,14 @@ async def _run_worker(
     log.info("worker %s stopped: %s", node.name, node.counts)
 
 
+def _add_bn_commands() -> None:
+    from visionloop.bn_commands import app as bn_app
+
+    app.add_typer(bn_app, name="bn")
+
+
+_add_bn_commands()
+
 bench_app = typer.Typer(help="Measure: the model-only ceiling (load tests arrive later).")
 app.add_typer(bench_app, name="bench")
 

@@ -7,6 +7,7 @@ pixels) lives here so that an operator can see and change it in one place.
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Literal
 
 from pydantic import Field, model_validator
@@ -51,6 +52,11 @@ class ModelSettings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="VISIONLOOP_", extra="ignore")
 
     model: str = Field(default="catdog", description="Registry name, or module:factory.")
+    weights: Path | None = Field(
+        default=None,
+        description="A state dict for the model's network (e.g. made by `visionloop bn "
+        "recalibrate`), loaded with weights_only=True before fusion.",
+    )
     device: str = Field(default="cpu", description="torch device, e.g. cpu, cuda, cuda:1.")
     dtype: Literal["float32", "float16", "bfloat16"] = "float32"
     fuse_bn: bool = Field(default=True, description="Fold BatchNorm into the preceding conv.")

@@ -7,8 +7,12 @@ group whose value is a zero-argument factory returning a :class:`VisionModel`.
 from __future__ import annotations
 
 import importlib
+import pickle
 from collections.abc import Callable
 from importlib.metadata import entry_points
+from pathlib import Path
+
+import torch
 
 from visionloop.models.base import VisionModel
 from visionloop.settings import ModelSettings
@@ -56,5 +60,29 @@ def create(name: str) -> VisionModel:
 
 
 def load(settings: ModelSettings) -> VisionModel:
-    """Build and prepare for serving, as the settings say (fusion, layout, dtype, device)."""
-    return create(settings.model).prepare(settings)
+    """Build, load ``settings.weights`` if given, and prepare for serving as the settings say
+    (fusion, layout, dtype, device)."""
+    model = create(settings.model)
+    if settings.weights is not None:
+        load_weights(model, settings.weights)
+    return model.prepare(settings)
+
+
+def load_weights(model: VisionModel, path: Path) -> None:
+    """Load a state dict of ``model.network`` (e.g. from ``visionloop bn recalibrate``).
+
+    Only tensors are read (``weights_only=True``); every key must match.
+
+    Raises:
+        ValueError: the file cannot be read as a state dict, or its keys or shapes differ.
+    """
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except (OSError, RuntimeError, pickle.UnpicklingError) as exc:
+        raise ValueError(f"cannot read weights from {path}: {exc}") from None
+    if not isinstance(state, dict):
+        raise ValueError(f"{path} holds a {type(state).__name__}, not a state dict")
+    try:
+        model.network.load_state_dict(state, strict=True)
+    except RuntimeError as exc:
+        raise ValueError(f"weights in {path} do not fit model {model.name!r}: {exc}") from None
