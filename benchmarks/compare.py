@@ -46,6 +46,11 @@ VISIONLOOP = {
                 "--max-queue", "256"],
     "adaptive": ["--policy", "adaptive", "--max-batch-size", "8", "--max-delay-ms", "20",
                  "--max-queue", "256"],
+    # The same with the BatchNorm drift tap measuring 1% / 10% of the served images.
+    "adaptive-drift1": ["--policy", "adaptive", "--max-batch-size", "8", "--max-delay-ms", "20",
+                        "--max-queue", "256", "--drift-sample", "0.01"],
+    "adaptive-drift10": ["--policy", "adaptive", "--max-batch-size", "8", "--max-delay-ms", "20",
+                         "--max-queue", "256", "--drift-sample", "0.1"],
 }  # fmt: skip
 # The distributed deployment on this machine: Redis + N workers + one API replica
 # (benchmarks/distributed/start.sh PORT WORKERS THREADS_PER_WORKER), adaptive policy like above.

@@ -163,6 +163,9 @@ def serve(
     transport: Annotated[
         str | None, typer.Option(help="memory (model in this process) or redis (API replica).")
     ] = None,
+    drift_sample: Annotated[
+        float | None, typer.Option(help="Fraction of images feeding the BN drift gauge.")
+    ] = None,
     redis_url: Annotated[str | None, typer.Option(help="Redis URL for --transport redis.")] = None,
     log_level: Annotated[str, typer.Option(help="debug, info, warning.")] = "info",
 ) -> None:
@@ -182,7 +185,7 @@ def serve(
         "host": host, "port": port, "max_batch_size": max_batch_size,
         "max_delay_ms": max_delay_ms, "max_queue": max_queue, "timeout_ms": timeout_ms,
         "instances": instances, "pad_to_buckets": pad_to_buckets, "policy": policy,
-        "transport": transport,
+        "transport": transport, "drift_sample": drift_sample,
     }  # fmt: skip
     settings = ServeSettings(**{k: v for k, v in flags.items() if v is not None})
     model_settings = _model_settings(model=model, device=device, threads=threads)
@@ -233,6 +236,9 @@ def worker(
     claim_idle_ms: Annotated[
         float | None, typer.Option(help="Reclaim jobs pending this long with a dead worker.")
     ] = None,
+    drift_sample: Annotated[
+        float | None, typer.Option(help="Fraction of images feeding the BN drift gauge.")
+    ] = None,
     name: Annotated[str | None, typer.Option(help="Consumer name (default host-pid-rand).")] = None,
     metrics_port: Annotated[
         int | None, typer.Option(help="Serve this worker's /metrics on 127.0.0.1:PORT.")
@@ -251,7 +257,7 @@ def worker(
 
     flags: dict[str, Any] = {
         "max_batch_size": max_batch_size, "max_delay_ms": max_delay_ms, "instances": instances,
-        "pad_to_buckets": pad_to_buckets, "policy": policy,
+        "pad_to_buckets": pad_to_buckets, "policy": policy, "drift_sample": drift_sample,
     }  # fmt: skip
     settings = ServeSettings(**{k: v for k, v in flags.items() if v is not None})
     model_settings = _model_settings(model=model, device=device, threads=threads)
@@ -296,7 +302,12 @@ async def _run_worker(
         from prometheus_client import start_http_server
 
         start_http_server(port, addr="127.0.0.1", registry=metrics.registry)
-    node = RedisWorker(model, config, redis_settings, metrics=metrics, name=name)
+    tap = None
+    if settings.drift_sample > 0:
+        from visionloop.serving.drift import build_tap
+
+        tap = await asyncio.to_thread(build_tap, model_settings, settings.drift_sample, metrics)
+    node = RedisWorker(model, config, redis_settings, metrics=metrics, name=name, tap=tap)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):

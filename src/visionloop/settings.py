@@ -103,6 +103,13 @@ class ServeSettings(BaseSettings):
     api_token: str | None = Field(
         default=None, description="If set, every route but health needs 'Authorization: Bearer'."
     )
+    drift_sample: float = Field(
+        default=0.0,
+        ge=0.0,
+        le=1.0,
+        description="Fraction of served images whose BatchNorm statistics feed the "
+        "visionloop_bn_drift gauge (an unfused copy of the model on the CPU); 0 turns it off.",
+    )
     transport: Literal["memory", "redis"] = Field(
         default="memory",
         description="memory: the model runs in this process; redis: this is an API replica "

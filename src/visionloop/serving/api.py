@@ -27,6 +27,7 @@ from visionloop.models import registry
 from visionloop.models.base import JSONDict, VisionModel
 from visionloop.serving import protocol_v2
 from visionloop.serving.batcher import BatchPolicy
+from visionloop.serving.drift import build_tap
 from visionloop.serving.runner import (
     DeadlineExceeded,
     ItemResult,
@@ -154,7 +155,14 @@ async def _load(state: ServerState, model: VisionModel | None) -> None:
             timeout_ms=settings.timeout_ms,
             threads=state.model_settings.threads,
         )
-        runner = Runner(model, config, state.metrics)
+        tap = (
+            await asyncio.to_thread(
+                build_tap, state.model_settings, settings.drift_sample, state.metrics
+            )
+            if settings.drift_sample > 0
+            else None
+        )
+        runner = Runner(model, config, state.metrics, tap=tap)
         started = time.perf_counter()
         sizes = await runner.start()
     except Exception as exc:  # reported by /v2/health/ready and every model route

@@ -84,6 +84,20 @@ class Metrics:
             registry=r,
         )
 
+        self.bn_drift = Gauge(
+            "visionloop_bn_drift",
+            "BatchNorm-statistics drift of sampled served images vs the model's running "
+            "statistics (symmetric KL, averaged; ~0 in domain). Needs VISIONLOOP_DRIFT_SAMPLE.",
+            ["model"],
+            registry=r,
+        )
+        self.bn_drift_images = Counter(
+            "visionloop_bn_drift_images_total",
+            "Served images whose BatchNorm statistics were measured for the drift gauge.",
+            ["model"],
+            registry=r,
+        )
+
     def render(self) -> bytes:
         """The Prometheus text exposition of every metric."""
         return generate_latest(self.registry)

@@ -30,6 +30,7 @@ import torch
 
 from visionloop.models.base import JSONDict, VisionModel
 from visionloop.serving.batcher import Batcher, BatchPolicy, DeadlineUnreachable, Job, QueueFull
+from visionloop.serving.drift import DriftTap
 from visionloop.serving.metrics import Metrics
 
 __all__ = [
@@ -186,8 +187,10 @@ class Runner:
         config: RunnerConfig,
         metrics: Metrics | None = None,
         clock: Callable[[], float] = time.monotonic,
+        tap: DriftTap | None = None,
     ) -> None:
         self.model = model
+        self.tap = tap
         self.config = config
         self.metrics = metrics or Metrics()
         self.clock = clock
@@ -269,6 +272,8 @@ class Runner:
             _settle(job.payload.future, exc=NotReady("server is shutting down"))
         for executor in self._executors:
             executor.pool.shutdown(wait=True)
+        if self.tap is not None:
+            self.tap.close()
 
     # -- requests ------------------------------------------------------------------------
 
@@ -407,6 +412,8 @@ class Runner:
                 )
             self._record(live, started, compute_s, phases)
             self.batcher.observe_service(padded, compute_s)
+            if self.tap is not None:
+                self.tap.offer([job.payload.image for job in live])
         except asyncio.CancelledError:  # stop() ran out of drain time mid-batch
             for job in live:
                 _settle(job.payload.future, exc=NotReady("server is shutting down"))

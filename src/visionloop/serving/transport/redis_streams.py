@@ -50,6 +50,7 @@ from redis.typing import EncodableT, FieldT
 
 from visionloop.models.base import VisionModel
 from visionloop.serving.batcher import QueueFull
+from visionloop.serving.drift import DriftTap
 from visionloop.serving.metrics import Metrics
 from visionloop.serving.runner import (
     DeadlineExceeded,
@@ -536,11 +537,12 @@ class RedisWorker:
         *,
         metrics: Metrics | None = None,
         name: str | None = None,
+        tap: DriftTap | None = None,
     ) -> None:
         self.model = model
         self.settings = settings
         self.metrics = metrics or Metrics()
-        self.runner = Runner(model, config, self.metrics)
+        self.runner = Runner(model, config, self.metrics, tap=tap)
         self.name = name or f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
         self.keys = Keys(settings.prefix, model.name)
         self.capacity = config.policy.max_batch_size * (config.instances + 1)
