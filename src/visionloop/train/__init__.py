@@ -1,0 +1,1 @@
+"""Training: multi-label segmentation from partial labels (see :mod:`.losses`)."""
