@@ -1,0 +1,102 @@
+"""The dataset format: a synthetic dataset loads; every kind of breakage is a clear error
+naming the file; augmentation moves masks with the image and is deterministic."""
+
+from __future__ import annotations
+
+import shutil
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from visionloop.train.data import Augment, DatasetError, SegDataset
+from visionloop.train.synth import synthesize
+
+
+@pytest.fixture(scope="module")
+def synth(tmp_path_factory):
+    root = tmp_path_factory.mktemp("synth")
+    synthesize(root, 8, size=64, seed=1)
+    return root
+
+
+def copy_of(synth, tmp_path):
+    root = tmp_path / "data"
+    shutil.copytree(synth, root)
+    return root
+
+
+def test_synthetic_data_is_deterministic_and_loads(synth, tmp_path):
+    again = tmp_path / "again"
+    synthesize(again, 8, size=64, seed=1)
+    for name in ("images/000003.png", "masks/cat/000003.png", "masks/animal/000003.png"):
+        assert (synth / name).read_bytes() == (again / name).read_bytes()
+    data = SegDataset(synth, ["cat", "animal"], size=32)
+    image, masks, annotated = data[0]
+    assert image.shape == (32, 32, 3)
+    assert image.dtype == torch.uint8
+    assert masks.shape == (2, 32, 32)
+    assert annotated.tolist() == [True, True]
+    assert torch.all(masks[1] >= masks[0])  # every cat pixel is an animal pixel
+
+
+def test_an_unannotated_class_needs_no_mask_and_gets_an_empty_channel(synth, tmp_path):
+    root = copy_of(synth, tmp_path)
+    (root / "masks" / "animal" / "000000.png").unlink()
+    rows = (root / "labels.csv").read_text().splitlines()
+    rows[1] = "000000.png,1,0"
+    (root / "labels.csv").write_text("\n".join(rows) + "\n")
+    _, masks, annotated = SegDataset(root, size=32)[0]
+    assert annotated.tolist() == [True, False]
+    assert masks[1].sum() == 0
+
+
+@pytest.mark.parametrize(
+    ("breakage", "message"),
+    [
+        ("missing_mask", r"animal is annotated on 000002.png but .*000002.png is missing"),
+        ("size", r"mask is 10x10, image is 64x64"),
+        ("unknown_class", r"unknown class\(es\) \['dog'\]"),
+        ("missing_image", r"image .*000009.png does not exist"),
+        ("bad_flag", r"flags must be 0 or 1"),
+        ("no_labels", r"labels.csv: missing"),
+    ],
+)
+def test_a_broken_dataset_is_a_clear_error(synth, tmp_path, breakage, message):
+    root = copy_of(synth, tmp_path)
+    labels = root / "labels.csv"
+    classes = None
+    if breakage == "missing_mask":
+        (root / "masks" / "animal" / "000002.png").unlink()
+    elif breakage == "size":
+        Image.new("L", (10, 10)).save(root / "masks" / "cat" / "000001.png")
+    elif breakage == "unknown_class":
+        classes = ["cat", "dog"]
+    elif breakage == "missing_image":
+        labels.write_text(labels.read_text() + "000009.png,1,1\n")
+    elif breakage == "bad_flag":
+        labels.write_text(labels.read_text() + "000001.png,yes,1\n")
+    else:
+        labels.unlink()
+    with pytest.raises(DatasetError, match=message):
+        SegDataset(root, classes, size=32)
+
+
+def test_augmentation_moves_masks_with_the_image_and_repeats_per_seed(synth):
+    plain = SegDataset(synth, size=48)
+    augmented = SegDataset(synth, size=48, augment=Augment(jitter=0.0), seed=5)
+    image, masks, _ = augmented[3]
+    image2, masks2, _ = augmented[3]
+    assert torch.equal(image, image2)
+    assert torch.equal(masks, masks2)
+    assert not torch.equal(image, plain[3][0])
+    # masks stay binary and nested under geometry
+    assert set(torch.unique(masks).tolist()) <= {0.0, 1.0}
+    assert torch.all(masks[1] >= masks[0])
+    augmented.epoch = 1
+    assert not torch.equal(augmented[3][0], image)
+    # jitter touches the image only
+    jittered = SegDataset(synth, size=48, augment=Augment(jitter=0.5), seed=5)
+    assert torch.equal(jittered[3][1], masks)
+    assert not np.array_equal(jittered[3][0].numpy(), image.numpy())
