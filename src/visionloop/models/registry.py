@@ -18,7 +18,10 @@ from visionloop.models.base import VisionModel
 from visionloop.settings import ModelSettings
 
 ENTRY_POINT_GROUP = "visionloop.models"
-BUILTINS: dict[str, str] = {"catdog": "visionloop.models.catdog:build_catdog"}
+BUILTINS: dict[str, str] = {
+    "catdog": "visionloop.models.catdog:build_catdog",
+    "catseg": "visionloop.models.catseg:build_catseg",
+}
 
 ModelFactory = Callable[[], VisionModel]
 

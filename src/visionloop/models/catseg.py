@@ -1,0 +1,157 @@
+"""Built-in ``catseg``: multi-label segmentation, one sigmoid channel per class (cat, animal).
+
+EfficientNet-Lite0 encoder (ImageNet weights, issue 2's implementation) with a light FPN
+decoder: lateral 1x1 convs at strides 4, 8, 16 and 32, a top-down pathway, the four levels
+upsampled to stride 4 and summed, then a 3x3 conv and a 1x1 classifier, upsampled to the input.
+Trained by ``visionloop train seg``; serve a run's weights with ``--weights run/best.pt``.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+from collections.abc import Mapping, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+from torch import nn
+
+from visionloop.imaging import CenterCrop
+from visionloop.models.base import InputSpec, JSONDict, OutputSpec, VisionModel
+from visionloop.models.efficientnet_lite import BN_EPS, EfficientNetLite, efficientnet_lite0
+
+CLASSES = ("cat", "animal")
+TAPS = (2, 4, 10, 15)  # last block at strides 4, 8, 16, 32 of Lite0
+TAP_CHANNELS = (24, 40, 112, 320)
+MASK_FORMATS = ("png", "rle", "none")
+
+
+class SegNet(nn.Module):
+    """Lite0 encoder + FPN decoder -> (N, classes, H, W) logits."""
+
+    def __init__(self, classes: int = 2, width: int = 64, pretrained: bool = True) -> None:
+        super().__init__()
+        encoder: EfficientNetLite = efficientnet_lite0(pretrained=pretrained)
+        self.stem, self.blocks = encoder.stem, encoder.blocks  # head and classifier dropped
+        self.lateral = nn.ModuleList(nn.Conv2d(c, width, 1) for c in TAP_CHANNELS)
+        self.smooth = nn.ModuleList(_conv_bn_relu(width, width) for _ in TAP_CHANNELS)
+        self.fuse = _conv_bn_relu(width, width)
+        self.classifier = nn.Conv2d(width, classes, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        size = x.shape[-2:]
+        features = []
+        y = self.stem(x)
+        for index, block in enumerate(self.blocks):
+            y = block(y)
+            if index in TAPS:
+                features.append(y)
+        top = self.lateral[-1](features[-1])
+        levels = [self.smooth[-1](top)]
+        for i in range(len(features) - 2, -1, -1):
+            lateral = self.lateral[i](features[i])
+            top = lateral + F.interpolate(top, size=lateral.shape[-2:], mode="nearest")
+            levels.insert(0, self.smooth[i](top))
+        finest = levels[0].shape[-2:]
+        merged = sum(F.interpolate(level, size=finest, mode="nearest") for level in levels)
+        logits = self.classifier(self.fuse(merged))
+        return F.interpolate(logits, size=size, mode="bilinear", align_corners=False)
+
+
+def _conv_bn_relu(channels_in: int, channels_out: int) -> nn.Sequential:
+    return nn.Sequential(
+        nn.Conv2d(channels_in, channels_out, 3, padding=1, bias=False),
+        nn.BatchNorm2d(channels_out, eps=BN_EPS),
+        nn.ReLU(inplace=True),
+    )
+
+
+class CatSeg(VisionModel):
+    """Per-pixel ``cat`` and ``animal`` probabilities, masks and areas."""
+
+    name = "catseg"
+    description = "EfficientNet-Lite0 + FPN: multi-label masks for cat and animal"
+
+    def __init__(
+        self,
+        network: SegNet | None = None,
+        size: int = 224,
+        classes: Sequence[str] = CLASSES,
+        threshold: float = 0.5,
+    ) -> None:
+        self.classes = tuple(classes)
+        self.threshold = threshold
+        self.input_spec = InputSpec(
+            crop=CenterCrop(short_side=size, height=size, width=size, resample="bilinear"),
+            mean=(127.5, 127.5, 127.5),
+            std=(127.5, 127.5, 127.5),
+        )
+        self.outputs = (
+            OutputSpec(
+                "probabilities", (len(self.classes), size, size), description="sigmoid per class"
+            ),
+        )
+        super().__init__(network if network is not None else SegNet(len(self.classes)))
+
+    def outputs_from(self, raw: torch.Tensor) -> dict[str, torch.Tensor]:
+        return {"probabilities": raw.float().sigmoid()}
+
+    def postprocess(self, outputs: Mapping[str, torch.Tensor]) -> list[JSONDict]:
+        answers = []
+        for probabilities in outputs["probabilities"]:
+            masks = probabilities >= self.threshold
+            areas = {
+                c: round(float(m.float().mean()), 6)
+                for c, m in zip(self.classes, masks, strict=True)
+            }
+            present = [c for c in self.classes if areas[c] > 0]
+            answers.append({"label": present[0] if present else "none", "areas": areas})
+        return answers
+
+    def masks(self, probabilities: np.ndarray, fmt: str) -> JSONDict:
+        """One image's masks, encoded: ``png`` (base64 PNG, 0/255) or ``rle`` (COCO RLE,
+        uncompressed counts, column-major), by class name."""
+        if fmt not in MASK_FORMATS:
+            raise ValueError(f"masks must be one of {', '.join(MASK_FORMATS)}, got {fmt!r}")
+        if fmt == "none":
+            return {}
+        binary = np.asarray(probabilities) >= self.threshold
+        return {c: _encode(m, fmt) for c, m in zip(self.classes, binary, strict=True)}
+
+
+def _encode(mask: np.ndarray, fmt: str) -> JSONDict | str:
+    if fmt == "png":
+        buffer = io.BytesIO()
+        Image.fromarray(mask.astype(np.uint8) * 255).save(buffer, format="PNG", optimize=True)
+        return base64.b64encode(buffer.getvalue()).decode()
+    return rle_encode(mask)
+
+
+def rle_encode(mask: np.ndarray) -> JSONDict:
+    """COCO's uncompressed RLE: run lengths over the column-major flattening, starting with a
+    run of zeros (possibly empty)."""
+    flat = np.asarray(mask, dtype=bool).flatten(order="F")
+    changes = np.flatnonzero(np.diff(flat.astype(np.int8))) + 1
+    bounds = np.concatenate(([0], changes, [flat.size]))
+    counts = np.diff(bounds).tolist()
+    if flat.size and flat[0]:
+        counts = [0, *counts]
+    return {"size": [int(mask.shape[0]), int(mask.shape[1])], "counts": counts}
+
+
+def rle_decode(rle: JSONDict) -> np.ndarray:
+    height, width = rle["size"]
+    flat = np.zeros(height * width, dtype=bool)
+    position, value = 0, False
+    for count in rle["counts"]:
+        flat[position : position + count] = value
+        position += count
+        value = not value
+    return flat.reshape((height, width), order="F")
+
+
+def build_catseg() -> CatSeg:
+    """Registry factory. Untrained decoder unless weights are given (``--weights``)."""
+    return CatSeg()
