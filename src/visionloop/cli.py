@@ -320,6 +320,10 @@ def _add_bn_commands() -> None:
     from visionloop.bn_commands import app as bn_app
 
     app.add_typer(bn_app, name="bn")
+    from visionloop.train_commands import data_app, train_app
+
+    app.add_typer(train_app, name="train")
+    app.add_typer(data_app, name="data")
 
 
 _add_bn_commands()
