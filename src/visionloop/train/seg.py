@@ -55,6 +55,9 @@ class SegConfig:
     pretrained: bool = True
     resume: bool = False
     max_batches: int | None = None  # per epoch, for smoke tests
+    # The mistake the masked loss prevents, kept for the study: a class not annotated on an
+    # image is trained as background there.
+    unannotated_as_background: bool = False
 
     def __post_init__(self) -> None:
         unknown = {*self.hierarchy, *self.hierarchy.values()} - set(self.classes)
@@ -186,6 +189,8 @@ def _train_epoch(
             x = model.normalise(images.to(device)).contiguous(memory_format=torch.channels_last)
             with torch.autocast(device.type, enabled=amp):
                 logits = network(x)
+            if config.unannotated_as_background:
+                annotated = torch.ones_like(annotated)
             loss = masked_multilabel_bce(
                 logits.float(), targets.to(device), annotated.to(device),
                 class_weights=config.class_weights, dice_weight=config.dice_weight,
