@@ -88,15 +88,16 @@ class CatSeg(VisionModel):
             mean=(127.5, 127.5, 127.5),
             std=(127.5, 127.5, 127.5),
         )
+        shape = (len(self.classes), size, size)
         self.outputs = (
-            OutputSpec(
-                "probabilities", (len(self.classes), size, size), description="sigmoid per class"
-            ),
+            OutputSpec("probabilities", shape, description="sigmoid per class"),
+            OutputSpec("masks", shape, dtype="UINT8", description="1 where p >= threshold"),
         )
         super().__init__(network if network is not None else SegNet(len(self.classes)))
 
     def outputs_from(self, raw: torch.Tensor) -> dict[str, torch.Tensor]:
-        return {"probabilities": raw.float().sigmoid()}
+        probabilities = raw.float().sigmoid()
+        return {"probabilities": probabilities, "masks": (probabilities >= self.threshold).byte()}
 
     def postprocess(self, outputs: Mapping[str, torch.Tensor]) -> list[JSONDict]:
         answers = []
@@ -110,15 +111,18 @@ class CatSeg(VisionModel):
             answers.append({"label": present[0] if present else "none", "areas": areas})
         return answers
 
-    def masks(self, probabilities: np.ndarray, fmt: str) -> JSONDict:
-        """One image's masks, encoded: ``png`` (base64 PNG, 0/255) or ``rle`` (COCO RLE,
-        uncompressed counts, column-major), by class name."""
-        if fmt not in MASK_FORMATS:
-            raise ValueError(f"masks must be one of {', '.join(MASK_FORMATS)}, got {fmt!r}")
-        if fmt == "none":
-            return {}
-        binary = np.asarray(probabilities) >= self.threshold
-        return {c: _encode(m, fmt) for c, m in zip(self.classes, binary, strict=True)}
+
+def encode_masks(masks: np.ndarray, classes: Sequence[str], fmt: str) -> JSONDict:
+    """One image's binary masks (C, H, W), by class name: ``png`` (base64 PNG, 0/255) or
+    ``rle`` (COCO uncompressed RLE, column-major counts starting with zeros)."""
+    if fmt not in MASK_FORMATS:
+        raise ValueError(f"masks must be one of {', '.join(MASK_FORMATS)}, got {fmt!r}")
+    if fmt == "none":
+        return {}
+    names = (
+        list(classes) if len(classes) == len(masks) else [f"class_{i}" for i in range(len(masks))]
+    )
+    return {c: _encode(np.asarray(m) > 0, fmt) for c, m in zip(names, masks, strict=True)}
 
 
 def _encode(mask: np.ndarray, fmt: str) -> JSONDict | str:

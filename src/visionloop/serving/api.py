@@ -25,6 +25,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from visionloop import __version__, imaging
 from visionloop.models import registry
 from visionloop.models.base import JSONDict, VisionModel
+from visionloop.models.catseg import MASK_FORMATS, encode_masks
 from visionloop.serving import protocol_v2
 from visionloop.serving.batcher import BatchPolicy
 from visionloop.serving.drift import build_tap
@@ -125,12 +126,13 @@ def create_app(
         timeout = timeout_from(request.headers.get("x-timeout-ms"), "X-Timeout-Ms")
         if request.headers.get("content-type", "").startswith("multipart/form-data"):
             return await _predict_many(state, request, runner, timeout, arrived)
+        masks = _mask_format(request)
         data = await read_body(request, state.limits.max_bytes)
         started = time.perf_counter()
         image = await state.decode(data, runner, timeout, arrived)
         decode_ms = (time.perf_counter() - started) * 1e3
         item = await state.infer(request, runner, image, timeout, arrived)
-        return JSONResponse(_v1_body(runner, item, decode_ms, started))
+        return JSONResponse(_v1_body(runner, item, decode_ms, started, masks))
 
     @app.get("/metrics", tags=["ops"])
     async def metrics() -> Response:
@@ -220,10 +222,25 @@ def _authorise(state: ServerState, request: Request) -> None:
         )
 
 
-def _v1_body(runner: Transport, item: ItemResult, decode_ms: float, started: float) -> JSONDict:
+def _mask_format(request: Request) -> str:
+    """``?masks=png|rle|none`` for segmentation models (default png); checked before work."""
+    fmt = request.query_params.get("masks", "png")
+    if fmt not in MASK_FORMATS:
+        raise ApiError(400, f"masks must be one of {', '.join(MASK_FORMATS)}, got {fmt!r}")
+    return fmt
+
+
+def _v1_body(
+    runner: Transport, item: ItemResult, decode_ms: float, started: float, masks: str = "png"
+) -> JSONDict:
+    extra: JSONDict = {}
+    if "masks" in item.outputs and masks != "none":
+        classes = getattr(runner.model, "classes", ())
+        extra = {"mask_format": masks, "masks": encode_masks(item.outputs["masks"], classes, masks)}
     return {
         "model": runner.model.name,
         **item.result,
+        **extra,
         "batch_size": item.batch_size,
         "timing_ms": {
             "decode": round(decode_ms, 3),
@@ -244,6 +261,7 @@ async def _predict_many(
         )
     except HTTPException as exc:  # Starlette's multipart limits
         raise ApiError(413 if "size" in str(exc.detail) else 400, str(exc.detail)) from None
+    masks = _mask_format(request)
     files = [(name, v) for name, v in form.multi_items() if isinstance(v, UploadFile)]
     if not files:
         raise ApiError(400, "multipart body has no file parts")
@@ -260,7 +278,7 @@ async def _predict_many(
         image = await state.decode(data, runner, timeout, arrived)
         decode_ms = (time.perf_counter() - started) * 1e3
         item = await state.infer(request, runner, image, timeout, arrived)
-        return {"file": upload.filename, **_v1_body(runner, item, decode_ms, started)}
+        return {"file": upload.filename, **_v1_body(runner, item, decode_ms, started, masks)}
 
     answers = await asyncio.gather(*(one(u) for _, u in files), return_exceptions=True)
     predictions: list[JSONDict] = []

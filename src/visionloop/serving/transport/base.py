@@ -129,6 +129,7 @@ class ModelCard:
     input_spec: InputSpec
     outputs: tuple[OutputSpec, ...]
     device_name: str = "cpu"
+    classes: tuple[str, ...] = ()  # channel names of a segmentation model
 
     @property
     def device(self) -> torch.device:
@@ -142,6 +143,7 @@ class ModelCard:
             model.input_spec,
             model.outputs,
             str(model.device),
+            tuple(getattr(model, "classes", ())),
         )
 
     def to_json(self) -> JSONDict:
@@ -154,6 +156,7 @@ class ModelCard:
             "mean": list(spec.mean),
             "std": list(spec.std),
             "outputs": [[o.name, list(o.shape), o.dtype, o.description] for o in self.outputs],
+            "classes": list(self.classes),
         }
 
     @classmethod
@@ -171,8 +174,14 @@ class ModelCard:
                 OutputSpec(str(n), tuple(int(d) for d in shape), str(dtype), str(text))
                 for n, shape, dtype, text in data["outputs"]
             )
+            classes = tuple(str(c) for c in data.get("classes", []))
             return cls(
-                str(data["name"]), str(data["description"]), spec, outputs, str(data["device"])
+                str(data["name"]),
+                str(data["description"]),
+                spec,
+                outputs,
+                str(data["device"]),
+                classes,
             )
         except (KeyError, TypeError, ValueError, IndexError) as exc:
             raise BadJob(f"not a model card: {type(exc).__name__}: {exc}") from None

@@ -1,0 +1,59 @@
+"""catseg through the same server: v1 answers areas and per-class masks as PNG or COCO RLE
+(chosen by ?masks=), v2 returns the FP32 probabilities and UINT8 masks."""
+
+from __future__ import annotations
+
+import base64
+import io
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from tests.live_server import client
+from visionloop.models.catseg import CatSeg, rle_decode
+from visionloop.settings import ModelSettings
+
+
+@pytest.fixture(scope="module")
+def catseg() -> CatSeg:
+    return CatSeg(size=64).prepare(ModelSettings(model="catseg"))  # type: ignore[return-value]
+
+
+def v2_masks(http, data: bytes) -> np.ndarray:
+    body = {"inputs": [{"name": "image_bytes", "datatype": "BYTES", "shape": [1, 1],
+                        "data": [base64.b64encode(data).decode()]}]}  # fmt: skip
+    answer = http.post("/v2/models/catseg/infer", json=body)
+    assert answer.status_code == 200, answer.text
+    outputs = {o["name"]: o for o in answer.json()["outputs"]}
+    assert outputs["probabilities"]["datatype"] == "FP32"
+    assert outputs["probabilities"]["shape"] == [1, 2, 64, 64]
+    assert outputs["masks"]["datatype"] == "UINT8"
+    probabilities = np.array(outputs["probabilities"]["data"]).reshape(2, 64, 64)
+    masks = np.array(outputs["masks"]["data"], dtype=np.uint8).reshape(2, 64, 64)
+    assert np.array_equal(masks, (probabilities >= 0.5).astype(np.uint8))
+    return masks
+
+
+def test_v1_masks_as_rle_and_png_match_v2(serve, catseg, sample_bytes):
+    server = serve(model=catseg)
+    data = sample_bytes["cat_chelsea.png"]
+    headers = {"content-type": "image/png"}
+    with client(server) as http:
+        expected = v2_masks(http, data)
+        rle = http.post("/v1/models/catseg/predict?masks=rle", content=data, headers=headers)
+        png = http.post("/v1/models/catseg/predict", content=data, headers=headers)
+        none = http.post("/v1/models/catseg/predict?masks=none", content=data, headers=headers)
+        bad = http.post("/v1/models/catseg/predict?masks=gif", content=data, headers=headers)
+    assert rle.status_code == png.status_code == none.status_code == 200
+    body = rle.json()
+    assert set(body["areas"]) == {"cat", "animal"}
+    assert body["mask_format"] == "rle"
+    for i, name in enumerate(("cat", "animal")):
+        assert np.array_equal(rle_decode(body["masks"][name]), expected[i].astype(bool))
+        decoded = np.asarray(Image.open(io.BytesIO(base64.b64decode(png.json()["masks"][name]))))
+        assert np.array_equal(decoded > 0, expected[i].astype(bool))
+        assert body["areas"][name] == pytest.approx(expected[i].mean(), abs=1e-6)
+    assert "masks" not in none.json()
+    assert bad.status_code == 400
+    assert "masks must be one of png, rle, none" in bad.json()["error"]
