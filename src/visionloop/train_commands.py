@@ -74,3 +74,27 @@ def synth(
 
     synthesize(out, count, size=size, seed=seed)
     console.print(f"wrote {count} images to {out}")
+
+
+@data_app.command("compose")
+def compose(
+    out: Annotated[Path, typer.Argument(help="Folder to write the dataset to.")],
+    cutouts: Annotated[
+        Path, typer.Option(help="<class>/**/*.png RGBA cut-outs; _name = distractor.")
+    ],
+    backgrounds: Annotated[Path, typer.Option(help="Folder of background photos.")],
+    count: Annotated[int, typer.Option(min=1)] = 1000,
+    size: Annotated[int, typer.Option(min=32)] = 128,
+    seed: Annotated[int, typer.Option()] = 0,
+    parent: Annotated[list[str] | None, typer.Option(help="child:parent, e.g. cat:animal.")] = None,
+) -> None:
+    """Paste real RGBA cut-outs (class = folder name, alpha = mask) onto background photos."""
+    from visionloop.train.compose import compose as run
+
+    try:
+        parents = dict(p.split(":", 1) for p in parent or [])
+        classes = run(out, cutouts, backgrounds, count, size=size, seed=seed, parents=parents)
+    except (OSError, ValueError) as exc:
+        err_console.print(f"[red]error:[/red] {exc}")
+        raise typer.Exit(2) from None
+    console.print(f"wrote {count} images with classes {', '.join(classes)} to {out}")

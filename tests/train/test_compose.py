@@ -1,0 +1,89 @@
+"""data compose: cut-outs pasted on backgrounds; masks are exactly where each class's opaque
+pixels ended up (occlusion included), parents are unions, distractors are never labelled."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from PIL import Image, ImageDraw
+from typer.testing import CliRunner
+
+from visionloop.cli import app
+from visionloop.train.compose import compose
+from visionloop.train.data import SegDataset
+
+RED, BLUE, GREEN = (255, 0, 0, 255), (0, 0, 255, 255), (0, 255, 0, 255)
+
+
+@pytest.fixture
+def material(tmp_path):
+    cutouts, backgrounds = tmp_path / "cutouts", tmp_path / "backgrounds"
+    for folder, colour, shape in (
+        ("cat", RED, "disc"),
+        ("dog", BLUE, "box"),
+        ("_thing", GREEN, "box"),
+    ):
+        (cutouts / folder / "sub").mkdir(parents=True)
+        image = Image.new("RGBA", (40, 40))
+        draw = ImageDraw.Draw(image)
+        (draw.ellipse if shape == "disc" else draw.rectangle)((5, 5, 35, 35), fill=colour)
+        image.save(cutouts / folder / "sub" / "a.png")
+    backgrounds.mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(2):  # grey noise: no pure red, blue or green
+        Image.fromarray(rng.integers(90, 160, (50, 70, 3), dtype=np.uint8)).save(
+            backgrounds / f"{i}.jpg"
+        )
+    return cutouts, backgrounds
+
+
+def test_masks_are_where_each_class_ended_up(material, tmp_path):
+    cutouts, backgrounds = material
+    out = tmp_path / "out"
+    classes = compose(
+        out, cutouts, backgrounds, 12, size=64, seed=3, parents={"cat": "animal", "dog": "animal"}
+    )
+    assert classes == ["cat", "dog", "animal"]
+    data = SegDataset(out, size=64)
+    seen = 0
+    for index in range(12):
+        pixels = np.asarray(Image.open(out / "images" / f"{index:06d}.png")).astype(int)
+        _, masks, annotated = data[index]
+        cat, dog, animal = (masks[i].numpy() > 0 for i in range(3))
+        assert annotated.tolist() == [True, True, True]
+        r, g, b = pixels[..., 0], pixels[..., 1], pixels[..., 2]
+        red = (r > 220) & (g < 45) & (b < 45)  # opaque enough to be labelled
+        blue = (b > 220) & (r < 45) & (g < 45)
+        assert not np.any(red & ~cat)  # every visible cat pixel is labelled cat
+        assert not np.any(blue & ~dog)
+        if cat.any():  # and labelled pixels are cat-coloured (resampled edges aside)
+            assert np.mean((r - np.maximum(g, b))[cat] > 40) > 0.95
+        if dog.any():
+            assert np.mean((b - np.maximum(r, g))[dog] > 40) > 0.95
+        assert np.array_equal(animal, cat | dog)
+        seen += int(cat.any()) + int(dog.any())
+    assert seen > 4  # the scenes did contain labelled objects
+
+
+def test_compose_is_deterministic_and_refuses_bad_input(material, tmp_path):
+    cutouts, backgrounds = material
+    compose(tmp_path / "a", cutouts, backgrounds, 3, size=48, seed=1)
+    compose(tmp_path / "b", cutouts, backgrounds, 3, size=48, seed=1)
+    assert (tmp_path / "a/images/000002.png").read_bytes() == (
+        tmp_path / "b/images/000002.png"
+    ).read_bytes()
+    with pytest.raises(ValueError, match="without cut-outs"):
+        compose(tmp_path / "c", cutouts, backgrounds, 1, parents={"bird": "animal"})
+    result = CliRunner().invoke(
+        app,
+        [
+            "data",
+            "compose",
+            str(tmp_path / "d"),
+            "--cutouts",
+            str(tmp_path / "none"),
+            "--backgrounds",
+            str(backgrounds),
+        ],
+    )
+    assert result.exit_code == 2
