@@ -10,6 +10,7 @@ pixel an ``animal`` pixel. Debian's ``tuxpaint-stamps-default`` ships suitable p
 from __future__ import annotations
 
 import csv
+import os
 import random
 from collections.abc import Mapping
 from pathlib import Path
@@ -35,11 +36,9 @@ def compose(
 ) -> list[str]:
     """Write ``count`` composed images, their masks and labels.csv; returns the classes."""
     parents = dict(parents or {})
-    pools = {
-        d.name: sorted(p for p in d.rglob("*.png") if p.is_file())
-        for d in sorted(cutouts.iterdir())
-        if d.is_dir()
-    }
+    if not cutouts.is_dir():
+        raise ValueError(f"{cutouts}: not a folder of <class>/ cut-out folders")
+    pools = {d.name: _pngs(d) for d in sorted(cutouts.iterdir()) if d.is_dir()}
     pools = {name: files for name, files in pools.items() if files}
     labelled = [name for name in pools if not name.startswith("_")]
     if not labelled:
@@ -70,6 +69,15 @@ def compose(
         writer.writerow(["image", *classes])
         writer.writerows(rows)
     return classes
+
+
+def _pngs(folder: Path) -> list[Path]:
+    """Every PNG below ``folder``, following symlinked folders (point a class at a system
+    folder of cut-outs with a symlink)."""
+    found = []
+    for top, _, files in os.walk(folder, followlinks=True):
+        found += [Path(top) / f for f in files if f.lower().endswith(".png")]
+    return sorted(found)
 
 
 def _scene(
