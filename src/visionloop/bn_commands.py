@@ -109,11 +109,11 @@ def fuse(
 
     def median_ms(net: torch.nn.Module) -> float:
         timer = benchmark.Timer(
-            stmt="net(x)", setup="torch.set_grad_enabled(False)",
-            globals={"net": net, "x": batch, "torch": torch},
+            stmt="net(x)", globals={"net": net, "x": batch},
             num_threads=torch.get_num_threads(),
         )  # fmt: skip
-        return float(timer.blocked_autorange(min_run_time=min_run_time).median * 1e3)
+        with torch.inference_mode():  # scoped: a Timer setup would switch grad off for good
+            return float(timer.blocked_autorange(min_run_time=min_run_time).median * 1e3)
 
     before, after = median_ms(network), median_ms(fused)
     table = Table(title=f"bn fuse: {original.name}, batch {len(batch)}")

@@ -180,7 +180,8 @@ def _train_epoch(
     network = model.network.train()
     total, count = 0.0, 0
     limit = _batches_per_epoch(data, config)
-    with Progress(transient=True) as progress:
+    # enable_grad: whatever the caller's mode, training needs gradients
+    with torch.enable_grad(), Progress(transient=True) as progress:
         task = progress.add_task(f"epoch {epoch}", total=limit)
         for index, (images, targets, annotated) in enumerate(_loader(data, config, True)):
             if index >= limit:
