@@ -1,0 +1,1 @@
+"""Labelling: the store, batches with honeypots, ingest and quality control (in progress)."""

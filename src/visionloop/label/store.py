@@ -1,0 +1,190 @@
+"""The label store: images, tasks (with pre-labels, honeypot gold and the spoiling applied),
+annotators, submissions, decisions and bans. SQLite by default, any SQLAlchemy URL for a team.
+
+Masks are stored as COCO uncompressed RLE JSON. A submission is unique per (task, annotator):
+ingesting the same export twice, or from two processes at once, never counts it twice.
+The schema carries a version; :func:`open_store` applies the migrations a database lacks.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import (
+    JSON,
+    DateTime,
+    Float,
+    ForeignKey,
+    Integer,
+    String,
+    UniqueConstraint,
+    create_engine,
+    event,
+    select,
+)
+from sqlalchemy.engine import Engine
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
+
+__all__ = ["Annotator", "Image", "Store", "Submission", "Task", "open_store"]
+
+SCHEMA_VERSION = 1
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+class Image(Base):
+    __tablename__ = "images"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    path: Mapped[str] = mapped_column(String(1024), unique=True)
+    width: Mapped[int] = mapped_column(Integer)
+    height: Mapped[int] = mapped_column(Integer)
+
+
+class Task(Base):
+    """One image to annotate. ``kind``: ``normal``, ``honeypot`` (``gold`` is the trusted
+    answer, ``prelabel`` the spoiled one, ``spoil`` what was done) or ``overlap``."""
+
+    __tablename__ = "tasks"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    image_id: Mapped[int] = mapped_column(ForeignKey("images.id"))
+    batch: Mapped[str] = mapped_column(String(128), index=True)
+    kind: Mapped[str] = mapped_column(String(16), default="normal")
+    prelabel: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
+    gold: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
+    spoil: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
+    retired_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+
+
+class Annotator(Base):
+    __tablename__ = "annotators"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    name: Mapped[str] = mapped_column(String(256), unique=True)
+    banned_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    ban_reason: Mapped[str | None] = mapped_column(String(1024), nullable=True)
+
+
+class Submission(Base):
+    __tablename__ = "submissions"
+    __table_args__ = (UniqueConstraint("task_id", "annotator_id", name="one_per_task"),)
+    id: Mapped[int] = mapped_column(primary_key=True)
+    task_id: Mapped[int] = mapped_column(ForeignKey("tasks.id"), index=True)
+    annotator_id: Mapped[int] = mapped_column(ForeignKey("annotators.id"), index=True)
+    masks: Mapped[dict[str, Any]] = mapped_column(JSON)  # class -> COCO RLE
+    seconds: Mapped[float | None] = mapped_column(Float, nullable=True)
+    received_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=_now)
+    verdict: Mapped[str | None] = mapped_column(String(16), nullable=True)  # accepted/rejected
+    reason: Mapped[str | None] = mapped_column(String(1024), nullable=True)
+
+
+class _Meta(Base):
+    __tablename__ = "visionloop_meta"
+    key: Mapped[str] = mapped_column(String(64), primary_key=True)
+    value: Mapped[str] = mapped_column(String(256))
+
+
+# Ordered migrations: version -> what brings a database from version - 1 to it.
+MIGRATIONS: dict[int, Callable[[Engine], None]] = {
+    1: lambda engine: Base.metadata.create_all(engine),
+}
+
+
+@dataclass
+class Store:
+    engine: Engine
+    sessions: sessionmaker[Session]
+
+    @contextmanager
+    def session(self) -> Iterator[Session]:
+        with self.sessions.begin() as session:
+            yield session
+
+    def add_image(self, path: str, width: int, height: int) -> int:
+        """The image's id, adding it if new (paths are unique)."""
+        with self.session() as s:
+            found = s.scalar(select(Image).where(Image.path == path))
+            if found is not None:
+                return found.id
+            image = Image(path=path, width=width, height=height)
+            s.add(image)
+            s.flush()
+            return image.id
+
+    def annotator(self, name: str) -> int:
+        """The annotator's id, adding them if new; safe when two ingests race."""
+        for _ in range(2):
+            try:
+                with self.session() as s:
+                    found = s.scalar(select(Annotator).where(Annotator.name == name))
+                    if found is not None:
+                        return found.id
+                    person = Annotator(name=name)
+                    s.add(person)
+                    s.flush()
+                    return person.id
+            except IntegrityError:
+                continue  # added by another writer meanwhile: read it
+        raise RuntimeError(f"could not add annotator {name!r}")
+
+    def submit(
+        self, task_id: int, annotator: str, masks: dict[str, Any], seconds: float | None = None
+    ) -> bool:
+        """Record a submission; False if this annotator already submitted this task (the
+        first one stands: an export ingested twice is not counted twice)."""
+        person = self.annotator(annotator)
+        try:
+            with self.session() as s:
+                if s.get(Task, task_id) is None:
+                    raise ValueError(f"no task {task_id}")
+                s.add(
+                    Submission(task_id=task_id, annotator_id=person, masks=masks, seconds=seconds)
+                )
+        except IntegrityError:
+            return False
+        return True
+
+    def ban(self, annotator: str, reason: str) -> None:
+        with self.session() as s:
+            person = s.scalar(select(Annotator).where(Annotator.name == annotator))
+            if person is None:
+                raise ValueError(f"no annotator {annotator!r}")
+            person.banned_at, person.ban_reason = _now(), reason
+
+    def version(self) -> int:
+        with self.session() as s:
+            value = s.scalar(select(_Meta.value).where(_Meta.key == "schema_version"))
+            return int(value) if value is not None else 0
+
+
+def open_store(url: str = "sqlite:///labels.db") -> Store:
+    """Open (creating or migrating as needed) the store at a SQLAlchemy URL."""
+    engine = create_engine(url)
+    if engine.dialect.name == "sqlite":
+        event.listen(engine, "connect", _sqlite_pragmas)
+    sessions = sessionmaker(engine, expire_on_commit=False)
+    store = Store(engine, sessions)
+    _Meta.__table__.create(engine, checkfirst=True)  # type: ignore[attr-defined]
+    current = store.version()
+    for version in sorted(v for v in MIGRATIONS if v > current):
+        MIGRATIONS[version](engine)
+        with store.session() as s:
+            s.merge(_Meta(key="schema_version", value=str(version)))
+    return store
+
+
+def _sqlite_pragmas(connection: Any, _: Any) -> None:
+    cursor = connection.cursor()
+    cursor.execute("PRAGMA foreign_keys=ON")
+    cursor.execute("PRAGMA journal_mode=WAL")  # readers do not block the one writer
+    cursor.execute("PRAGMA busy_timeout=10000")  # concurrent writers wait instead of failing
+    cursor.close()

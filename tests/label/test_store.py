@@ -1,0 +1,67 @@
+"""The label store: created and versioned, submissions counted once even when ingests race."""
+
+from __future__ import annotations
+
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+from sqlalchemy import func, select
+
+from visionloop.label.store import Submission, Task, open_store
+
+RLE = {"cat": {"size": [2, 2], "counts": [0, 4]}}
+
+
+@pytest.fixture
+def store(tmp_path):
+    return open_store(f"sqlite:///{tmp_path / 'labels.db'}")
+
+
+def a_task(store) -> int:
+    image = store.add_image("images/a.png", 64, 48)
+    assert store.add_image("images/a.png", 64, 48) == image  # paths are unique
+    with store.session() as s:
+        task = Task(image_id=image, batch="b1", kind="honeypot", gold=RLE, spoil={"erase": 1})
+        s.add(task)
+        s.flush()
+        return task.id
+
+
+def count(store) -> int:
+    with store.session() as s:
+        return int(s.scalar(select(func.count()).select_from(Submission)) or 0)
+
+
+def test_schema_is_versioned_and_reopening_keeps_data(store, tmp_path):
+    assert store.version() == 1
+    task = a_task(store)
+    assert store.submit(task, "ann", RLE, seconds=3.5)
+    again = open_store(f"sqlite:///{tmp_path / 'labels.db'}")
+    assert again.version() == 1
+    assert count(again) == 1
+
+
+def test_a_submission_ingested_twice_counts_once(store):
+    task = a_task(store)
+    assert store.submit(task, "ann", RLE)
+    assert not store.submit(task, "ann", {"cat": {"size": [2, 2], "counts": [4]}})
+    with store.session() as s:
+        (only,) = s.scalars(select(Submission)).all()
+        assert only.masks == RLE  # the first stands
+
+
+def test_racing_ingests_neither_lose_nor_double_count(store):
+    task = a_task(store)
+    jobs = [(task, f"ann{i % 5}") for i in range(40)]  # 5 annotators, each 8 times
+    with ThreadPoolExecutor(8) as pool:
+        accepted = list(pool.map(lambda job: store.submit(job[0], job[1], RLE), jobs))
+    assert sum(accepted) == 5
+    assert count(store) == 5
+
+
+def test_unknown_task_and_annotator_are_clear_errors(store):
+    with pytest.raises(ValueError, match="no task 99"):
+        store.submit(99, "ann", RLE)
+    with pytest.raises(ValueError, match="no annotator 'ghost'"):
+        store.ban("ghost", "lazy")
+    assert count(store) == 0
