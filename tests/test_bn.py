@@ -9,7 +9,7 @@ from torch import nn
 
 from tests.conftest import EXPECTED
 from visionloop import imaging
-from visionloop.bn import fold_bn_into_conv, fuse, fuse_conv_bn
+from visionloop.bn import fold_bn, fuse, fuse_conv_bn
 from visionloop.models.catdog import CatDog
 
 
@@ -102,7 +102,7 @@ def test_batchnorm_without_running_stats_is_left_alone():
         torch.testing.assert_close(fused(x), model(x))
     assert report.skipped == [("1", "keeps no running statistics (track_running_stats=False)")]
     with pytest.raises(ValueError, match="no running statistics"):
-        fold_bn_into_conv(model[0], model[1])
+        fold_bn(model[0], model[1])
 
 
 def test_training_mode_is_refused():

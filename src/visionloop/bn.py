@@ -214,9 +214,6 @@ def fold_bn(layer: Foldable, bn: BatchNorm) -> None:
         layer.bias.copy_(new_bias)
 
 
-fold_bn_into_conv = fold_bn  # the issue-2 name
-
-
 # -- re-estimation ---------------------------------------------------------------------------
 
 

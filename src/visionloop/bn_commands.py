@@ -34,9 +34,7 @@ def _unfused(name: str, weights: Path | None) -> VisionModel:
     from visionloop.models import registry
 
     try:
-        model = registry.create(name)
-        if weights is not None:
-            registry.load_weights(model, weights)
+        model = registry.create(name, weights)
     except (LookupError, ValueError, TypeError) as exc:
         err_console.print(f"[red]error:[/red] {exc}")
         raise typer.Exit(2) from None

@@ -54,21 +54,21 @@ def resolve(name: str) -> ModelFactory:
     return factory  # type: ignore[no-any-return]
 
 
-def create(name: str) -> VisionModel:
-    """Build the model, unprepared (CPU, float32, unfused)."""
+def create(name: str, weights: Path | None = None) -> VisionModel:
+    """Build the model, unprepared (CPU, float32, unfused), with ``weights`` loaded if given
+    (see :func:`load_weights`)."""
     model = resolve(name)()
     if not isinstance(model, VisionModel):
         raise TypeError(f"factory for {name!r} returned {type(model).__name__}, not a VisionModel")
+    if weights is not None:
+        load_weights(model, weights)
     return model
 
 
 def load(settings: ModelSettings) -> VisionModel:
     """Build, load ``settings.weights`` if given, and prepare for serving as the settings say
     (fusion, layout, dtype, device)."""
-    model = create(settings.model)
-    if settings.weights is not None:
-        load_weights(model, settings.weights)
-    return model.prepare(settings)
+    return create(settings.model, settings.weights).prepare(settings)
 
 
 def load_weights(model: VisionModel, path: Path) -> None:

@@ -254,6 +254,7 @@ def _v1_body(
 async def _predict_many(
     state: ServerState, request: Request, runner: Transport, timeout: float | None, arrived: float
 ) -> Response:
+    masks = _mask_format(request)  # a bad parameter costs no upload
     limits = state.limits
     try:
         form = await request.form(
@@ -261,7 +262,6 @@ async def _predict_many(
         )
     except HTTPException as exc:  # Starlette's multipart limits
         raise ApiError(413 if "size" in str(exc.detail) else 400, str(exc.detail)) from None
-    masks = _mask_format(request)
     files = [(name, v) for name, v in form.multi_items() if isinstance(v, UploadFile)]
     if not files:
         raise ApiError(400, "multipart body has no file parts")

@@ -32,9 +32,7 @@ __all__ = ["DriftTap", "build_tap"]
 
 def build_tap(settings: ModelSettings, fraction: float, metrics: Metrics) -> DriftTap:
     """A tap on an unfused CPU copy of the model the settings name (same weights)."""
-    model = registry.create(settings.model)
-    if settings.weights is not None:
-        registry.load_weights(model, settings.weights)
+    model = registry.create(settings.model, settings.weights)
     model.network.eval()
     return DriftTap(model, fraction, metrics)
 

@@ -304,10 +304,8 @@ class Runner:
         reading and decoding its upload spend the client's budget too. A client may shorten
         the server's default timeout, never lengthen it.
         """
-        default = self.config.timeout_ms
-        timeout = default if timeout_ms is None else min(timeout_ms, default)
         start = self.clock() if arrived_at is None else arrived_at
-        return start + timeout / 1e3
+        return deadline_for(start, self.config.timeout_ms, timeout_ms)
 
     async def infer(
         self, image: Image, timeout_ms: float | None = None, arrived_at: float | None = None
@@ -472,6 +470,13 @@ class Runner:
         row[0] += 1
         for i, ns in enumerate(spent, start=1):
             row[i] += ns
+
+
+def deadline_for(start: float, default_ms: float, requested_ms: float | None) -> float:
+    """A request's deadline: ``start`` plus the server's timeout, which a client may shorten
+    but never lengthen. Both transports answer by this rule."""
+    timeout = default_ms if requested_ms is None else min(requested_ms, default_ms)
+    return start + timeout / 1e3
 
 
 def _settle(

@@ -96,9 +96,7 @@ class SegDataset(torch.utils.data.Dataset[tuple[torch.Tensor, torch.Tensor, torc
         sample = self.samples[index]
         with Image.open(sample.image) as raw:
             image = ImageOps.exif_transpose(raw).convert("RGB")
-        masks = [
-            _mask(sample.masks[c], image.size) if c in sample.masks else None for c in self.classes
-        ]
+        masks = [_mask(sample.masks[c]) if c in sample.masks else None for c in self.classes]
         if self.augment is not None:
             rng = random.Random(hash((self.seed, self.epoch, index)))
             image, masks = _augment(image, masks, self.augment, rng)
@@ -117,7 +115,7 @@ class SegDataset(torch.utils.data.Dataset[tuple[torch.Tensor, torch.Tensor, torc
         )
 
 
-def _mask(path: Path, size: tuple[int, int]) -> Image.Image:
+def _mask(path: Path) -> Image.Image:
     with Image.open(path) as raw:
         return raw.convert("L").copy()
 

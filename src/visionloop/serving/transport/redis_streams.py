@@ -59,6 +59,7 @@ from visionloop.serving.runner import (
     NotReady,
     Runner,
     RunnerConfig,
+    deadline_for,
 )
 from visionloop.serving.transport.base import BadJob, ModelCard, error_from, error_kind
 from visionloop.settings import RedisSettings
@@ -304,9 +305,8 @@ class RedisTransport:
         return 1
 
     def deadline(self, timeout_ms: float | None = None, arrived_at: float | None = None) -> float:
-        timeout = self.timeout_ms if timeout_ms is None else min(timeout_ms, self.timeout_ms)
         start = self.clock() if arrived_at is None else arrived_at
-        return start + timeout / 1e3
+        return deadline_for(start, self.timeout_ms, timeout_ms)
 
     def admit(self, timeout_ms: float | None = None, arrived_at: float | None = None) -> None:
         """Refuse before decoding: not ready, broker down, no worker, or the last seen backlog
@@ -760,10 +760,18 @@ class RedisWorker:
                 await backoff.wait()
 
     def _count(self, outcome: str) -> None:
-        field = {"answered": "answered", "expired": "expired", "bad_job": "bad_jobs"}
-        name = field.get(outcome, "gave_up" if outcome == "gave_up" else "errors")
+        name = _COUNTERS[outcome]
         setattr(self.counts, name, getattr(self.counts, name) + 1)
         self.metrics.worker_jobs.labels(outcome=outcome, **self._labels).inc()
+
+
+_COUNTERS = {  # outcome label -> WorkerCounts field
+    "answered": "answered",
+    "error": "errors",
+    "expired": "expired",
+    "bad_job": "bad_jobs",
+    "gave_up": "gave_up",
+}
 
 
 class GaveUp(Exception):
