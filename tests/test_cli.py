@@ -102,3 +102,10 @@ def test_bn_commands_refuse_bad_weights_and_empty_input(tmp_path):
     result = runner.invoke(app, ["bn", "drift", str(empty)])
     assert result.exit_code == 2
     assert "no readable image" in result.stderr
+
+
+def test_a_bad_setting_is_one_clear_line_not_a_traceback():
+    result = runner.invoke(app, ["worker", "--drift-sample", "2"])
+    assert result.exit_code == 2
+    assert "drift_sample: Input should be less than or equal to 1" in result.stderr
+    assert "Traceback" not in result.output

@@ -27,11 +27,24 @@ console = Console()
 err_console = Console(stderr=True)
 
 
+def _settings(kind: type[Any], **flags: Any) -> Any:
+    """Settings of ``kind`` from env vars, overridden by the flags actually given; a bad value
+    (flag or variable) is reported as one line per field and exits 2, without a traceback."""
+    from pydantic import ValidationError
+
+    try:
+        return kind(**{k: v for k, v in flags.items() if v is not None})
+    except ValidationError as exc:
+        for error in exc.errors():
+            field = ".".join(str(part) for part in error["loc"]) or kind.__name__
+            err_console.print(f"[red]error:[/red] {field}: {error['msg']}")
+        raise typer.Exit(2) from None
+
+
 def _model_settings(**flags: Any) -> Any:
-    """ModelSettings from env vars, overridden by the flags actually given."""
     from visionloop.settings import ModelSettings
 
-    return ModelSettings(**{k: v for k, v in flags.items() if v is not None})
+    return _settings(ModelSettings, **flags)
 
 
 @dataclass
@@ -187,7 +200,7 @@ def serve(
         "instances": instances, "pad_to_buckets": pad_to_buckets, "policy": policy,
         "transport": transport, "drift_sample": drift_sample,
     }  # fmt: skip
-    settings = ServeSettings(**{k: v for k, v in flags.items() if v is not None})
+    settings = _settings(ServeSettings, **flags)
     model_settings = _model_settings(model=model, device=device, threads=threads)
     redis_settings = _redis_settings(url=redis_url)
     logging.basicConfig(
@@ -219,7 +232,7 @@ def serve(
 def _redis_settings(**flags: Any) -> Any:
     from visionloop.settings import RedisSettings
 
-    return RedisSettings(**{k: v for k, v in flags.items() if v is not None})
+    return _settings(RedisSettings, **flags)
 
 
 @app.command()
@@ -259,7 +272,7 @@ def worker(
         "max_batch_size": max_batch_size, "max_delay_ms": max_delay_ms, "instances": instances,
         "pad_to_buckets": pad_to_buckets, "policy": policy, "drift_sample": drift_sample,
     }  # fmt: skip
-    settings = ServeSettings(**{k: v for k, v in flags.items() if v is not None})
+    settings = _settings(ServeSettings, **flags)
     model_settings = _model_settings(model=model, device=device, threads=threads)
     redis_settings = _redis_settings(url=redis_url, claim_idle_ms=claim_idle_ms)
     logging.basicConfig(
