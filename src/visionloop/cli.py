@@ -337,6 +337,9 @@ def _add_bn_commands() -> None:
 
     app.add_typer(train_app, name="train")
     app.add_typer(data_app, name="data")
+    from visionloop.label_commands import app as label_app
+
+    app.add_typer(label_app, name="label")
 
 
 _add_bn_commands()

@@ -7,7 +7,7 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 from sqlalchemy import func, select
 
-from visionloop.label.store import Submission, Task, open_store
+from visionloop.label.store import Decision, Submission, Task, open_store
 
 RLE = {"cat": {"size": [2, 2], "counts": [0, 4]}}
 
@@ -33,11 +33,11 @@ def count(store) -> int:
 
 
 def test_schema_is_versioned_and_reopening_keeps_data(store, tmp_path):
-    assert store.version() == 1
+    assert store.version() == 2
     task = a_task(store)
     assert store.submit(task, "ann", RLE, seconds=3.5)
     again = open_store(f"sqlite:///{tmp_path / 'labels.db'}")
-    assert again.version() == 1
+    assert again.version() == 2
     assert count(again) == 1
 
 
@@ -65,3 +65,37 @@ def test_unknown_task_and_annotator_are_clear_errors(store):
     with pytest.raises(ValueError, match="no annotator 'ghost'"):
         store.ban("ghost", "lazy")
     assert count(store) == 0
+
+
+def test_a_version_1_database_is_migrated_in_place(tmp_path):
+    """A store made by the first schema (no pool columns, no decisions) gains them, data kept."""
+    import sqlite3
+
+    path = tmp_path / "old.db"
+    with sqlite3.connect(path) as db:
+        db.executescript(
+            """
+            CREATE TABLE visionloop_meta (key VARCHAR(64) PRIMARY KEY, value VARCHAR(256));
+            INSERT INTO visionloop_meta VALUES ('schema_version', '1');
+            CREATE TABLE images (id INTEGER PRIMARY KEY, path VARCHAR(1024) UNIQUE,
+                width INTEGER, height INTEGER);
+            CREATE TABLE tasks (id INTEGER PRIMARY KEY, image_id INTEGER REFERENCES images(id),
+                batch VARCHAR(128), kind VARCHAR(16), prelabel JSON, gold JSON, spoil JSON,
+                retired_at DATETIME);
+            CREATE TABLE annotators (id INTEGER PRIMARY KEY, name VARCHAR(256) UNIQUE,
+                banned_at DATETIME, ban_reason VARCHAR(1024));
+            CREATE TABLE submissions (id INTEGER PRIMARY KEY, task_id INTEGER, annotator_id
+                INTEGER, masks JSON, seconds FLOAT, received_at DATETIME, verdict VARCHAR(16),
+                reason VARCHAR(1024), CONSTRAINT one_per_task UNIQUE (task_id, annotator_id));
+            INSERT INTO images VALUES (1, 'a.png', 4, 3);
+            INSERT INTO tasks VALUES (1, 1, 'b1', 'normal', NULL, NULL, NULL, NULL);
+            """
+        )
+    store = open_store(f"sqlite:///{path}")
+    assert store.version() == 2
+    with store.session() as s:
+        task = s.get(Task, 1)
+        assert task.copies == 1
+        assert task.image_id == 1
+        s.add(Decision(kind="ban", reason="test"))
+    assert store.submit(1, "ann", RLE)

@@ -24,15 +24,17 @@ from sqlalchemy import (
     UniqueConstraint,
     create_engine,
     event,
+    inspect,
     select,
+    text,
 )
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
 
-__all__ = ["Annotator", "Image", "Store", "Submission", "Task", "open_store"]
+__all__ = ["Annotator", "Decision", "Image", "Store", "Submission", "Task", "open_store"]
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 
 class Base(DeclarativeBase):
@@ -44,11 +46,18 @@ def _now() -> datetime:
 
 
 class Image(Base):
+    """A pool image. ``prelabel``: the model's label; ``gold``: a trusted label (honeypot
+    material); ``selected``: the method that picked it for annotation, with its ``score``."""
+
     __tablename__ = "images"
     id: Mapped[int] = mapped_column(primary_key=True)
     path: Mapped[str] = mapped_column(String(1024), unique=True)
     width: Mapped[int] = mapped_column(Integer)
     height: Mapped[int] = mapped_column(Integer)
+    prelabel: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
+    gold: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
+    selected: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    score: Mapped[float | None] = mapped_column(Float, nullable=True)
 
 
 class Task(Base):
@@ -64,6 +73,7 @@ class Task(Base):
     gold: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
     spoil: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
     retired_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    copies: Mapped[int] = mapped_column(Integer, default=1)  # annotators wanted
 
 
 class Annotator(Base):
@@ -87,16 +97,47 @@ class Submission(Base):
     reason: Mapped[str | None] = mapped_column(String(1024), nullable=True)
 
 
+class Decision(Base):
+    """What QC decided and why: ``ban``, ``retire`` (a honeypot) - the audit trail."""
+
+    __tablename__ = "decisions"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    kind: Mapped[str] = mapped_column(String(16))
+    annotator_id: Mapped[int | None] = mapped_column(ForeignKey("annotators.id"), nullable=True)
+    task_id: Mapped[int | None] = mapped_column(ForeignKey("tasks.id"), nullable=True)
+    reason: Mapped[str] = mapped_column(String(1024))
+    at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=_now)
+
+
 class _Meta(Base):
     __tablename__ = "visionloop_meta"
     key: Mapped[str] = mapped_column(String(64), primary_key=True)
     value: Mapped[str] = mapped_column(String(256))
 
 
+def _v1(engine: Engine) -> None:
+    tables = [Base.metadata.tables[n] for n in ("images", "tasks", "annotators", "submissions")]
+    Base.metadata.create_all(engine, tables=tables)  # today's columns; v2 adds what is missing
+
+
+def _v2(engine: Engine) -> None:
+    """Pool columns on images (prelabel, gold, selection), task copies, the decisions log."""
+    added = {
+        "images": ("prelabel JSON", "gold JSON", "selected VARCHAR(64)", "score FLOAT"),
+        "tasks": ("copies INTEGER NOT NULL DEFAULT 1",),
+    }
+    have = inspect(engine)
+    with engine.begin() as connection:
+        for table, columns in added.items():
+            existing = {c["name"] for c in have.get_columns(table)}
+            for column in columns:
+                if column.split()[0] not in existing:
+                    connection.execute(text(f"ALTER TABLE {table} ADD COLUMN {column}"))
+    Base.metadata.create_all(engine, tables=[Base.metadata.tables["decisions"]])
+
+
 # Ordered migrations: version -> what brings a database from version - 1 to it.
-MIGRATIONS: dict[int, Callable[[Engine], None]] = {
-    1: lambda engine: Base.metadata.create_all(engine),
-}
+MIGRATIONS: dict[int, Callable[[Engine], None]] = {1: _v1, 2: _v2}
 
 
 @dataclass

@@ -1,0 +1,317 @@
+"""Task exports and submission imports: Label Studio JSON (brush RLE), COCO RLE JSON, PNG folders.
+
+Exports never say which tasks are honeypots: a task carries its id (``visionloop_task``), its
+image and its pre-label, nothing else. Imports read every row they can and report each row
+they cannot, by position and reason; a bad row changes nothing.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from visionloop.label.masks import (
+    Label,
+    brush_decode,
+    brush_encode,
+    coco_decode,
+    coco_encode,
+    png_decode,
+    png_encode,
+)
+
+__all__ = [
+    "FORMATS",
+    "ExportTask",
+    "Row",
+    "read_coco",
+    "read_label_studio",
+    "read_png",
+    "write_coco",
+    "write_label_studio",
+    "write_png",
+]
+
+FORMATS = ("label-studio", "coco", "png")
+FROM_NAME, TO_NAME = "tag", "image"
+
+
+@dataclass(frozen=True)
+class ExportTask:
+    task: int
+    image: str  # what the annotation tool loads: a URL or a path
+    width: int
+    height: int
+    prelabel: Label
+
+
+@dataclass
+class Row:
+    """One imported submission, or the reason it could not be read."""
+
+    where: str
+    task: int | None = None
+    annotator: str | None = None
+    label: Label = field(default_factory=dict)
+    seconds: float | None = None
+    error: str | None = None
+
+
+def label_config(classes: Sequence[str]) -> str:
+    """The Label Studio labeling config the exported tasks are made for."""
+    labels = "".join(f'<Label value="{c}"/>' for c in classes)
+    return (
+        f'<View><Image name="{TO_NAME}" value="$image"/>'
+        f'<BrushLabels name="{FROM_NAME}" toName="{TO_NAME}">{labels}</BrushLabels></View>'
+    )
+
+
+def brush_results(label: Label, width: int, height: int) -> list[dict[str, Any]]:
+    return [
+        {
+            "id": f"vl-{name}",
+            "from_name": FROM_NAME,
+            "to_name": TO_NAME,
+            "type": "brushlabels",
+            "original_width": width,
+            "original_height": height,
+            "image_rotation": 0,
+            "value": {"format": "rle", "rle": brush_encode(mask), "brushlabels": [name]},
+        }
+        for name, mask in label.items()
+        if mask.any()
+    ]
+
+
+def write_label_studio(tasks: Sequence[ExportTask], out: Path, model_version: str) -> None:
+    """``out`` (a .json file): Label Studio tasks with the pre-labels as ``predictions``."""
+    rows = [
+        {
+            "data": {"image": t.image, "visionloop_task": t.task},
+            "predictions": [
+                {
+                    "model_version": model_version,
+                    "result": brush_results(t.prelabel, t.width, t.height),
+                }
+            ],
+        }
+        for t in tasks
+    ]
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(rows))
+
+
+def read_label_studio(path: Path, classes: dict[int, tuple[str, ...]]) -> Iterator[Row]:
+    """Submissions from a Label Studio JSON export: one per (task, annotation). ``classes``:
+    each known task's classes (a class with no brush stroke is an empty mask)."""
+    try:
+        tasks = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        yield Row(str(path), error=f"not a readable JSON export: {exc}")
+        return
+    if not isinstance(tasks, list):
+        yield Row(str(path), error="a Label Studio export is a JSON list of tasks")
+        return
+    for n, item in enumerate(tasks):
+        where = f"{path.name}: task[{n}]"
+        task = _task_id(item, classes)
+        if isinstance(task, str):
+            yield Row(where, error=task)
+            continue
+        for k, annotation in enumerate(item.get("annotations") or []):
+            yield _ls_annotation(f"{where} annotation[{k}]", task, classes[task], annotation)
+
+
+def _task_id(item: Any, classes: dict[int, tuple[str, ...]]) -> int | str:
+    data = item.get("data") if isinstance(item, dict) else None
+    task = data.get("visionloop_task") if isinstance(data, dict) else None
+    if not isinstance(task, int) or isinstance(task, bool):
+        return "no data.visionloop_task: not a task visionloop exported"
+    if task not in classes:
+        return f"task {task} is not in this store"
+    return task
+
+
+def _ls_annotation(where: str, task: int, classes: tuple[str, ...], annotation: Any) -> Row:
+    if not isinstance(annotation, dict):
+        return Row(where, task, error="an annotation must be an object")
+    if annotation.get("was_cancelled"):
+        return Row(where, task, error="skipped: the annotator cancelled this task")
+    who = annotation.get("completed_by")
+    if isinstance(who, dict):
+        who = who.get("email") or who.get("id")
+    if who in (None, ""):
+        return Row(where, task, error="no completed_by: whose work is this?")
+    try:
+        label = brush_label(annotation.get("result") or [], classes)
+    except (KeyError, TypeError, ValueError, AttributeError) as exc:
+        return Row(where, task, str(who), error=f"bad brush result: {exc}")
+    seconds = annotation.get("lead_time")
+    return Row(where, task, str(who), label, float(seconds) if seconds is not None else None)
+
+
+def brush_label(results: list[Any], classes: tuple[str, ...]) -> Label:
+    label: Label = {}
+    for result in results:
+        if result.get("type") != "brushlabels":
+            continue
+        value = result["value"]
+        if value.get("format", "rle") != "rle":
+            raise ValueError(f"brush format {value.get('format')!r}, only rle is read")
+        height, width = int(result["original_height"]), int(result["original_width"])
+        mask = brush_decode(value["rle"], height, width)
+        for name in value.get("brushlabels") or []:
+            if name not in classes:
+                raise ValueError(f"label {name!r} is not one of this task's {list(classes)}")
+            label[name] = label[name] | mask if name in label else mask
+    return label
+
+
+def write_coco(tasks: Sequence[ExportTask], out: Path, classes: Sequence[str]) -> None:
+    """``out`` (a .json file): COCO with one RLE annotation per (task, class) pre-label;
+    ``images[].id`` is the task id."""
+    categories = [{"id": i + 1, "name": c} for i, c in enumerate(classes)]
+    ids = {c: i + 1 for i, c in enumerate(classes)}
+    images: list[dict[str, Any]] = []
+    annotations: list[dict[str, Any]] = []
+    for t in tasks:
+        images.append({"id": t.task, "file_name": t.image, "width": t.width, "height": t.height})
+        for name, mask in t.prelabel.items():
+            annotations.append(_coco_annotation(len(annotations) + 1, t.task, ids[name], mask))
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(
+        json.dumps({"images": images, "annotations": annotations, "categories": categories})
+    )
+
+
+def _coco_annotation(number: int, task: int, category: int, mask: np.ndarray) -> dict[str, Any]:
+    ys, xs = np.nonzero(mask)
+    bbox = (
+        [int(xs.min()), int(ys.min()), int(xs.max() - xs.min() + 1), int(ys.max() - ys.min() + 1)]
+        if xs.size
+        else [0, 0, 0, 0]
+    )
+    return {
+        "id": number,
+        "image_id": task,
+        "category_id": category,
+        "segmentation": coco_encode(mask),
+        "area": int(xs.size),
+        "bbox": bbox,
+        "iscrowd": 1,  # an RLE mask, as COCO marks them
+    }
+
+
+def read_coco(
+    path: Path, classes: dict[int, tuple[str, ...]], annotator: str | None = None
+) -> Iterator[Row]:
+    """Submissions from COCO RLE JSON: annotations grouped per (image id = task, annotator).
+    The annotator is the annotation's ``annotator`` field, else ``annotator``; seconds from
+    ``images[].seconds`` when present."""
+    try:
+        data = json.loads(path.read_text())
+        categories = {int(c["id"]): str(c["name"]) for c in data["categories"]}
+        seconds = {int(i["id"]): i.get("seconds") for i in data.get("images", [])}
+        annotations = list(data["annotations"])
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        yield Row(str(path), error=f"not a COCO file with categories and annotations: {exc}")
+        return
+    grouped: dict[tuple[int, str], Row] = {}
+    for n, a in enumerate(annotations):
+        where = f"{path.name}: annotations[{n}]"
+        try:
+            task, who = int(a["image_id"]), a.get("annotator") or annotator
+            name = categories[int(a["category_id"])]
+            if who is None:
+                raise ValueError("no annotator (set the annotation's annotator or --annotator)")
+            if task not in classes:
+                raise ValueError(f"task {task} is not in this store")
+            if name not in classes[task]:
+                raise ValueError(f"class {name!r} is not one of this task's {list(classes[task])}")
+            mask = coco_decode(a["segmentation"])
+        except (KeyError, TypeError, ValueError) as exc:
+            yield Row(where, error=str(exc).strip('"'))
+            continue
+        row = grouped.setdefault(
+            (task, str(who)), Row(where, task, str(who), seconds=_seconds(seconds.get(task)))
+        )
+        row.label[name] = row.label[name] | mask if name in row.label else mask
+    yield from grouped.values()
+
+
+def _seconds(value: Any) -> float | None:
+    try:
+        return float(value) if value is not None else None
+    except (TypeError, ValueError):
+        return None
+
+
+def write_png(tasks: Sequence[ExportTask], out: Path) -> None:
+    """``out/tasks.csv`` (task, image, width, height) and ``out/prelabels/<class>/<task>.png``;
+    annotators return ``<annotator>/<class>/<task>.png`` (and optionally
+    ``<annotator>/seconds.csv``: task,seconds)."""
+    out.mkdir(parents=True, exist_ok=True)
+    with (out / "tasks.csv").open("w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["task", "image", "width", "height"])
+        for t in tasks:
+            writer.writerow([t.task, t.image, t.width, t.height])
+            for name, mask in t.prelabel.items():
+                folder = out / "prelabels" / name
+                folder.mkdir(parents=True, exist_ok=True)
+                (folder / f"{t.task}.png").write_bytes(png_encode(mask))
+
+
+def read_png(
+    root: Path, classes: dict[int, tuple[str, ...]], sizes: dict[int, tuple[int, int]]
+) -> Iterator[Row]:
+    """Submissions from ``root/<annotator>/<class>/<task>.png``: every class of a task must
+    be there, at the image's size."""
+    if not root.is_dir():
+        yield Row(str(root), error="not a folder of <annotator>/<class>/<task>.png")
+        return
+    for person in sorted(p for p in root.iterdir() if p.is_dir() and p.name != "prelabels"):
+        times = _times(person / "seconds.csv")
+        found = sorted({int(f.stem) for f in person.glob("*/*.png") if f.stem.isdigit()})
+        for task in found:
+            where = f"{person.name}/<class>/{task}.png"
+            if task not in classes:
+                yield Row(where, error=f"task {task} is not in this store")
+                continue
+            label: Label = {}
+            try:
+                for name in classes[task]:
+                    file = person / name / f"{task}.png"
+                    if not file.is_file():
+                        raise ValueError(f"{name}/{task}.png is missing: every class is needed")
+                    mask = png_decode(file.read_bytes())
+                    height, width = sizes[task]
+                    if mask.shape != (height, width):
+                        raise ValueError(
+                            f"{name}/{task}.png is {mask.shape[1]}x{mask.shape[0]}, "
+                            f"the image is {width}x{height}"
+                        )
+                    label[name] = mask
+            except ValueError as exc:
+                yield Row(where, task, person.name, error=str(exc))
+                continue
+            yield Row(where, task, person.name, label, times.get(task))
+
+
+def _times(path: Path) -> dict[int, float]:
+    if not path.is_file():
+        return {}
+    out = {}
+    with path.open(newline="") as f:
+        for row in csv.DictReader(f):
+            try:
+                out[int(row["task"])] = float(row["seconds"])
+            except (KeyError, TypeError, ValueError):
+                continue
+    return out

@@ -1,0 +1,393 @@
+"""The labelling loop over the store: add images and gold, select, pre-label, make batches,
+export, ingest, QC, and write the accepted labels as a training dataset."""
+
+from __future__ import annotations
+
+import csv
+import random
+import shutil
+from collections import defaultdict
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image as PILImage
+from sqlalchemy import select
+
+from visionloop.label import formats
+from visionloop.label.masks import Label, label_from_json, label_to_json
+from visionloop.label.prelabel import Prelabeler
+from visionloop.label.quality import QCResult, Rules, Sub, aggregate, assess
+from visionloop.label.spoil import SPOILINGS, spoil
+from visionloop.label.store import Annotator, Decision, Image, Store, Submission, Task, _now
+
+__all__ = [
+    "IngestReport",
+    "add_gold",
+    "add_images",
+    "export_batch",
+    "ingest",
+    "make_batch",
+    "prelabel",
+    "run_qc",
+    "write_dataset",
+]
+
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif"}
+
+
+def _size(path: Path) -> tuple[int, int]:
+    with PILImage.open(path) as image:
+        return image.size
+
+
+def _images(folder: Path) -> list[Path]:
+    if folder.is_file():
+        return [folder]
+    if not folder.is_dir():
+        raise ValueError(f"{folder}: no such file or folder")
+    return sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
+
+
+def add_images(store: Store, folder: Path) -> int:
+    """Register the images under ``folder`` in the pool (by absolute path); the count added."""
+    before = _count(store)
+    for path in _images(folder):
+        width, height = _size(path)
+        store.add_image(str(path.resolve()), width, height)
+    return _count(store) - before
+
+
+def _count(store: Store) -> int:
+    with store.session() as s:
+        return len(s.scalars(select(Image.id)).all())
+
+
+def add_gold(store: Store, dataset: Path) -> int:
+    """Trusted labels from a dataset folder (training format): honeypot material. Only the
+    classes ``labels.csv`` marks annotated are gold."""
+    from visionloop.train.data import SegDataset
+
+    data = SegDataset(dataset)
+    for sample in data.samples:
+        width, height = _size(sample.image)
+        gold = {
+            c: np.asarray(PILImage.open(path).convert("L")) > 0 for c, path in sample.masks.items()
+        }
+        image = store.add_image(str(sample.image.resolve()), width, height)
+        with store.session() as s:
+            s.get_one(Image, image).gold = label_to_json(gold)
+    return len(data.samples)
+
+
+def prelabel(store: Store, model: Prelabeler, everything: bool = False, batch: int = 16) -> int:
+    """Pre-label the selected images that have none (``everything``: the whole pool)."""
+    with store.session() as s:
+        query = select(Image).where(Image.prelabel.is_(None))
+        if not everything:
+            query = query.where(Image.selected.is_not(None))
+        todo = [(i.id, Path(i.path)) for i in s.scalars(query)]
+    for start in range(0, len(todo), batch):
+        chunk = todo[start : start + batch]
+        labels = model([p for _, p in chunk])
+        with store.session() as s:
+            for (image, _), label in zip(chunk, labels, strict=True):
+                s.get_one(Image, image).prelabel = label_to_json(label)
+    return len(todo)
+
+
+def mark_selected(store: Store, picks: Iterable[tuple[int, float]], method: str) -> None:
+    with store.session() as s:
+        for image, score in picks:
+            row = s.get_one(Image, image)
+            row.selected, row.score = method, score
+
+
+def pool(store: Store) -> list[tuple[int, Path]]:
+    """Images not yet selected, without gold and in no task: what selection chooses from."""
+    with store.session() as s:
+        used = set(s.scalars(select(Task.image_id)))
+        rows = s.scalars(select(Image).where(Image.selected.is_(None), Image.gold.is_(None)))
+        return [(i.id, Path(i.path)) for i in rows if i.id not in used]
+
+
+def make_batch(
+    store: Store,
+    name: str,
+    size: int,
+    *,
+    classes: Sequence[str] | None = None,
+    honeypot_share: float = 0.1,
+    overlap_share: float = 0.1,
+    copies: int = 3,
+    spoilings: Sequence[str] = SPOILINGS,
+    qualification: bool = False,
+    seed: int = 0,
+) -> list[int]:
+    """A batch of ``size`` selected, pre-labelled images (most useful first), plus honeypots
+    (``honeypot_share`` of the whole batch) made from gold images, ``overlap_share`` of the
+    tasks wanted from ``copies`` annotators; shuffled. ``qualification``: honeypots only, for
+    newcomers. Returns the task ids."""
+    if not 0 <= honeypot_share < 1 or not 0 <= overlap_share <= 1 or copies < 2:
+        raise ValueError("need 0 <= honeypot share < 1, 0 <= overlap share <= 1, copies >= 2")
+    rng = np.random.default_rng(seed)
+    with store.session() as s:
+        if s.scalar(select(Task.id).where(Task.batch == name)) is not None:
+            raise ValueError(f"batch {name!r} exists already")
+        used = set(s.scalars(select(Task.image_id)))
+        ready = s.scalars(
+            select(Image)
+            .where(Image.selected.is_not(None), Image.prelabel.is_not(None), Image.gold.is_(None))
+            .order_by(Image.score.desc())
+        ).all()
+        picked = [] if qualification else [i for i in ready if i.id not in used][:size]
+        if classes:
+            wanted = list(classes)
+        elif qualification:
+            wanted = _classes(s.scalars(select(Image).where(Image.gold.is_not(None))), "gold")
+        else:
+            wanted = _classes(picked, "prelabel")
+        honeypots = (
+            size if qualification else round(len(picked) * honeypot_share / (1 - honeypot_share))
+        )
+        baits = _bait_images(s, wanted, honeypots, rng)
+        if not picked and not baits:
+            raise ValueError("nothing to batch: select and pre-label images first (and add gold)")
+        tasks = []
+        overlap = set(rng.permutation(len(picked))[: round(len(picked) * overlap_share)].tolist())
+        for n, image in enumerate(picked):
+            shown = {c: v for c, v in (image.prelabel or {}).items() if c in wanted}
+            if set(shown) != set(wanted):
+                raise ValueError(
+                    f"{image.path}: pre-label has {sorted(shown)}, batch needs {wanted}"
+                )
+            kind = "overlap" if n in overlap else "normal"
+            tasks.append(
+                Task(
+                    image_id=image.id,
+                    batch=name,
+                    kind=kind,
+                    prelabel=shown,
+                    copies=copies if kind == "overlap" else 1,
+                )
+            )
+        for image in baits:
+            gold = label_from_json({c: image.gold[c] for c in wanted})  # type: ignore[index]
+            spoiled, record = spoil(gold, rng, spoilings)
+            tasks.append(
+                Task(
+                    image_id=image.id, batch=name, kind="honeypot", prelabel=label_to_json(spoiled),
+                    gold=label_to_json(gold), spoil=record, copies=copies,
+                )
+            )  # fmt: skip
+        random.Random(seed).shuffle(tasks)
+        s.add_all(tasks)
+        s.flush()
+        return [t.id for t in tasks]
+
+
+def _classes(images: Iterable[Image], field: str) -> list[str]:
+    for image in images:
+        label = getattr(image, field)
+        if label:
+            return list(label)
+    if field == "gold":
+        raise ValueError("no gold images: `label add-gold DATASET` first")
+    raise ValueError("no selected, pre-labelled images: `label select` and `label prelabel` first")
+
+
+def _bait_images(
+    s: Any, classes: Sequence[str], count: int, rng: np.random.Generator
+) -> list[Image]:
+    """Gold images with every wanted class, not retired as a bait, least used first."""
+    if count <= 0:
+        return []
+    retired = set(s.scalars(select(Task.image_id).where(Task.retired_at.is_not(None))))
+    uses: dict[int, int] = defaultdict(int)
+    for image_id in s.scalars(select(Task.image_id).where(Task.kind == "honeypot")):
+        uses[image_id] += 1
+    gold = [
+        i
+        for i in s.scalars(select(Image).where(Image.gold.is_not(None)))
+        if i.id not in retired and all(c in i.gold for c in classes)
+    ]
+    if not gold:
+        raise ValueError(
+            f"no gold images with {list(classes)} for honeypots: `label add-gold DATASET` first "
+            "(or --honeypots 0)"
+        )
+    order = sorted(gold, key=lambda i: (uses[i.id], rng.random()))
+    return [order[n % len(order)] for n in range(count)]
+
+
+def export_batch(
+    store: Store, name: str, fmt: str, out: Path, image_url: Callable[[str], str] = str
+) -> int:
+    """Write batch ``name``'s tasks in ``fmt`` (label-studio, coco, png) to ``out``."""
+    with store.session() as s:
+        rows = s.execute(
+            select(Task, Image)
+            .join(Image, Task.image_id == Image.id)
+            .where(Task.batch == name)
+            .order_by(Task.id)
+        ).all()
+        if not rows:
+            raise ValueError(f"no batch {name!r}")
+        tasks = [
+            formats.ExportTask(
+                t.id, image_url(i.path), i.width, i.height, label_from_json(t.prelabel or {})
+            )
+            for t, i in rows
+        ]
+    classes = list(tasks[0].prelabel)
+    if fmt == "label-studio":
+        formats.write_label_studio(tasks, out, model_version=f"visionloop:{name}")
+        out.with_name(out.stem + ".label_config.xml").write_text(formats.label_config(classes))
+    elif fmt == "coco":
+        formats.write_coco(tasks, out, classes)
+    elif fmt == "png":
+        formats.write_png(tasks, out)
+    else:
+        raise ValueError(f"format must be one of {', '.join(formats.FORMATS)}, got {fmt!r}")
+    return len(tasks)
+
+
+@dataclass
+class IngestReport:
+    added: int = 0
+    duplicates: int = 0
+    errors: list[str] = field(default_factory=list)
+
+
+def ingest(store: Store, path: Path, fmt: str, annotator: str | None = None) -> IngestReport:
+    """Record the submissions in an export; malformed rows are reported and skipped."""
+    with store.session() as s:
+        known = {
+            t.id: (tuple(t.prelabel or {}), (i.height, i.width))
+            for t, i in s.execute(select(Task, Image).join(Image, Task.image_id == Image.id))
+        }
+    classes = {t: c for t, (c, _) in known.items()}
+    sizes = {t: hw for t, (_, hw) in known.items()}
+    if fmt == "label-studio":
+        rows = formats.read_label_studio(path, classes)
+    elif fmt == "coco":
+        rows = formats.read_coco(path, classes, annotator)
+    elif fmt == "png":
+        rows = formats.read_png(path, classes, sizes)
+    else:
+        raise ValueError(f"format must be one of {', '.join(formats.FORMATS)}, got {fmt!r}")
+    report = IngestReport()
+    for row in rows:
+        if row.error is None and row.task is not None:
+            row.error = _complete(row, classes[row.task], sizes[row.task])
+        if row.error is not None or row.task is None or row.annotator is None:
+            report.errors.append(f"{row.where}: {row.error}")
+            continue
+        added = store.submit(row.task, row.annotator, label_to_json(row.label), row.seconds)
+        report.added += added
+        report.duplicates += not added
+    return report
+
+
+def _complete(row: formats.Row, classes: Sequence[str], size: tuple[int, int]) -> str | None:
+    """Fill classes with no stroke as empty; check every mask has the image's size."""
+    for c in classes:
+        mask = row.label.setdefault(c, np.zeros(size, dtype=bool))
+        if mask.shape != size:
+            return f"{c} mask is {mask.shape[1]}x{mask.shape[0]}, the image is {size[1]}x{size[0]}"
+    return None
+
+
+def load_subs(store: Store) -> tuple[list[Sub], dict[str, str], set[int]]:
+    """Every submission as QC sees it, the bans already made and the retired baits."""
+    with store.session() as s:
+        rows = s.execute(
+            select(Submission, Task, Annotator)
+            .join(Task, Submission.task_id == Task.id)
+            .join(Annotator, Submission.annotator_id == Annotator.id)
+            .order_by(Submission.id)
+        ).all()
+        subs = [
+            Sub(
+                t.id, a.name, t.kind, label_from_json(sub.masks), label_from_json(t.prelabel or {}),
+                label_from_json(t.gold) if t.gold else None, sub.seconds,
+            )
+            for sub, t, a in rows
+        ]  # fmt: skip
+        banned = {
+            a.name: a.ban_reason or "banned"
+            for a in s.scalars(select(Annotator).where(Annotator.banned_at.is_not(None)))
+        }
+        retired = set(s.scalars(select(Task.id).where(Task.retired_at.is_not(None))))
+    return subs, banned, retired
+
+
+def run_qc(store: Store, rules: Rules) -> tuple[QCResult, list[Sub]]:
+    """Score, ban, retire and judge every submission; decisions are recorded in the store."""
+    subs, banned, retired = load_subs(store)
+    result = assess(subs, rules, banned, retired)
+    with store.session() as s:
+        people = {a.name: a for a in s.scalars(select(Annotator))}
+        for name, reason in result.new_bans.items():
+            people[name].banned_at, people[name].ban_reason = _now(), reason
+            s.add(Decision(kind="ban", annotator_id=people[name].id, reason=reason))
+        for task, bait in result.baits.items():
+            row = s.get_one(Task, task)
+            if bait.retired and row.retired_at is None:
+                row.retired_at = _now()
+                why = f"trusted annotators failed it {bait.trusted_fails}/{bait.trusted_attempts}"
+                s.add(Decision(kind="retire", task_id=task, reason=why))
+        ids = {a.id: a.name for a in people.values()}
+        for sub in s.scalars(select(Submission)):
+            verdict = result.verdicts.get((sub.task_id, ids[sub.annotator_id]))
+            if verdict is not None:
+                sub.verdict, sub.reason = verdict
+    return result, subs
+
+
+def write_dataset(
+    store: Store, out: Path, result: QCResult, subs: Sequence[Sub], method: str = "mv"
+) -> int:
+    """Accepted labels (overlaps aggregated, honeypot images with their gold) as a training
+    dataset in the partial-label format; a class is marked annotated on an image only if a
+    task asked for it. Returns the number of images."""
+    accepted = {k for k, (verdict, _) in result.verdicts.items() if verdict == "accepted"}
+    groups: dict[int, list[tuple[str, Label]]] = defaultdict(list)
+    for sub in subs:
+        if sub.kind != "honeypot" and (sub.task, sub.annotator) in accepted:
+            groups[sub.task].append((sub.annotator, sub.label))
+    skills = {n: a.skill for n, a in result.annotators.items()}
+    final = aggregate({t: g for t, g in groups.items() if len(g) > 1}, skills, method)
+    final.update({t: g[0][1] for t, g in groups.items() if len(g) == 1})
+    labels: dict[int, Label] = defaultdict(dict)
+    with store.session() as s:
+        tasks = {t.id: t for t in s.scalars(select(Task))}
+        images = {i.id: i for i in s.scalars(select(Image))}
+        for task_id, label in sorted(final.items()):
+            labels[tasks[task_id].image_id].update(label)
+        for t in tasks.values():
+            if t.kind == "honeypot" and t.gold and t.retired_at is None:
+                labels[t.image_id].update(label_from_json(t.gold))
+        if not labels:
+            raise ValueError("no accepted labels yet: ingest submissions and run qc first")
+        classes = sorted({c for label in labels.values() for c in label})
+        for c in classes:
+            (out / "masks" / c).mkdir(parents=True, exist_ok=True)
+        (out / "images").mkdir(parents=True, exist_ok=True)
+        rows = []
+        for image_id, label in sorted(labels.items()):
+            source = Path(images[image_id].path)
+            stem = f"{image_id:06d}_{source.stem}"
+            shutil.copyfile(source, out / "images" / f"{stem}{source.suffix}")
+            for c, mask in label.items():
+                PILImage.fromarray(mask.astype(np.uint8) * 255).save(
+                    out / "masks" / c / f"{stem}.png"
+                )
+            rows.append([f"{stem}{source.suffix}", *(int(c in label) for c in classes)])
+    with (out / "labels.csv").open("w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["image", *classes])
+        writer.writerows(rows)
+    return len(rows)

@@ -1,0 +1,89 @@
+"""Pre-labels from a servable segmenter, through the library or a running visionloop server.
+
+Both paths squash the whole image to the model's square input (as training does), so the
+mask covers the whole photo, and scale the masks back to the image's size. Through a server,
+the upload is that square, so the server's centre crop keeps all of it.
+"""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Protocol
+
+import numpy as np
+import torch
+from PIL import Image
+
+from visionloop.label.masks import Label, coco_decode
+from visionloop.models.catseg import CatSeg
+
+__all__ = ["LibraryPrelabeler", "Prelabeler", "ServerPrelabeler"]
+
+
+class Prelabeler(Protocol):
+    def __call__(self, paths: Sequence[Path]) -> list[Label]: ...
+
+
+def _square(path: Path, size: int) -> tuple[Image.Image, tuple[int, int]]:
+    with Image.open(path) as raw:
+        image = raw.convert("RGB")
+    return image.resize((size, size), Image.Resampling.BILINEAR), image.size
+
+
+def _resize(mask: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    image = Image.fromarray(np.asarray(mask, dtype=np.uint8) * 255)
+    return np.asarray(image.resize(size, Image.Resampling.NEAREST)) > 127
+
+
+class LibraryPrelabeler:
+    """Runs a :class:`CatSeg` in this process."""
+
+    def __init__(self, model: CatSeg, batch_size: int = 8) -> None:
+        self.model, self.batch_size = model, batch_size
+
+    @torch.inference_mode()
+    def __call__(self, paths: Sequence[Path]) -> list[Label]:
+        size = self.model.input_spec.height
+        out: list[Label] = []
+        for start in range(0, len(paths), self.batch_size):
+            loaded = [_square(p, size) for p in paths[start : start + self.batch_size]]
+            batch = torch.from_numpy(np.stack([np.asarray(image) for image, _ in loaded]))
+            masks = self.model.forward(batch)["masks"].numpy()
+            for (_, original), planes in zip(loaded, masks, strict=True):
+                names = zip(self.model.classes, planes, strict=True)
+                out.append({c: _resize(m, original) for c, m in names})
+        return out
+
+
+class ServerPrelabeler:
+    """Asks a running server: ``POST {url}/v1/models/{model}/predict?masks=rle``."""
+
+    def __init__(
+        self, url: str, model: str = "catseg", size: int = 224, timeout: float = 60
+    ) -> None:
+        import httpx
+
+        self.url, self.model, self.size = url.rstrip("/"), model, size
+        self.client = httpx.Client(timeout=timeout)
+
+    def __call__(self, paths: Sequence[Path]) -> list[Label]:
+        out: list[Label] = []
+        for path in paths:
+            square, original = _square(path, self.size)
+            buffer = io.BytesIO()
+            square.save(buffer, format="PNG")
+            response = self.client.post(
+                f"{self.url}/v1/models/{self.model}/predict",
+                params={"masks": "rle"},
+                content=buffer.getvalue(),
+                headers={"content-type": "image/png"},
+            )
+            if response.status_code != 200:
+                raise RuntimeError(
+                    f"{path}: the server said {response.status_code} {response.text}"
+                )
+            masks = response.json()["masks"]
+            out.append({c: _resize(coco_decode(rle), original) for c, rle in masks.items()})
+        return out

@@ -1,0 +1,368 @@
+"""Crowd quality control: honeypot checks, per-annotator scores, ban rules, honeypot health,
+aggregation of overlapping submissions (crowd-kit) and the payment view.
+
+Pure functions over :class:`Sub` records, so the ``qc`` command (records from the store) and
+the crowd simulator (records it makes up) run the same rules.
+
+Banning on a raw pass rate after a few honeypots bans honest people by bad luck, more so when
+it is re-checked after every batch; the rule is Bayesian instead: ban when the probability
+that the annotator's true pass rate reaches ``min_pass_rate`` falls below ``confidence``.
+
+A honeypot is passed when the submission's IoU with the gold is at least ``iou_threshold``
+(mean over the task's classes) AND the spoiling was fixed: on the pixels the spoiling changed
+(``gold XOR shown pre-label``) the submission agrees with the gold on at least
+``fix_fraction`` of them. The IoU alone would let a lazy annotator pass a subtle spoiling.
+"""
+
+from __future__ import annotations
+
+import statistics
+from collections import defaultdict
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+from scipy.stats import beta
+
+from visionloop.label.masks import BoolMask, Label, iou
+
+__all__ = [
+    "AGGREGATORS",
+    "AnnotatorScore",
+    "Bait",
+    "HoneypotCheck",
+    "QCResult",
+    "Rules",
+    "Sub",
+    "aggregate",
+    "assess",
+    "check_honeypot",
+]
+
+AGGREGATORS = ("mv", "em", "rasa")
+
+
+@dataclass(frozen=True)
+class Rules:
+    """QC thresholds. ``None`` turns a rule off."""
+
+    iou_threshold: float = 0.75  # honeypot: mean IoU with the gold at least this ...
+    fix_fraction: float = 0.6  # ... and this share of the spoiled pixels set right
+    warmup: int = 4  # honeypots seen before the pass-rate rule may ban
+    min_pass_rate: float | None = 0.75  # ban when a pass rate this high is implausible:
+    confidence: float = 0.05  # P(rate >= min_pass_rate | passes, fails; uniform prior) below
+    min_agreement: float | None = 0.5  # overlap: mean IoU with the others' consensus
+    agreement_warmup: int = 3
+    max_unchanged: float | None = None  # the "ban if unchanged" baseline; off by default
+    unchanged_warmup: int = 10
+    min_median_seconds: float | None = None  # ban who answer faster than anyone can look
+    trusted_pass_rate: float = 0.8  # who counts as trusted for honeypot health
+    retire_after: int = 3  # trusted attempts before a bait is judged
+    retire_fail_rate: float = 0.5  # a bait trusted annotators fail this often is retired
+    aggregator: str = "mv"
+
+    def __post_init__(self) -> None:
+        for name in ("iou_threshold", "fix_fraction", "trusted_pass_rate", "retire_fail_rate"):
+            if not 0 <= getattr(self, name) <= 1:
+                raise ValueError(f"{name} must be in [0, 1], got {getattr(self, name)}")
+        if self.aggregator not in AGGREGATORS:
+            raise ValueError(f"aggregator must be one of {', '.join(AGGREGATORS)}")
+        if min(self.warmup, self.agreement_warmup, self.unchanged_warmup, self.retire_after) < 1:
+            raise ValueError("warm-up counts must be >= 1")
+
+
+@dataclass
+class Sub:
+    """One submission as QC sees it. ``kind``: normal, honeypot or overlap."""
+
+    task: int
+    annotator: str
+    kind: str
+    label: Label
+    prelabel: Label
+    gold: Label | None = None
+    seconds: float | None = None
+
+
+@dataclass(frozen=True)
+class HoneypotCheck:
+    task: int
+    annotator: str
+    iou: float
+    fixed: float  # share of the spoiled pixels set right
+    passed: bool
+
+
+@dataclass
+class AnnotatorScore:
+    name: str
+    tasks: int = 0
+    honeypots: int = 0  # judged: on baits not retired
+    passed: int = 0
+    overlaps: int = 0
+    agreement: float | None = None
+    unchanged: float = 0.0
+    median_seconds: float | None = None
+    ban: str | None = None
+
+    @property
+    def pass_rate(self) -> float | None:
+        return self.passed / self.honeypots if self.honeypots else None
+
+    @property
+    def skill(self) -> float:
+        """Honeypot pass rate with a uniform prior: 0.5 before any evidence."""
+        return (self.passed + 1) / (self.honeypots + 2)
+
+
+@dataclass
+class Bait:
+    """Health of one honeypot task."""
+
+    task: int
+    attempts: int = 0
+    trusted_attempts: int = 0
+    trusted_fails: int = 0
+    retired: bool = False
+
+    @property
+    def trusted_fail_rate(self) -> float | None:
+        return self.trusted_fails / self.trusted_attempts if self.trusted_attempts else None
+
+
+@dataclass
+class QCResult:
+    annotators: dict[str, AnnotatorScore]
+    checks: list[HoneypotCheck]
+    baits: dict[int, Bait]
+    new_bans: dict[str, str]
+    verdicts: dict[tuple[int, str], tuple[str, str]] = field(default_factory=dict)
+
+    def banned(self) -> set[str]:
+        return {n for n, a in self.annotators.items() if a.ban}
+
+
+def check_honeypot(sub: Sub, rules: Rules) -> HoneypotCheck:
+    if sub.gold is None:
+        raise ValueError(f"task {sub.task} is a honeypot without gold")
+    label = {c: sub.label.get(c, np.zeros_like(g)) for c, g in sub.gold.items()}
+    overlap = float(np.mean([iou(label[c], g) for c, g in sub.gold.items()]))
+    spoiled = [sub.gold[c] != sub.prelabel[c] for c in sub.gold if c in sub.prelabel]
+    total = sum(int(np.count_nonzero(s)) for s in spoiled)
+    right = sum(
+        int(np.count_nonzero((label[c] == sub.gold[c]) & region))
+        for c, region in zip([c for c in sub.gold if c in sub.prelabel], spoiled, strict=True)
+    )
+    fixed = right / total if total else 1.0
+    passed = overlap >= rules.iou_threshold and fixed >= rules.fix_fraction
+    return HoneypotCheck(sub.task, sub.annotator, overlap, fixed, passed)
+
+
+def _unchanged(sub: Sub) -> bool:
+    return all(
+        np.array_equal(sub.label.get(c, np.zeros_like(p)), p) for c, p in sub.prelabel.items()
+    )
+
+
+def assess(
+    subs: Sequence[Sub],
+    rules: Rules,
+    banned: Mapping[str, str] | None = None,
+    retired: Iterable[int] = (),
+) -> QCResult:
+    """Score every annotator, judge the baits, decide bans and each submission's verdict.
+    ``banned`` and ``retired``: decisions already taken (they stand)."""
+    banned = dict(banned or {})
+    checks = [check_honeypot(s, rules) for s in subs if s.kind == "honeypot"]
+    baits = {c.task: Bait(c.task) for c in checks}
+    retired_now = set(retired) & set(baits)
+    for _ in range(2):  # trust depends on retirements and retirements on trust: settle twice
+        scores = _scores(subs, checks, retired_now, banned, rules)
+        trusted = {
+            n
+            for n, a in scores.items()
+            if not a.ban
+            and a.honeypots >= rules.warmup
+            and (a.pass_rate or 0) >= rules.trusted_pass_rate
+        }
+        baits = _health(checks, trusted, set(retired) & set(baits), rules)
+        retired_now = {t for t, b in baits.items() if b.retired}
+    scores = _scores(subs, checks, retired_now, banned, rules)
+    new_bans = {n: a.ban for n, a in scores.items() if a.ban and n not in banned}
+    result = QCResult(scores, checks, baits, new_bans)
+    passed = {(c.task, c.annotator): c for c in checks}
+    for s in subs:
+        person = scores[s.annotator]
+        if person.ban:
+            result.verdicts[s.task, s.annotator] = ("rejected", f"annotator banned: {person.ban}")
+        elif s.kind == "honeypot":
+            check = passed[s.task, s.annotator]
+            why = f"honeypot IoU {check.iou:.2f}, spoiling {check.fixed:.0%} fixed"
+            result.verdicts[s.task, s.annotator] = ("accepted" if check.passed else "rejected", why)
+        else:
+            result.verdicts[s.task, s.annotator] = ("accepted", "")
+    return result
+
+
+def _scores(
+    subs: Sequence[Sub],
+    checks: Sequence[HoneypotCheck],
+    retired: set[int],
+    banned: Mapping[str, str],
+    rules: Rules,
+) -> dict[str, AnnotatorScore]:
+    scores = {s.annotator: AnnotatorScore(s.annotator) for s in subs}
+    seconds: dict[str, list[float]] = defaultdict(list)
+    unchanged: dict[str, int] = defaultdict(int)
+    for s in subs:
+        scores[s.annotator].tasks += 1
+        unchanged[s.annotator] += s.kind != "honeypot" and _unchanged(s)
+        if s.seconds is not None:
+            seconds[s.annotator].append(s.seconds)
+    for c in checks:
+        if c.task not in retired:
+            scores[c.annotator].honeypots += 1
+            scores[c.annotator].passed += c.passed
+    for name, agreement in _agreement(subs, set(banned)).items():
+        scores[name].overlaps, scores[name].agreement = len(agreement), float(np.mean(agreement))
+    for name, a in scores.items():
+        plain = a.tasks - a.honeypots
+        a.unchanged = unchanged[name] / plain if plain else 0.0
+        a.median_seconds = statistics.median(seconds[name]) if seconds[name] else None
+        a.ban = banned.get(name) or _ban_reason(a, plain, rules)
+    return scores
+
+
+def _ban_reason(a: AnnotatorScore, plain: int, rules: Rules) -> str | None:
+    if rules.min_pass_rate is not None and a.honeypots >= rules.warmup:
+        chance = float(beta.sf(rules.min_pass_rate, a.passed + 1, a.honeypots - a.passed + 1))
+        if chance < rules.confidence:
+            return (
+                f"passed {a.passed} of {a.honeypots} honeypots: a pass rate of "
+                f"{rules.min_pass_rate:.0%} or more has only {chance:.1%} probability"
+            )
+    agreement = a.agreement if a.overlaps >= rules.agreement_warmup else None
+    if (
+        rules.min_agreement is not None
+        and agreement is not None
+        and agreement < rules.min_agreement
+    ):
+        return f"agreement with consensus {agreement:.2f} < {rules.min_agreement}"
+    unchanged = a.unchanged if plain >= rules.unchanged_warmup else None
+    if (
+        rules.max_unchanged is not None
+        and unchanged is not None
+        and unchanged > rules.max_unchanged
+    ):
+        return f"left {unchanged:.0%} of pre-labels unchanged (> {rules.max_unchanged:.0%})"
+    fast = a.median_seconds if a.tasks >= rules.warmup else None
+    if (
+        rules.min_median_seconds is not None
+        and fast is not None
+        and fast < rules.min_median_seconds
+    ):
+        return f"median {fast:.1f} s per task < {rules.min_median_seconds} s"
+    return None
+
+
+def _agreement(subs: Sequence[Sub], banned: set[str]) -> dict[str, list[float]]:
+    """Per annotator, IoU with the leave-one-out majority of the others on overlap tasks
+    (tasks with 3+ submissions from annotators not banned)."""
+    by_task: dict[int, list[Sub]] = defaultdict(list)
+    for s in subs:
+        if s.kind == "overlap" and s.annotator not in banned:
+            by_task[s.task].append(s)
+    out: dict[str, list[float]] = defaultdict(list)
+    for group in by_task.values():
+        if len(group) < 3:
+            continue
+        classes = list(group[0].prelabel)
+        for s in group:
+            others = [o for o in group if o is not s]
+            values = []
+            for c in classes:
+                votes = np.mean([o.label[c] for o in others if c in o.label], axis=0) >= 0.5
+                values.append(iou(s.label.get(c, np.zeros_like(votes)), votes))
+            out[s.annotator].append(float(np.mean(values)))
+    return out
+
+
+def _health(
+    checks: Sequence[HoneypotCheck], trusted: set[str], retired: set[int], rules: Rules
+) -> dict[int, Bait]:
+    baits: dict[int, Bait] = {}
+    for c in checks:
+        bait = baits.setdefault(c.task, Bait(c.task, retired=c.task in retired))
+        bait.attempts += 1
+        if c.annotator in trusted:
+            bait.trusted_attempts += 1
+            bait.trusted_fails += not c.passed
+    for bait in baits.values():
+        rate = bait.trusted_fail_rate
+        if bait.trusted_attempts >= rules.retire_after and rate is not None:
+            bait.retired = bait.retired or rate >= rules.retire_fail_rate
+    return baits
+
+
+def aggregate(
+    labels: Mapping[int, Sequence[tuple[str, Label]]],
+    skills: Mapping[str, float] | None = None,
+    method: str = "mv",
+) -> dict[int, Label]:
+    """One label per task from several annotators' labels, per class, with crowd-kit:
+    ``mv`` (majority vote weighted by ``skills``), ``em`` (SegmentationEM) or ``rasa``."""
+    import pandas as pd
+    from crowdkit.aggregation import SegmentationEM, SegmentationMajorityVote, SegmentationRASA
+
+    if method not in AGGREGATORS:
+        raise ValueError(f"method must be one of {', '.join(AGGREGATORS)}, got {method!r}")
+    classes = sorted({c for group in labels.values() for _, label in group for c in label})
+    out: dict[int, Label] = {task: {} for task in labels}
+    for c in classes:
+        rows = [
+            (task, who, np.asarray(label[c], dtype=bool))
+            for task, group in labels.items()
+            for who, label in group
+            if c in label
+        ]
+        if not rows:
+            continue
+        frame = pd.DataFrame(rows, columns=["task", "worker", "segmentation"])
+        if method == "mv":
+            weights = None
+            if skills is not None:
+                weights = pd.Series({w: skills.get(w, 0.5) for w in frame.worker.unique()})
+            result = SegmentationMajorityVote().fit_predict(frame, weights)
+        elif method == "em":
+            result = SegmentationEM().fit_predict(frame)
+        else:
+            result = SegmentationRASA().fit_predict(frame)
+        for task, mask in result.items():
+            out[int(task)][c] = np.asarray(mask, dtype=bool)
+    return out
+
+
+def payment(result: QCResult, rate: float = 1.0) -> list[dict[str, object]]:
+    """Per annotator: submitted, accepted, rejected, and pay (accepted x rate; nothing for a
+    banned annotator)."""
+    counts: dict[str, dict[str, int]] = defaultdict(lambda: {"accepted": 0, "rejected": 0})
+    for (_, who), (verdict, _) in result.verdicts.items():
+        counts[who][verdict] += 1
+    rows = []
+    for name, a in sorted(result.annotators.items()):
+        accepted = counts[name]["accepted"]
+        rows.append(
+            {
+                "annotator": name,
+                "submitted": a.tasks,
+                "accepted": accepted,
+                "rejected": counts[name]["rejected"],
+                "banned": a.ban is not None,
+                "pay": round(accepted * rate, 2) if not a.ban else 0.0,
+            }
+        )
+    return rows
+
+
+def mean_iou(label: Mapping[str, BoolMask], gold: Mapping[str, BoolMask]) -> float:
+    return float(np.mean([iou(label.get(c, np.zeros_like(g)), g) for c, g in gold.items()]))

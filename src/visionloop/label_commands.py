@@ -1,0 +1,362 @@
+"""``visionloop label ...``: the labelling loop from the command line.
+
+Every command takes ``--db`` (a SQLAlchemy URL; ``VISIONLOOP_LABEL_DB``, default
+``sqlite:///labels.db``). Errors are one line and exit 2.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+app = typer.Typer(help="Label cheaply: select, pre-label, batch with honeypots, ingest, QC.")
+console = Console()
+err_console = Console(stderr=True)
+
+Db = Annotated[
+    str, typer.Option(envvar="VISIONLOOP_LABEL_DB", help="SQLAlchemy URL of the label store.")
+]
+DEFAULT_DB = "sqlite:///labels.db"
+
+
+@contextmanager
+def _errors() -> Iterator[None]:
+    try:
+        yield
+    except (ValueError, OSError, RuntimeError) as exc:
+        err_console.print(f"[red]error:[/red] {exc}")
+        raise typer.Exit(2) from None
+
+
+def _store(db: str) -> Any:
+    from visionloop.label.store import open_store
+
+    return open_store(db)
+
+
+@app.command("add")
+def add(
+    images: Annotated[Path, typer.Argument(help="A folder of images (recursive) or one image.")],
+    db: Db = DEFAULT_DB,
+) -> None:
+    """Add unlabelled images to the pool."""
+    from visionloop.label.loop import add_images
+
+    with _errors():
+        console.print(f"added {add_images(_store(db), images)} images to the pool")
+
+
+@app.command("add-gold")
+def add_gold(
+    dataset: Annotated[Path, typer.Argument(help="Dataset folder (images/, masks/, labels.csv).")],
+    db: Db = DEFAULT_DB,
+) -> None:
+    """Add trusted labels: the honeypots are made from these."""
+    from visionloop.label.loop import add_gold as run
+    from visionloop.train.data import DatasetError
+
+    try:
+        console.print(f"added {run(_store(db), dataset)} gold images")
+    except (DatasetError, ValueError, OSError) as exc:
+        err_console.print(f"[red]error:[/red] {exc}")
+        raise typer.Exit(2) from None
+
+
+@app.command("select")
+def select_images(
+    k: Annotated[int, typer.Option(min=1, help="How many images to pick.")],
+    method: Annotated[str, typer.Option(help="uncertainty, diversity or mix.")] = "mix",
+    weights: Annotated[
+        Path | None, typer.Option(help="catseg weights (train seg's best.pt).")
+    ] = None,
+    db: Db = DEFAULT_DB,
+) -> None:
+    """Pick K pool images for annotation with the segmenter."""
+    from visionloop.label.loop import mark_selected, pool
+    from visionloop.label.select import METHODS, pick, pool_scores
+    from visionloop.models import registry
+    from visionloop.models.catseg import CatSeg
+
+    with _errors():
+        if method not in METHODS:
+            raise ValueError(f"--method must be one of {', '.join(METHODS)}")
+        store = _store(db)
+        candidates = pool(store)
+        if not candidates:
+            raise ValueError("the pool is empty: `label add IMAGES` first")
+        model = registry.create("catseg", weights)
+        assert isinstance(model, CatSeg)
+        entropy, embeddings = pool_scores(model, [p for _, p in candidates])
+        picks = pick(method, k, entropy, embeddings)
+        mark_selected(store, [(candidates[i][0], score) for i, score in picks], method)
+        console.print(f"selected {len(picks)} of {len(candidates)} pool images by {method}")
+
+
+@app.command("mine")
+def mine(
+    group: Annotated[str, typer.Argument(help="ImageNet classes: animal, dog, bird, 151-268 ...")],
+    k: Annotated[int, typer.Option(min=1, help="How many images to pick.")],
+    exclude: Annotated[str, typer.Option(help="Classes to subtract, e.g. cat.")] = "",
+    db: Db = DEFAULT_DB,
+) -> None:
+    """Pick the K pool images most likely to show GROUP, by the catdog ImageNet head."""
+    from visionloop.label.loop import mark_selected, pool
+    from visionloop.label.select import group_indices, mine_scores
+    from visionloop.models import registry
+
+    with _errors():
+        wanted = group_indices(group)
+        excluded = group_indices(exclude) if exclude else []
+        store = _store(db)
+        candidates = pool(store)
+        if not candidates:
+            raise ValueError("the pool is empty: `label add IMAGES` first")
+        scores = mine_scores(
+            registry.create("catdog"), [p for _, p in candidates], wanted, excluded
+        )
+        order = scores.argsort()[::-1][:k]
+        mark_selected(store, [(candidates[i][0], float(scores[i])) for i in order], f"mine:{group}")
+        table = Table("image", "score")
+        for i in order[:10]:
+            table.add_row(candidates[i][1].name, f"{scores[i]:.3f}")
+        console.print(table)
+        console.print(f"selected {len(order)} of {len(candidates)} pool images for {group}")
+
+
+@app.command("prelabel")
+def prelabel(
+    weights: Annotated[
+        Path | None, typer.Option(help="catseg weights, run in this process.")
+    ] = None,
+    server: Annotated[str | None, typer.Option(help="Or a running server's URL.")] = None,
+    model: Annotated[str, typer.Option(help="The server's model name.")] = "catseg",
+    everything: Annotated[
+        bool, typer.Option("--all", help="The whole pool, not the selected.")
+    ] = False,
+    db: Db = DEFAULT_DB,
+) -> None:
+    """Pre-label the selected images with the segmenter."""
+    from visionloop.label.loop import prelabel as run
+    from visionloop.label.prelabel import LibraryPrelabeler, Prelabeler, ServerPrelabeler
+    from visionloop.models import registry
+    from visionloop.models.catseg import CatSeg
+
+    with _errors():
+        labeler: Prelabeler
+        if server:
+            labeler = ServerPrelabeler(server, model)
+        else:
+            network = registry.create("catseg", weights)
+            assert isinstance(network, CatSeg)
+            labeler = LibraryPrelabeler(network)
+        console.print(f"pre-labelled {run(_store(db), labeler, everything)} images")
+
+
+@app.command("make-batch")
+def make_batch(
+    name: Annotated[str, typer.Argument(help="Batch name.")],
+    size: Annotated[int, typer.Option(min=1, help="Images to annotate (honeypots extra).")] = 100,
+    honeypots: Annotated[float, typer.Option(help="Share of the batch that are honeypots.")] = 0.1,
+    overlap: Annotated[
+        float, typer.Option(help="Share of tasks sent to --copies annotators.")
+    ] = 0.1,
+    copies: Annotated[int, typer.Option(min=2)] = 3,
+    classes: Annotated[str, typer.Option(help="Classes to annotate (default: all).")] = "",
+    spoilings: Annotated[str, typer.Option(help="Honeypot corruptions to use.")] = "",
+    qualification: Annotated[bool, typer.Option(help="Honeypots only, for newcomers.")] = False,
+    fmt: Annotated[
+        str, typer.Option("--format", help="label-studio, coco or png.")
+    ] = "label-studio",
+    out: Annotated[
+        Path | None, typer.Option(help="Export here (a .json, or a folder for png).")
+    ] = None,
+    image_prefix: Annotated[
+        str, typer.Option(help="Replaces the image folder in exported paths.")
+    ] = "",
+    seed: Annotated[int, typer.Option()] = 0,
+    db: Db = DEFAULT_DB,
+) -> None:
+    """Assemble a batch with honeypots and overlap, and export it."""
+    from visionloop.label.loop import make_batch as run
+    from visionloop.label.spoil import SPOILINGS
+
+    with _errors():
+        store = _store(db)
+        tasks = run(
+            store, name, size, classes=[c for c in classes.split(",") if c] or None,
+            honeypot_share=honeypots, overlap_share=overlap, copies=copies,
+            spoilings=[s for s in spoilings.split(",") if s] or SPOILINGS,
+            qualification=qualification, seed=seed,
+        )  # fmt: skip
+        console.print(f"batch {name}: {len(tasks)} tasks")
+        if out is not None:
+            _export(store, name, fmt, out, image_prefix)
+
+
+def _export(store: Any, name: str, fmt: str, out: Path, prefix: str) -> None:
+    from visionloop.label.loop import export_batch
+
+    url: Callable[[str], str] = str
+    if prefix:
+        url = lambda path: prefix.rstrip("/") + "/" + Path(path).name  # noqa: E731
+    count = export_batch(store, name, fmt, out, url)
+    console.print(f"exported {count} tasks as {fmt} to {out}")
+
+
+@app.command("export")
+def export(
+    name: Annotated[str, typer.Argument(help="Batch name.")],
+    out: Annotated[Path, typer.Option(help="A .json file, or a folder for png.")],
+    fmt: Annotated[
+        str, typer.Option("--format", help="label-studio, coco or png.")
+    ] = "label-studio",
+    image_prefix: Annotated[
+        str, typer.Option(help="Replaces the image folder in exported paths.")
+    ] = "",
+    db: Db = DEFAULT_DB,
+) -> None:
+    """Export a batch again (another format, another image location)."""
+    with _errors():
+        _export(_store(db), name, fmt, out, image_prefix)
+
+
+@app.command("ingest")
+def ingest(
+    path: Annotated[Path, typer.Argument(help="An export file, or a PNG submissions folder.")],
+    fmt: Annotated[
+        str, typer.Option("--format", help="label-studio, coco or png.")
+    ] = "label-studio",
+    annotator: Annotated[str | None, typer.Option(help="Whose work (COCO without ids).")] = None,
+    db: Db = DEFAULT_DB,
+) -> None:
+    """Record annotators' submissions; bad rows are reported one by one, the rest kept."""
+    from visionloop.label.loop import ingest as run
+
+    with _errors():
+        report = run(_store(db), path, fmt, annotator)
+    for error in report.errors:
+        err_console.print(f"[yellow]skipped[/yellow] {error}")
+    console.print(
+        f"ingested {report.added} submissions, {report.duplicates} already known, "
+        f"{len(report.errors)} rows skipped"
+    )
+    if report.errors and not report.added:
+        raise typer.Exit(1)
+
+
+@app.command("qc")
+def qc(
+    report: Annotated[Path | None, typer.Option(help="Write a static HTML report here.")] = None,
+    dataset: Annotated[
+        Path | None, typer.Option(help="Write accepted labels as a dataset.")
+    ] = None,
+    payments: Annotated[Path | None, typer.Option(help="Write the payment report (CSV).")] = None,
+    rate: Annotated[float, typer.Option(help="Pay per accepted task.")] = 1.0,
+    iou_threshold: Annotated[float, typer.Option(help="Honeypot: IoU with gold at least.")] = 0.75,
+    fix_fraction: Annotated[float, typer.Option(help="Honeypot: share of spoiling fixed.")] = 0.6,
+    warmup: Annotated[int, typer.Option(min=1, help="Honeypots before a ban.")] = 4,
+    min_pass_rate: Annotated[
+        float, typer.Option(help="Ban when a rate this high is implausible.")
+    ] = 0.75,
+    confidence: Annotated[float, typer.Option(help="... at this probability.")] = 0.05,
+    min_agreement: Annotated[
+        float, typer.Option(help="Overlap: min IoU with consensus; 0 off.")
+    ] = 0.5,
+    max_unchanged: Annotated[
+        float, typer.Option(help="Ban above this unchanged rate; 1 off.")
+    ] = 1.0,
+    min_seconds: Annotated[float, typer.Option(help="Ban below this median time; 0 off.")] = 0.0,
+    aggregator: Annotated[str, typer.Option(help="mv (skill-weighted), em or rasa.")] = "mv",
+    db: Db = DEFAULT_DB,
+) -> None:
+    """Score annotators, ban and reject by the rules, retire bad honeypots, aggregate."""
+    from visionloop.label.loop import run_qc, write_dataset
+    from visionloop.label.quality import Rules, payment
+
+    with _errors():
+        rules = Rules(
+            iou_threshold=iou_threshold, fix_fraction=fix_fraction, warmup=warmup,
+            min_pass_rate=min_pass_rate, confidence=confidence,
+            min_agreement=min_agreement or None,
+            max_unchanged=None if max_unchanged >= 1 else max_unchanged,
+            min_median_seconds=min_seconds or None, aggregator=aggregator,
+        )  # fmt: skip
+        store = _store(db)
+        result, subs = run_qc(store, rules)
+        if not subs:
+            raise ValueError("no submissions yet: `label ingest` first")
+        _print_annotators(result)
+        for name, reason in result.new_bans.items():
+            console.print(f"[red]banned[/red] {name}: {reason}")
+        for task, bait in result.baits.items():
+            if bait.retired:
+                fails = f"{bait.trusted_fails}/{bait.trusted_attempts}"
+                console.print(f"honeypot task {task} retired: trusted annotators failed {fails}")
+        if payments is not None:
+            rows = payment(result, rate)
+            with payments.open("w", newline="") as f:
+                writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+                writer.writeheader()
+                writer.writerows(rows)
+            console.print(f"payments: {payments}")
+        if dataset is not None:
+            count = write_dataset(store, dataset, result, subs, aggregator)
+            console.print(f"dataset: {count} images in {dataset}")
+        if report is not None:
+            from visionloop.label.report import write_report
+
+            write_report(report, store, result, subs)
+            console.print(f"report: {report}")
+
+
+def _print_annotators(result: Any) -> None:
+    table = Table(
+        "annotator", "tasks", "honeypots", "passed", "agreement", "unchanged", "median s", "status"
+    )
+    for name, a in sorted(result.annotators.items()):
+        table.add_row(
+            name, str(a.tasks), str(a.honeypots), str(a.passed),
+            "-" if a.agreement is None else f"{a.agreement:.2f}", f"{a.unchanged:.0%}",
+            "-" if a.median_seconds is None else f"{a.median_seconds:.1f}",
+            "banned" if a.ban else "ok",
+        )  # fmt: skip
+    console.print(table)
+
+
+@app.command("simulate")
+def simulate(
+    images: Annotated[int, typer.Option(min=10, help="Pool size.")] = 2000,
+    quality: Annotated[
+        str, typer.Option(help="Model pre-label qualities (share right).")
+    ] = "0.4,0.8",
+    strategies: Annotated[
+        str, typer.Option(help="honeypots, unchanged, overlap3, none.")
+    ] = "honeypots,unchanged,overlap3",
+    seeds: Annotated[int, typer.Option(min=1, help="Crowds per setting.")] = 3,
+    out: Annotated[Path | None, typer.Option(help="Write every run as JSON.")] = None,
+) -> None:
+    """Simulate a crowd; compare QC strategies (lazy caught, honest banned, IoU, cost)."""
+    from visionloop.label.simulate import SimConfig, summarise
+    from visionloop.label.simulate import simulate as run
+
+    with _errors():
+        runs = [
+            run(SimConfig(strategy=s, images=images, model_quality=float(q), seed=seed))
+            for q in quality.split(",")
+            for s in strategies.split(",")
+            for seed in range(seeds)
+        ]
+    table = Table(*summarise(runs)[0])
+    for row in summarise(runs):
+        table.add_row(*(str(v) for v in row.values()))
+    console.print(table)
+    if out is not None:
+        out.write_text(json.dumps(runs, indent=1))
