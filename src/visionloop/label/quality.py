@@ -223,13 +223,18 @@ def _scores(
         if c.task not in retired:
             scores[c.annotator].honeypots += 1
             scores[c.annotator].passed += c.passed
-    for name, agreement in _agreement(subs, set(banned)).items():
-        scores[name].overlaps, scores[name].agreement = len(agreement), float(np.mean(agreement))
     for name, a in scores.items():
         plain = a.tasks - a.honeypots
         a.unchanged = unchanged[name] / plain if plain else 0.0
         a.median_seconds = statistics.median(seconds[name]) if seconds[name] else None
         a.ban = banned.get(name) or _ban_reason(a, plain, rules)
+    # Consensus only among annotators in good standing: two cheats agreeing on an untouched
+    # pre-label must not outvote, and so ban, the honest third.
+    out = {n for n, a in scores.items() if a.ban}
+    for name, agreement in _agreement(subs, out).items():
+        a = scores[name]
+        a.overlaps, a.agreement = len(agreement), float(np.mean(agreement))
+        a.ban = a.ban or _ban_reason(a, a.tasks - a.honeypots, rules)
     return scores
 
 

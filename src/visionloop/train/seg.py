@@ -142,8 +142,14 @@ def _datasets(config: SegConfig) -> tuple[SegDataset, SegDataset]:
     return train_set, val_set
 
 
+def _drop_last(data: SegDataset, config: SegConfig) -> bool:
+    """A last training batch of one image breaks BatchNorm ("expected more than 1 value per
+    channel"): drop it, as long as that leaves a batch."""
+    return len(data) % config.batch_size == 1 and len(data) > config.batch_size
+
+
 def _batches_per_epoch(data: SegDataset, config: SegConfig) -> int:
-    batches = math.ceil(len(data) / config.batch_size)
+    batches = math.ceil(len(data) / config.batch_size) - _drop_last(data, config)
     return min(batches, config.max_batches) if config.max_batches else batches
 
 
@@ -161,7 +167,7 @@ def _loader(data: SegDataset, config: SegConfig, shuffle: bool) -> torch.utils.d
     generator = torch.Generator().manual_seed(config.seed + data.epoch)
     return torch.utils.data.DataLoader(
         data, batch_size=config.batch_size, shuffle=shuffle, num_workers=config.workers,
-        generator=generator, drop_last=False,
+        generator=generator, drop_last=shuffle and _drop_last(data, config),
     )  # fmt: skip
 
 

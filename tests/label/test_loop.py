@@ -1,0 +1,212 @@
+"""The labelling loop end to end through the CLI, export/import round trips in every format,
+and ingest's per-row errors."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+from sqlalchemy import select
+from typer.testing import CliRunner
+
+from visionloop.cli import app
+from visionloop.label import loop
+from visionloop.label.masks import label_from_json
+from visionloop.label.simulate import crowd_answers
+from visionloop.label.store import Annotator, Decision, Submission, Task, open_store
+from visionloop.train.synth import synthesize
+
+runner = CliRunner()
+CROWD = [
+    ("careful0", "careful"),
+    ("careful1", "careful"),
+    ("sloppy0", "sloppy"),
+    ("lazy0", "lazy"),
+    ("lazy1", "lazy"),
+]
+
+
+def cli(*args: str, code: int = 0) -> str:
+    result = runner.invoke(app, list(args), catch_exceptions=False)
+    assert result.exit_code == code, result.output
+    return result.output
+
+
+def truth_of(image: str) -> dict[str, np.ndarray]:
+    path = Path(image)
+    root = path.parent.parent
+    return {
+        c: np.asarray(Image.open(root / "masks" / c / path.name)) > 0 for c in ("cat", "animal")
+    }
+
+
+@pytest.fixture
+def world(tmp_path, monkeypatch):
+    synthesize(tmp_path / "pool", 24, size=48, seed=1)
+    synthesize(tmp_path / "gold", 16, size=48, seed=2)
+    monkeypatch.setenv("VISIONLOOP_LABEL_DB", f"sqlite:///{tmp_path / 'labels.db'}")
+    return tmp_path
+
+
+@pytest.mark.slow
+def test_select_prelabel_batch_crowd_ingest_qc_dataset_train(world):
+    tmp = world
+    assert "added 24 images" in cli("label", "add", str(tmp / "pool" / "images"))
+    assert "added 16 gold" in cli("label", "add-gold", str(tmp / "gold"))
+    assert "selected 12 of 24" in cli("label", "select", "--k", "12", "--method", "mix")
+    assert "pre-labelled 12" in cli("label", "prelabel")
+    out = cli("label", "make-batch", "b1", "--size", "12", "--honeypots", "0.25",
+              "--overlap", "0.25", "--out", str(tmp / "b1.json"))  # fmt: skip
+    assert "batch b1: 16 tasks" in out  # 12 + 4 honeypots
+    tasks = json.loads((tmp / "b1.json").read_text())
+    assert all(set(t["data"]) == {"image", "visionloop_task"} for t in tasks)  # no tell-tales
+    config = (tmp / "b1.label_config.xml").read_text()
+    assert '<Label value="cat"/>' in config
+
+    store = open_store(f"sqlite:///{tmp / 'labels.db'}")
+    with store.session() as s:
+        copies = {t.id: t.copies for t in s.scalars(select(Task))}
+        kinds = [t.kind for t in s.scalars(select(Task))]
+    assert kinds.count("honeypot") == 4
+    assert kinds.count("overlap") == 3
+    done = crowd_answers(tasks, truth_of, copies.get, CROWD, seed=0)
+    (tmp / "done.json").write_text(json.dumps(done))
+    submitted = sum(len(t["annotations"]) for t in done)
+    assert f"ingested {submitted} submissions" in cli("label", "ingest", str(tmp / "done.json"))
+    again = cli("label", "ingest", str(tmp / "done.json"))
+    assert f"ingested 0 submissions, {submitted} already known" in again
+
+    cli("label", "qc", "--warmup", "2", "--report", str(tmp / "qc.html"),
+        "--dataset", str(tmp / "ds"), "--payments", str(tmp / "pay.csv"))  # fmt: skip
+    html = (tmp / "qc.html").read_text()
+    assert "Annotators" in html
+    assert "Honeypot health" in html
+    with (tmp / "pay.csv").open() as f:
+        pay = {row["annotator"]: row for row in csv.DictReader(f)}
+    with store.session() as s:
+        banned = {a.name for a in s.scalars(select(Annotator)) if a.banned_at}
+        bans = s.scalars(select(Decision).where(Decision.kind == "ban")).all()
+        verdicts = {sub.verdict for sub in s.scalars(select(Submission))}
+    assert banned  # two lazy annotators facing honeypots: at least one is caught
+    assert banned <= {"lazy0", "lazy1"}
+    assert len(bans) == len(banned)
+    assert all(float(pay[name]["pay"]) == 0 for name in banned)
+    assert verdicts <= {"accepted", "rejected"}
+    assert "accepted" in verdicts
+
+    with (tmp / "ds" / "labels.csv").open() as f:
+        rows = list(csv.reader(f))
+    assert rows[0] == ["image", "animal", "cat"]
+    assert len(rows) > 1
+    cli("train", "seg", "--data", str(tmp / "ds"), "--out", str(tmp / "run"), "--epochs", "1",
+        "--size", "32", "--batch-size", "8", "--val-fraction", "0.25")  # fmt: skip
+    assert (tmp / "run" / "best.pt").is_file()
+
+
+def make_one_batch(tmp: Path, honeypots: float = 0.0) -> tuple[object, list[int]]:
+    store = open_store(f"sqlite:///{tmp / 'labels.db'}")
+    loop.add_images(store, tmp / "pool" / "images")
+    loop.add_gold(store, tmp / "gold")
+    candidates = loop.pool(store)[:6]
+    loop.mark_selected(store, [(i, 1.0) for i, _ in candidates], "test")
+
+    def from_truth(paths):
+        return [truth_of(str(p)) for p in paths]
+
+    assert loop.prelabel(store, from_truth) == 6
+    return store, loop.make_batch(store, "b", 6, honeypot_share=honeypots, overlap_share=0)
+
+
+@pytest.mark.parametrize("fmt", ["label-studio", "coco", "png"])
+def test_export_then_ingest_round_trips_the_masks(world, fmt):
+    store, _ = make_one_batch(world)
+    out = world / ("export" if fmt == "png" else "export.json")
+    assert loop.export_batch(store, "b", fmt, out) == 6
+    with store.session() as s:
+        shown = {t.id: label_from_json(t.prelabel) for t in s.scalars(select(Task))}
+    answers = world / "answers"
+    if fmt == "label-studio":  # annotators accept the predictions as they are
+        exported = json.loads(out.read_text())
+        for t in exported:
+            t["annotations"] = [{"completed_by": 7, "result": t["predictions"][0]["result"],
+                                 "lead_time": 3.0}]  # fmt: skip
+        answers = world / "answers.json"
+        answers.write_text(json.dumps(exported))
+    elif fmt == "coco":
+        data = json.loads(out.read_text())
+        for a in data["annotations"]:
+            a["annotator"] = "ann"
+        answers = world / "answers.json"
+        answers.write_text(json.dumps(data))
+    else:
+        for cls in ("cat", "animal"):
+            (answers / "ann" / cls).mkdir(parents=True)
+            for png in (out / "prelabels" / cls).glob("*.png"):
+                (answers / "ann" / cls / png.name).write_bytes(png.read_bytes())
+    report = loop.ingest(store, answers, fmt)
+    assert report.errors == []
+    assert report.added == 6
+    with store.session() as s:
+        for sub in s.scalars(select(Submission)):
+            got = label_from_json(sub.masks)
+            assert set(got) == set(shown[sub.task_id])
+            for cls, mask in shown[sub.task_id].items():
+                np.testing.assert_array_equal(got[cls], mask)
+
+
+def test_ingest_reports_each_bad_row_and_keeps_the_rest(world):
+    store, _ = make_one_batch(world)
+    out = world / "export.json"
+    loop.export_batch(store, "b", "label-studio", out)
+    exported = json.loads(out.read_text())
+    good = {"completed_by": {"email": "a@x"}, "result": exported[0]["predictions"][0]["result"]}
+    exported[0]["annotations"] = [good]
+    exported[1]["annotations"] = [{"result": []}]  # nobody
+    broken = json.loads(json.dumps(good))
+    broken["result"][0]["value"]["rle"] = broken["result"][0]["value"]["rle"][:9]
+    exported[2]["annotations"] = [broken]
+    wrong = json.loads(json.dumps(good))
+    wrong["result"][0]["value"]["brushlabels"] = ["unicorn"]
+    exported[3]["annotations"] = [wrong]
+    exported[4]["data"].pop("visionloop_task")
+    exported[5]["data"]["visionloop_task"] = 999
+    exported[5]["annotations"] = [good]
+    (world / "mixed.json").write_text(json.dumps(exported))
+    report = loop.ingest(store, world / "mixed.json", "label-studio")
+    assert report.added == 1
+    errors = "\n".join(report.errors)
+    assert "task[1] annotation[0]: no completed_by" in errors
+    assert "task[2] annotation[0]: bad brush result" in errors
+    assert "'unicorn' is not one of" in errors
+    assert "task[4]: no data.visionloop_task" in errors
+    assert "task[5]: task 999 is not in this store" in errors
+    assert len(report.errors) == 5
+    (world / "junk.json").write_text("{not json")
+    assert (
+        "not a readable JSON export"
+        in loop.ingest(store, world / "junk.json", "label-studio").errors[0]
+    )
+
+
+def test_make_batch_mixes_in_honeypots_from_gold_with_recorded_spoilings(world):
+    store, _ = make_one_batch(world, honeypots=0.25)
+    with store.session() as s:
+        rows = s.scalars(select(Task)).all()
+        baits = [t for t in rows if t.kind == "honeypot"]
+        assert len(baits) == 2  # 25 % of 8
+        for t in baits:
+            gold, shown = label_from_json(t.gold), label_from_json(t.prelabel)
+            assert any(not np.array_equal(gold[c], shown[c]) for c in gold)
+            assert t.spoil["kind"] in {"erase", "add_blob", "dilate", "erode", "shift", "swap"}
+    with pytest.raises(ValueError, match="exists already"):
+        loop.make_batch(store, "b", 6)
+
+
+def test_cli_errors_are_one_line(world):
+    out = cli("label", "make-batch", "x", code=2)
+    assert "select" in out
+    assert "unknown class group" in cli("label", "mine", "unicorns", "--k", "3", code=2)
