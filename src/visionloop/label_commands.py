@@ -270,6 +270,9 @@ def qc(
     min_agreement: Annotated[
         float, typer.Option(help="Overlap: min IoU with consensus; 0 off.")
     ] = 0.5,
+    reject_below: Annotated[
+        float, typer.Option(help="Reject an overlap submission below this IoU; 0 off.")
+    ] = 0.3,
     max_unchanged: Annotated[
         float, typer.Option(help="Ban above this unchanged rate; 1 off.")
     ] = 1.0,
@@ -285,7 +288,7 @@ def qc(
         rules = Rules(
             iou_threshold=iou_threshold, fix_fraction=fix_fraction, warmup=warmup,
             min_pass_rate=min_pass_rate, confidence=confidence,
-            min_agreement=min_agreement or None,
+            min_agreement=min_agreement or None, reject_below=reject_below or None,
             max_unchanged=None if max_unchanged >= 1 else max_unchanged,
             min_median_seconds=min_seconds or None, aggregator=aggregator,
         )  # fmt: skip
@@ -293,7 +296,7 @@ def qc(
         result, subs = run_qc(store, rules)
         if not subs:
             raise ValueError("no submissions yet: `label ingest` first")
-        _print_annotators(result)
+        _print_annotators(result, rules)
         for name, reason in result.new_bans.items():
             console.print(f"[red]banned[/red] {name}: {reason}")
         for task, bait in result.baits.items():
@@ -317,18 +320,24 @@ def qc(
             console.print(f"report: {report}")
 
 
-def _print_annotators(result: Any) -> None:
-    table = Table(
-        "annotator", "tasks", "honeypots", "passed", "agreement", "unchanged", "median s", "status"
-    )
+def _print_annotators(result: Any, rules: Any) -> None:
+    table = Table("annotator", "tasks", "honeypots", "passed", "P(good)", "agreement",
+                  "unchanged", "median s", "status")  # fmt: skip
     for name, a in sorted(result.annotators.items()):
+        status = "banned" if a.ban else "suspect" if a.suspect(rules) else "trusted"
         table.add_row(
             name, str(a.tasks), str(a.honeypots), str(a.passed),
+            "-" if a.plausible is None else f"{a.plausible:.2f}",
             "-" if a.agreement is None else f"{a.agreement:.2f}", f"{a.unchanged:.0%}",
-            "-" if a.median_seconds is None else f"{a.median_seconds:.1f}",
-            "banned" if a.ban else "ok",
+            "-" if a.median_seconds is None else f"{a.median_seconds:.1f}", status,
         )  # fmt: skip
     console.print(table)
+    suspects = [n for n, a in result.annotators.items() if not a.ban and a.suspect(rules)]
+    if suspects:
+        console.print(
+            f"not yet trusted: {', '.join(sorted(suspects))}: give them a qualification batch "
+            "(make-batch --qualification) before more paid work"
+        )
 
 
 @app.command("simulate")
@@ -342,6 +351,7 @@ def simulate(
     ] = "honeypots,unchanged,overlap3",
     seeds: Annotated[int, typer.Option(min=1, help="Crowds per setting.")] = 3,
     out: Annotated[Path | None, typer.Option(help="Write every run as JSON.")] = None,
+    markdown: Annotated[bool, typer.Option(help="Print the table as Markdown.")] = False,
 ) -> None:
     """Simulate a crowd; compare QC strategies (lazy caught, honest banned, IoU, cost)."""
     from visionloop.label.simulate import SimConfig, summarise
@@ -354,9 +364,16 @@ def simulate(
             for s in strategies.split(",")
             for seed in range(seeds)
         ]
-    table = Table(*summarise(runs)[0])
-    for row in summarise(runs):
-        table.add_row(*(str(v) for v in row.values()))
-    console.print(table)
+    rows = summarise(runs)
+    if markdown:
+        print("| " + " | ".join(rows[0]) + " |")
+        print("|" + " --- |" * len(rows[0]))
+        for row in rows:
+            print("| " + " | ".join(str(v) for v in row.values()) + " |")
+    else:
+        table = Table(*rows[0])
+        for row in rows:
+            table.add_row(*(str(v) for v in row.values()))
+        console.print(table)
     if out is not None:
         out.write_text(json.dumps(runs, indent=1))

@@ -130,3 +130,30 @@ def test_rules_are_checked():
         Rules(iou_threshold=2)
     with pytest.raises(ValueError, match="aggregator"):
         Rules(aggregator="vote")
+
+
+def test_newcomers_and_doubtful_annotators_are_suspects_until_the_honeypots_decide():
+    rules = Rules(warmup=4, min_pass_rate=0.75)
+    fresh = assess([honeypot(0, "new", GOLD)], rules).annotators["new"]
+    assert fresh.suspect(rules)  # one honeypot is not enough to trust anyone
+    good = assess([honeypot(t, "good", GOLD) for t in range(6)], rules).annotators["good"]
+    assert not good.suspect(rules)
+    assert good.plausible > 0.8
+    mixed = [honeypot(t, "mixed", GOLD if t % 2 else SPOILED) for t in range(6)]
+    doubtful = assess(mixed, rules).annotators["mixed"]
+    assert doubtful.suspect(rules)
+    assert doubtful.ban is None  # 3 of 6 is suspicious, not yet proof
+
+
+def test_one_overlap_submission_far_from_the_others_is_rejected_alone():
+    rules = Rules(reject_below=0.3, min_agreement=None, min_pass_rate=None)
+    subs = [Sub(1, who, "overlap", GOLD, GOLD) for who in ("a", "b", "c")]
+    subs.append(Sub(1, "d", "overlap", {"cat": disc(5, 40, 4)}, GOLD))
+    subs.append(Sub(2, "d", "normal", GOLD, GOLD))
+    result = assess(subs, rules)
+    verdict, why = result.verdicts[1, "d"]
+    assert verdict == "rejected"
+    assert "consensus" in why
+    assert result.verdicts[2, "d"] == ("accepted", "")  # the rest of d's work stands
+    assert result.verdicts[1, "a"] == ("accepted", "")
+    assert result.new_bans == {}

@@ -53,6 +53,7 @@ class Rules:
     confidence: float = 0.05  # P(rate >= min_pass_rate | passes, fails; uniform prior) below
     min_agreement: float | None = 0.5  # overlap: mean IoU with the others' consensus
     agreement_warmup: int = 3
+    reject_below: float | None = 0.3  # reject one overlap submission this far from the others
     max_unchanged: float | None = None  # the "ban if unchanged" baseline; off by default
     unchanged_warmup: int = 10
     min_median_seconds: float | None = None  # ban who answer faster than anyone can look
@@ -104,6 +105,13 @@ class AnnotatorScore:
     unchanged: float = 0.0
     median_seconds: float | None = None
     ban: str | None = None
+    plausible: float | None = None  # P(true pass rate >= min_pass_rate | honeypots so far)
+    agreements: dict[int, float] = field(default_factory=dict)  # overlap task -> IoU
+
+    def suspect(self, rules: Rules) -> bool:
+        """Not yet trusted: still warming up, or a good pass rate is not the likely one.
+        Send such annotators more honeypots (a qualification batch) until they are decided."""
+        return self.plausible is None or self.honeypots < rules.warmup or self.plausible < 0.5
 
     @property
     def pass_rate(self) -> float | None:
@@ -199,6 +207,13 @@ def assess(
             check = passed[s.task, s.annotator]
             why = f"honeypot IoU {check.iou:.2f}, spoiling {check.fixed:.0%} fixed"
             result.verdicts[s.task, s.annotator] = ("accepted" if check.passed else "rejected", why)
+        elif (
+            rules.reject_below is not None
+            and s.task in person.agreements
+            and person.agreements[s.task] < rules.reject_below
+        ):
+            why = f"IoU {person.agreements[s.task]:.2f} with the others' consensus"
+            result.verdicts[s.task, s.annotator] = ("rejected", why)
         else:
             result.verdicts[s.task, s.annotator] = ("accepted", "")
     return result
@@ -227,20 +242,24 @@ def _scores(
         plain = a.tasks - a.honeypots
         a.unchanged = unchanged[name] / plain if plain else 0.0
         a.median_seconds = statistics.median(seconds[name]) if seconds[name] else None
+        if rules.min_pass_rate is not None:
+            failed = a.honeypots - a.passed
+            a.plausible = float(beta.sf(rules.min_pass_rate, a.passed + 1, failed + 1))
         a.ban = banned.get(name) or _ban_reason(a, plain, rules)
     # Consensus only among annotators in good standing: two cheats agreeing on an untouched
     # pre-label must not outvote, and so ban, the honest third.
     out = {n for n, a in scores.items() if a.ban}
     for name, agreement in _agreement(subs, out).items():
         a = scores[name]
-        a.overlaps, a.agreement = len(agreement), float(np.mean(agreement))
+        a.agreements = agreement
+        a.overlaps, a.agreement = len(agreement), float(np.mean(list(agreement.values())))
         a.ban = a.ban or _ban_reason(a, a.tasks - a.honeypots, rules)
     return scores
 
 
 def _ban_reason(a: AnnotatorScore, plain: int, rules: Rules) -> str | None:
     if rules.min_pass_rate is not None and a.honeypots >= rules.warmup:
-        chance = float(beta.sf(rules.min_pass_rate, a.passed + 1, a.honeypots - a.passed + 1))
+        chance = a.plausible if a.plausible is not None else 1.0
         if chance < rules.confidence:
             return (
                 f"passed {a.passed} of {a.honeypots} honeypots: a pass rate of "
@@ -270,14 +289,14 @@ def _ban_reason(a: AnnotatorScore, plain: int, rules: Rules) -> str | None:
     return None
 
 
-def _agreement(subs: Sequence[Sub], banned: set[str]) -> dict[str, list[float]]:
+def _agreement(subs: Sequence[Sub], banned: set[str]) -> dict[str, dict[int, float]]:
     """Per annotator, IoU with the leave-one-out majority of the others on overlap tasks
     (tasks with 3+ submissions from annotators not banned)."""
     by_task: dict[int, list[Sub]] = defaultdict(list)
     for s in subs:
         if s.kind == "overlap" and s.annotator not in banned:
             by_task[s.task].append(s)
-    out: dict[str, list[float]] = defaultdict(list)
+    out: dict[str, dict[int, float]] = defaultdict(dict)
     for group in by_task.values():
         if len(group) < 3:
             continue
@@ -288,7 +307,7 @@ def _agreement(subs: Sequence[Sub], banned: set[str]) -> dict[str, list[float]]:
             for c in classes:
                 votes = np.mean([o.label[c] for o in others if c in o.label], axis=0) >= 0.5
                 values.append(iou(s.label.get(c, np.zeros_like(votes)), votes))
-            out[s.annotator].append(float(np.mean(values)))
+            out[s.annotator][s.task] = float(np.mean(values))
     return out
 
 

@@ -64,16 +64,19 @@ def _summary(result: QCResult, subs: Sequence[Sub]) -> str:
 def _annotators(result: QCResult) -> str:
     rows = [
         "<table><tr><th>annotator</th><th>tasks</th><th>honeypots</th><th>passed</th>"
-        "<th>skill</th><th>agreement</th><th>unchanged</th><th>median s</th><th>status</th></tr>"
+        "<th>skill</th><th>P(good)</th><th>agreement</th><th>unchanged</th><th>median s</th>"
+        "<th>status</th></tr>"
     ]
     for name, a in sorted(result.annotators.items(), key=lambda kv: kv[1].skill):
         agreement = "-" if a.agreement is None else f"{a.agreement:.2f}"
+        plausible = "-" if a.plausible is None else f"{a.plausible:.2f}"
         seconds = "-" if a.median_seconds is None else f"{a.median_seconds:.1f}"
         status = html.escape(f"banned: {a.ban}") if a.ban else "ok"
         css = "banned" if a.ban else "ok"
         rows.append(
             f"<tr class={css}><td>{html.escape(name)}</td><td>{a.tasks}</td>"
-            f"<td>{a.honeypots}</td><td>{a.passed}</td><td>{a.skill:.2f}</td><td>{agreement}</td>"
+            f"<td>{a.honeypots}</td><td>{a.passed}</td><td>{a.skill:.2f}</td><td>{plausible}</td>"
+            f"<td>{agreement}</td>"
             f"<td>{a.unchanged:.0%}</td><td>{seconds}</td><td>{status}</td></tr>"
         )
     return "".join(rows) + "</table>"

@@ -14,10 +14,12 @@ object, gain a false blob or have a badly drawn boundary. Annotators:
 
 The work is handed out in rounds; after each round QC runs on everything so far, banned
 annotators get no more work, and their tasks go back to the queue (paid again). Strategies:
-``honeypots`` (a share of spoiled gold tasks, Bayesian pass-rate ban), ``unchanged`` (ban who
-leaves more than half of the pre-labels unchanged), ``overlap3`` (every task to three people,
-ban on low agreement, majority vote). Some baits have a wrong gold (a stale honeypot):
-honeypot health should retire them before they cost honest people their jobs.
+``honeypots`` (10 % spoiled gold tasks; 50 % for newcomers and suspects, i.e. until the
+posterior says a good pass rate is likely: honeypots go where the doubt is; Bayesian ban),
+``unchanged`` (ban who leaves more than half of the pre-labels unchanged), ``overlap3``
+(every task to three people, ban on low agreement, majority vote). Some baits have a wrong
+gold (a stale honeypot): honeypot health should retire them before they cost honest people
+their jobs.
 """
 
 from __future__ import annotations
@@ -58,8 +60,7 @@ class SimConfig:
     crowd: dict[str, int] = field(default_factory=lambda: dict(CROWD))
     honeypot_share: float = 0.1
     baits: int = 80
-    qualification_share: float = 0.5  # honeypot share of a newcomer's first tasks, until ...
-    qualification_extra: int = 2  # ... the warm-up plus this many honeypots are done
+    qualification_share: float = 0.5  # honeypot share for newcomers and suspects
     bad_baits: float = 0.05  # share of baits whose gold is wrong
     per_round: int = 10  # tasks per annotator per round
     seed: int = 0
@@ -172,6 +173,7 @@ def simulate(config: SimConfig) -> dict[str, Any]:
     done: dict[int, set[str]] = defaultdict(set)
     subs: list[Sub] = []
     banned: dict[str, str] = {}
+    trusted: set[str] = set()  # newcomers and suspects get qualification_share honeypots
     retired: set[int] = set()
     rounds = 0
     while queue and rounds < 1000:
@@ -182,7 +184,8 @@ def simulate(config: SimConfig) -> dict[str, Any]:
         rng.shuffle(active)
         for name, kind in active:
             for _ in range(config.per_round):
-                task = _next(queue, baits, name, done, retired, config, rng)
+                share = config.honeypot_share if name in trusted else config.qualification_share
+                task = _next(queue, baits, name, done, retired, share, rng)
                 if task is None:
                     break
                 label = annotate(kind, task.shown, task.truth, rng, config.size)
@@ -192,6 +195,7 @@ def simulate(config: SimConfig) -> dict[str, Any]:
                 )
         result = assess(subs, rules, banned, retired)
         retired = {t for t, b in result.baits.items() if b.retired}
+        trusted = {n for n, a in result.annotators.items() if not a.suspect(rules)}
         for name, reason in result.new_bans.items():
             banned[name] = reason
             # their work on pool tasks goes back to the queue, to be done (and paid) again
@@ -233,12 +237,10 @@ def _next(
     name: str,
     done: dict[int, set[str]],
     retired: set[int],
-    config: SimConfig,
+    share: float,
     rng: np.random.Generator,
 ) -> _Task | None:
     fresh = [b for b in baits if name not in done[b.id] and b.id not in retired]
-    qualifying = len(baits) - len(fresh) < config.rules.warmup + config.qualification_extra
-    share = config.qualification_share if qualifying else config.honeypot_share
     if fresh and rng.random() < share:
         return fresh[int(rng.integers(len(fresh)))]
     for index, task in enumerate(queue):

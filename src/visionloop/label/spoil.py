@@ -57,6 +57,11 @@ def _present(gold: Label) -> list[str]:
     return [c for c, m in gold.items() if m.any()]
 
 
+def _pick_present(gold: Label, rng: np.random.Generator) -> str | None:
+    present = _present(gold)
+    return str(rng.choice(present)) if present else None
+
+
 def _erase(gold: Label, rng: np.random.Generator, _: float) -> tuple[Label, dict[str, Any]] | None:
     """Remove one object (a connected component of a class) from every class it is in."""
     objects = []
@@ -111,10 +116,9 @@ def _morph(grow: bool) -> Spoiler:
     def spoiler(
         gold: Label, rng: np.random.Generator, min_change: float
     ) -> tuple[Label, dict[str, Any]] | None:
-        present = _present(gold)
-        if not present:
+        name = _pick_present(gold, rng)
+        if name is None:
             return None
-        name = str(rng.choice(present))
         mask, step = gold[name], ndimage.binary_dilation if grow else ndimage.binary_erosion
         changed, iterations, least = mask, 0, _least_pixels(mask)
         while (iou(changed, mask) > 1 - min_change or iterations < least) and iterations < max(
@@ -135,10 +139,9 @@ def _shift(
     gold: Label, rng: np.random.Generator, min_change: float
 ) -> tuple[Label, dict[str, Any]] | None:
     """Move one class's mask (zero-filled), far enough to miss ``min_change`` of it."""
-    present = _present(gold)
-    if not present:
+    name = _pick_present(gold, rng)
+    if name is None:
         return None
-    name = str(rng.choice(present))
     mask = gold[name]
     angle = rng.uniform(0, 2 * np.pi)
     direction = np.array([np.sin(angle), np.cos(angle)])
