@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import csv
 import json
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated, Any
@@ -29,10 +29,14 @@ DEFAULT_DB = "sqlite:///labels.db"
 
 @contextmanager
 def _errors() -> Iterator[None]:
+    import httpx
+    from sqlalchemy.exc import SQLAlchemyError
+
     try:
         yield
-    except (ValueError, OSError, RuntimeError) as exc:
-        err_console.print(f"[red]error:[/red] {exc}")
+    except (ValueError, OSError, RuntimeError, SQLAlchemyError, httpx.HTTPError) as exc:
+        message = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        err_console.print(f"[red]error:[/red] {message}")
         raise typer.Exit(2) from None
 
 
@@ -179,16 +183,19 @@ def make_batch(
         Path | None, typer.Option(help="Export here (a .json, or a folder for png).")
     ] = None,
     image_prefix: Annotated[
-        str, typer.Option(help="Replaces the image folder in exported paths.")
+        str, typer.Option(help="URL for the batch's image folder (paths below it are kept).")
     ] = "",
     seed: Annotated[int, typer.Option()] = 0,
     db: Db = DEFAULT_DB,
 ) -> None:
     """Assemble a batch with honeypots and overlap, and export it."""
+    from visionloop.label.formats import FORMATS
     from visionloop.label.loop import make_batch as run
     from visionloop.label.spoil import SPOILINGS
 
     with _errors():
+        if out is not None and fmt not in FORMATS:
+            raise ValueError(f"--format must be one of {', '.join(FORMATS)}, got {fmt!r}")
         store = _store(db)
         tasks = run(
             store, name, size, classes=[c for c in classes.split(",") if c] or None,
@@ -204,10 +211,7 @@ def make_batch(
 def _export(store: Any, name: str, fmt: str, out: Path, prefix: str) -> None:
     from visionloop.label.loop import export_batch
 
-    url: Callable[[str], str] = str
-    if prefix:
-        url = lambda path: prefix.rstrip("/") + "/" + Path(path).name  # noqa: E731
-    count = export_batch(store, name, fmt, out, url)
+    count = export_batch(store, name, fmt, out, prefix=prefix)
     console.print(f"exported {count} tasks as {fmt} to {out}")
 
 
@@ -219,7 +223,7 @@ def export(
         str, typer.Option("--format", help="label-studio, coco or png.")
     ] = "label-studio",
     image_prefix: Annotated[
-        str, typer.Option(help="Replaces the image folder in exported paths.")
+        str, typer.Option(help="URL for the batch's image folder (paths below it are kept).")
     ] = "",
     db: Db = DEFAULT_DB,
 ) -> None:

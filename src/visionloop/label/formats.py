@@ -13,6 +13,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from xml.sax.saxutils import quoteattr
 
 import numpy as np
 
@@ -65,7 +66,7 @@ class Row:
 
 def label_config(classes: Sequence[str]) -> str:
     """The Label Studio labeling config the exported tasks are made for."""
-    labels = "".join(f'<Label value="{c}"/>' for c in classes)
+    labels = "".join(f"<Label value={quoteattr(c)}/>" for c in classes)
     return (
         f'<View><Image name="{TO_NAME}" value="$image"/>'
         f'<BrushLabels name="{FROM_NAME}" toName="{TO_NAME}">{labels}</BrushLabels></View>'
@@ -153,7 +154,9 @@ def _ls_annotation(where: str, task: int, classes: tuple[str, ...], annotation: 
     except (KeyError, TypeError, ValueError, AttributeError) as exc:
         return Row(where, task, str(who), error=f"bad brush result: {exc}")
     seconds = annotation.get("lead_time")
-    return Row(where, task, str(who), label, float(seconds) if seconds is not None else None)
+    if seconds is not None and _seconds(seconds) is None:
+        return Row(where, task, str(who), error=f"lead_time {seconds!r} is not a number")
+    return Row(where, task, str(who), label, _seconds(seconds))
 
 
 def brush_label(results: list[Any], classes: tuple[str, ...]) -> Label:
@@ -227,20 +230,30 @@ def read_coco(
         where = f"{path.name}: annotations[{n}]"
         try:
             task, who = int(a["image_id"]), a.get("annotator") or annotator
-            name = categories[int(a["category_id"])]
             if who is None:
                 raise ValueError("no annotator (set the annotation's annotator or --annotator)")
             if task not in classes:
                 raise ValueError(f"task {task} is not in this store")
-            if name not in classes[task]:
-                raise ValueError(f"class {name!r} is not one of this task's {list(classes[task])}")
-            mask = coco_decode(a["segmentation"])
-        except (KeyError, TypeError, ValueError) as exc:
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:
             yield Row(where, error=str(exc).strip('"'))
             continue
         row = grouped.setdefault(
             (task, str(who)), Row(where, task, str(who), seconds=_seconds(seconds.get(task)))
         )
+        if row.error is not None:
+            continue
+        try:
+            name = categories[int(a["category_id"])]
+            if name not in classes[task]:
+                raise ValueError(f"class {name!r} is not one of this task's {list(classes[task])}")
+            mask = coco_decode(a["segmentation"])
+            if name in row.label and row.label[name].shape != mask.shape:
+                raise ValueError(f"{name} masks of different sizes for task {task}")
+        except (KeyError, TypeError, ValueError) as exc:
+            # one bad piece spoils the whole submission: better none than a partial one
+            row.where = where
+            row.error = f"{str(exc).strip(chr(34))}; so task {task} by {who} is not ingested"
+            continue
         row.label[name] = row.label[name] | mask if name in row.label else mask
     yield from grouped.values()
 
@@ -272,46 +285,69 @@ def read_png(
     root: Path, classes: dict[int, tuple[str, ...]], sizes: dict[int, tuple[int, int]]
 ) -> Iterator[Row]:
     """Submissions from ``root/<annotator>/<class>/<task>.png``: every class of a task must
-    be there, at the image's size."""
+    be there, at the image's size. Any other file is reported, not skipped in silence."""
     if not root.is_dir():
         yield Row(str(root), error="not a folder of <annotator>/<class>/<task>.png")
         return
+    known = {c for names in classes.values() for c in names}
     for person in sorted(p for p in root.iterdir() if p.is_dir() and p.name != "prelabels"):
-        times = _times(person / "seconds.csv")
-        found = sorted({int(f.stem) for f in person.glob("*/*.png") if f.stem.isdigit()})
-        for task in found:
-            where = f"{person.name}/<class>/{task}.png"
-            if task not in classes:
-                yield Row(where, error=f"task {task} is not in this store")
+        times, bad = _times(person / "seconds.csv")
+        yield from bad
+        found: set[int] = set()
+        for file in sorted(f for f in person.rglob("*") if f.is_file()):
+            relative = file.relative_to(root).as_posix()
+            if file.parent == person and file.name == "seconds.csv":
                 continue
-            label: Label = {}
-            try:
-                for name in classes[task]:
-                    file = person / name / f"{task}.png"
-                    if not file.is_file():
-                        raise ValueError(f"{name}/{task}.png is missing: every class is needed")
-                    mask = png_decode(file.read_bytes())
-                    height, width = sizes[task]
-                    if mask.shape != (height, width):
-                        raise ValueError(
-                            f"{name}/{task}.png is {mask.shape[1]}x{mask.shape[0]}, "
-                            f"the image is {width}x{height}"
-                        )
-                    label[name] = mask
-            except ValueError as exc:
-                yield Row(where, task, person.name, error=str(exc))
-                continue
-            yield Row(where, task, person.name, label, times.get(task))
+            if file.parent.parent != person or file.parent.name not in known:
+                yield Row(
+                    relative, error=f"not <annotator>/<class>/<task>.png, classes {sorted(known)}"
+                )
+            elif file.suffix.lower() != ".png" or not file.stem.isdigit():
+                yield Row(relative, error="mask files are named <task id>.png")
+            else:
+                found.add(int(file.stem))
+        for task in sorted(found):
+            yield _png_row(person, task, classes, sizes, times)
 
 
-def _times(path: Path) -> dict[int, float]:
+def _png_row(
+    person: Path,
+    task: int,
+    classes: dict[int, tuple[str, ...]],
+    sizes: dict[int, tuple[int, int]],
+    times: dict[int, float],
+) -> Row:
+    where = f"{person.name}/<class>/{task}.png"
+    if task not in classes:
+        return Row(where, error=f"task {task} is not in this store")
+    label: Label = {}
+    try:
+        for name in classes[task]:
+            files = [f for f in (person / name).glob(f"{task}.*") if f.suffix.lower() == ".png"]
+            if not files:
+                raise ValueError(f"{name}/{task}.png is missing: every class is needed")
+            mask = png_decode(files[0].read_bytes())
+            height, width = sizes[task]
+            if mask.shape != (height, width):
+                raise ValueError(
+                    f"{name}/{task}.png is {mask.shape[1]}x{mask.shape[0]}, "
+                    f"the image is {width}x{height}"
+                )
+            label[name] = mask
+    except ValueError as exc:
+        return Row(where, task, person.name, error=str(exc))
+    return Row(where, task, person.name, label, times.get(task))
+
+
+def _times(path: Path) -> tuple[dict[int, float], list[Row]]:
+    """``seconds.csv`` (task,seconds), and a row for each line that cannot be read."""
     if not path.is_file():
-        return {}
-    out = {}
+        return {}, []
+    out, bad = {}, []
     with path.open(newline="") as f:
-        for row in csv.DictReader(f):
+        for line, row in enumerate(csv.DictReader(f), 2):
             try:
                 out[int(row["task"])] = float(row["seconds"])
             except (KeyError, TypeError, ValueError):
-                continue
-    return out
+                bad.append(Row(f"{path.parent.name}/seconds.csv:{line}", error="need task,seconds"))
+    return out, bad

@@ -4,20 +4,22 @@ export, ingest, QC, and write the accepted labels as a training dataset."""
 from __future__ import annotations
 
 import csv
+import os
 import random
 import shutil
 from collections import defaultdict
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 from PIL import Image as PILImage
+from PIL import ImageOps
 from sqlalchemy import select
 
 from visionloop.label import formats
-from visionloop.label.masks import Label, label_from_json, label_to_json
+from visionloop.label.masks import BoolMask, StoredLabel, label_from_json, label_to_json
 from visionloop.label.prelabel import Prelabeler
 from visionloop.label.quality import QCResult, Rules, Sub, aggregate, assess
 from visionloop.label.spoil import SPOILINGS, spoil
@@ -39,8 +41,12 @@ IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif"}
 
 
 def _size(path: Path) -> tuple[int, int]:
+    """Width and height as shown (EXIF rotation applied, as browsers and tools do)."""
     with PILImage.open(path) as image:
-        return image.size
+        width, height = image.size
+        if image.getexif().get(0x0112, 1) in (5, 6, 7, 8):  # a quarter turn
+            return height, width
+        return width, height
 
 
 def _images(folder: Path) -> list[Path]:
@@ -85,7 +91,7 @@ def add_gold(store: Store, dataset: Path) -> int:
 def prelabel(store: Store, model: Prelabeler, everything: bool = False, batch: int = 16) -> int:
     """Pre-label the selected images that have none (``everything``: the whole pool)."""
     with store.session() as s:
-        query = select(Image).where(Image.prelabel.is_(None))
+        query = select(Image).where(Image.prelabel.is_(None), Image.gold.is_(None))
         if not everything:
             query = query.where(Image.selected.is_not(None))
         todo = [(i.id, Path(i.path)) for i in s.scalars(query)]
@@ -201,7 +207,8 @@ def _classes(images: Iterable[Image], field: str) -> list[str]:
 def _bait_images(
     s: Any, classes: Sequence[str], count: int, rng: np.random.Generator
 ) -> list[Image]:
-    """Gold images with every wanted class, not retired as a bait, least used first."""
+    """Up to ``count`` gold images with every wanted class, not retired as a bait, least used
+    first (add more gold when a batch asks for more honeypots than that)."""
     if count <= 0:
         return []
     retired = set(s.scalars(select(Task.image_id).where(Task.retired_at.is_not(None))))
@@ -219,13 +226,23 @@ def _bait_images(
             "(or --honeypots 0)"
         )
     order = sorted(gold, key=lambda i: (uses[i.id], rng.random()))
-    return [order[n % len(order)] for n in range(count)]
+    # never the same bait twice in one batch: a repeated image gives the honeypot away
+    return order[:count]
 
 
 def export_batch(
-    store: Store, name: str, fmt: str, out: Path, image_url: Callable[[str], str] = str
+    store: Store,
+    name: str,
+    fmt: str,
+    out: Path,
+    image_url: Callable[[str], str] | None = None,
+    prefix: str = "",
 ) -> int:
-    """Write batch ``name``'s tasks in ``fmt`` (label-studio, coco, png) to ``out``."""
+    """Write batch ``name``'s tasks in ``fmt`` (label-studio, coco, png) to ``out``. Images
+    are named by ``image_url(path)``, or by ``prefix`` + their path below the batch's common
+    folder (where an annotation tool serves them), or by their path."""
+    if fmt not in formats.FORMATS:
+        raise ValueError(f"format must be one of {', '.join(formats.FORMATS)}, got {fmt!r}")
     with store.session() as s:
         rows = s.execute(
             select(Task, Image)
@@ -235,9 +252,10 @@ def export_batch(
         ).all()
         if not rows:
             raise ValueError(f"no batch {name!r}")
+        url = image_url or _prefixed(prefix, [i.path for _, i in rows])
         tasks = [
             formats.ExportTask(
-                t.id, image_url(i.path), i.width, i.height, label_from_json(t.prelabel or {})
+                t.id, url(i.path), i.width, i.height, label_from_json(t.prelabel or {})
             )
             for t, i in rows
         ]
@@ -247,11 +265,22 @@ def export_batch(
         out.with_name(out.stem + ".label_config.xml").write_text(formats.label_config(classes))
     elif fmt == "coco":
         formats.write_coco(tasks, out, classes)
-    elif fmt == "png":
-        formats.write_png(tasks, out)
     else:
-        raise ValueError(f"format must be one of {', '.join(formats.FORMATS)}, got {fmt!r}")
+        formats.write_png(tasks, out)
     return len(tasks)
+
+
+def _prefixed(prefix: str, paths: Sequence[str]) -> Callable[[str], str]:
+    if not prefix:
+        return str
+    root = Path(os.path.commonpath(paths))
+    if len(set(paths)) == 1:
+        root = root.parent
+
+    def url(path: str) -> str:
+        return prefix.rstrip("/") + "/" + Path(path).relative_to(root).as_posix()
+
+    return url
 
 
 @dataclass
@@ -300,6 +329,33 @@ def _complete(row: formats.Row, classes: Sequence[str], size: tuple[int, int]) -
     return None
 
 
+def _write_masks(folder: Path, stem: str, labels: Sequence[Mapping[str, BoolMask]]) -> set[str]:
+    """The classes of ``labels`` (a later label wins for its classes) as PNGs; their names."""
+    done: set[str] = set()
+    for label in reversed(labels):
+        for c in label:
+            if c not in done:
+                done.add(c)
+                mask = np.asarray(label[c], dtype=np.uint8) * 255
+                PILImage.fromarray(mask).save(folder / c / f"{stem}.png")
+    return done
+
+
+def _copy_upright(source: Path, folder: Path, stem: str) -> str:
+    """Copy the image; one with an EXIF rotation is written upright (the masks are drawn on
+    the upright image), so that nobody downstream has to know about EXIF."""
+    with PILImage.open(source) as image:
+        rotated = image.getexif().get(0x0112, 1) not in (1, None)
+        if rotated:
+            upright = ImageOps.exif_transpose(image)
+            name = f"{stem}.png"
+            upright.save(folder / name)
+            return name
+    name = f"{stem}{source.suffix}"
+    shutil.copyfile(source, folder / name)
+    return name
+
+
 def load_subs(store: Store) -> tuple[list[Sub], dict[str, str], set[int]]:
     """Every submission as QC sees it, the bans already made and the retired baits."""
     with store.session() as s:
@@ -311,8 +367,8 @@ def load_subs(store: Store) -> tuple[list[Sub], dict[str, str], set[int]]:
         ).all()
         subs = [
             Sub(
-                t.id, a.name, t.kind, label_from_json(sub.masks), label_from_json(t.prelabel or {}),
-                label_from_json(t.gold) if t.gold else None, sub.seconds,
+                t.id, a.name, t.kind, StoredLabel(sub.masks), StoredLabel(t.prelabel or {}),
+                StoredLabel(t.gold) if t.gold else None, sub.seconds,
             )
             for sub, t, a in rows
         ]  # fmt: skip
@@ -354,38 +410,37 @@ def write_dataset(
     dataset in the partial-label format; a class is marked annotated on an image only if a
     task asked for it. Returns the number of images."""
     accepted = {k for k, (verdict, _) in result.verdicts.items() if verdict == "accepted"}
-    groups: dict[int, list[tuple[str, Label]]] = defaultdict(list)
+    groups: dict[int, list[tuple[str, Mapping[str, BoolMask]]]] = defaultdict(list)
     for sub in subs:
         if sub.kind != "honeypot" and (sub.task, sub.annotator) in accepted:
             groups[sub.task].append((sub.annotator, sub.label))
     skills = {n: a.skill for n, a in result.annotators.items()}
-    final = aggregate({t: g for t, g in groups.items() if len(g) > 1}, skills, method)
-    final.update({t: g[0][1] for t, g in groups.items() if len(g) == 1})
-    labels: dict[int, Label] = defaultdict(dict)
+    overlapped = {t: [(w, dict(x.items())) for w, x in g] for t, g in groups.items() if len(g) > 1}
+    final: dict[int, Mapping[str, BoolMask]] = dict(aggregate(overlapped, skills, method))
+    final.update({t: g[0][1] for t, g in groups.items() if len(g) == 1})  # still encoded
+    # per image, the labels to merge (later tasks win per class); decoded only when written
+    sources: dict[int, list[Mapping[str, BoolMask]]] = defaultdict(list)
     with store.session() as s:
         tasks = {t.id: t for t in s.scalars(select(Task))}
         images = {i.id: i for i in s.scalars(select(Image))}
         for task_id, label in sorted(final.items()):
-            labels[tasks[task_id].image_id].update(label)
-        for t in tasks.values():
+            sources[tasks[task_id].image_id].append(label)
+        for t in sorted(tasks.values(), key=lambda t: t.id):
             if t.kind == "honeypot" and t.gold and t.retired_at is None:
-                labels[t.image_id].update(label_from_json(t.gold))
-        if not labels:
+                sources[t.image_id].append(StoredLabel(t.gold))
+        if not sources:
             raise ValueError("no accepted labels yet: ingest submissions and run qc first")
-        classes = sorted({c for label in labels.values() for c in label})
+        classes = sorted({c for group in sources.values() for label in group for c in label})
         for c in classes:
             (out / "masks" / c).mkdir(parents=True, exist_ok=True)
         (out / "images").mkdir(parents=True, exist_ok=True)
         rows = []
-        for image_id, label in sorted(labels.items()):
+        for image_id, group in sorted(sources.items()):
             source = Path(images[image_id].path)
             stem = f"{image_id:06d}_{source.stem}"
-            shutil.copyfile(source, out / "images" / f"{stem}{source.suffix}")
-            for c, mask in label.items():
-                PILImage.fromarray(mask.astype(np.uint8) * 255).save(
-                    out / "masks" / c / f"{stem}.png"
-                )
-            rows.append([f"{stem}{source.suffix}", *(int(c in label) for c in classes)])
+            name = _copy_upright(source, out / "images", stem)
+            done = _write_masks(out / "masks", stem, group)
+            rows.append([name, *(int(c in done) for c in classes)])
     with (out / "labels.csv").open("w", newline="") as f:
         writer = csv.writer(f)
         writer.writerow(["image", *classes])

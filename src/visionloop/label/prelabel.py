@@ -14,7 +14,7 @@ from typing import Protocol
 
 import numpy as np
 import torch
-from PIL import Image
+from PIL import Image, ImageOps
 
 from visionloop.label.masks import Label, coco_decode
 from visionloop.models.catseg import CatSeg
@@ -28,7 +28,7 @@ class Prelabeler(Protocol):
 
 def _square(path: Path, size: int) -> tuple[Image.Image, tuple[int, int]]:
     with Image.open(path) as raw:
-        image = raw.convert("RGB")
+        image = ImageOps.exif_transpose(raw).convert("RGB")  # as shown, like the store's size
     return image.resize((size, size), Image.Resampling.BILINEAR), image.size
 
 

@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 import numpy as np
 from scipy.stats import beta
 
-from visionloop.label.masks import BoolMask, Label, iou
+from visionloop.label.masks import BoolMask, Label, StoredLabel, iou
 
 __all__ = [
     "AGGREGATORS",
@@ -79,9 +79,9 @@ class Sub:
     task: int
     annotator: str
     kind: str
-    label: Label
-    prelabel: Label
-    gold: Label | None = None
+    label: Mapping[str, BoolMask]
+    prelabel: Mapping[str, BoolMask]
+    gold: Mapping[str, BoolMask] | None = None
     seconds: float | None = None
 
 
@@ -153,20 +153,21 @@ class QCResult:
 def check_honeypot(sub: Sub, rules: Rules) -> HoneypotCheck:
     if sub.gold is None:
         raise ValueError(f"task {sub.task} is a honeypot without gold")
-    label = {c: sub.label.get(c, np.zeros_like(g)) for c, g in sub.gold.items()}
-    overlap = float(np.mean([iou(label[c], g) for c, g in sub.gold.items()]))
-    spoiled = [sub.gold[c] != sub.prelabel[c] for c in sub.gold if c in sub.prelabel]
-    total = sum(int(np.count_nonzero(s)) for s in spoiled)
-    right = sum(
-        int(np.count_nonzero((label[c] == sub.gold[c]) & region))
-        for c, region in zip([c for c in sub.gold if c in sub.prelabel], spoiled, strict=True)
-    )
+    gold = dict(sub.gold.items())  # decoded once (stored labels decode on access)
+    shown = dict(sub.prelabel.items())
+    label = {c: sub.label.get(c, np.zeros_like(g)) for c, g in gold.items()}
+    overlap = float(np.mean([iou(label[c], g) for c, g in gold.items()]))
+    regions = {c: gold[c] != shown[c] for c in gold if c in shown}
+    total = sum(int(np.count_nonzero(r)) for r in regions.values())
+    right = sum(int(np.count_nonzero((label[c] == gold[c]) & r)) for c, r in regions.items())
     fixed = right / total if total else 1.0
     passed = overlap >= rules.iou_threshold and fixed >= rules.fix_fraction
     return HoneypotCheck(sub.task, sub.annotator, overlap, fixed, passed)
 
 
 def _unchanged(sub: Sub) -> bool:
+    if isinstance(sub.label, StoredLabel) and isinstance(sub.prelabel, StoredLabel):
+        return all(sub.label.json.get(c) == rle for c, rle in sub.prelabel.json.items())
     return all(
         np.array_equal(sub.label.get(c, np.zeros_like(p)), p) for c, p in sub.prelabel.items()
     )
@@ -203,6 +204,8 @@ def assess(
         person = scores[s.annotator]
         if person.ban:
             result.verdicts[s.task, s.annotator] = ("rejected", f"annotator banned: {person.ban}")
+        elif s.kind == "honeypot" and s.task in retired_now:
+            result.verdicts[s.task, s.annotator] = ("accepted", "honeypot retired: not judged")
         elif s.kind == "honeypot":
             check = passed[s.task, s.annotator]
             why = f"honeypot IoU {check.iou:.2f}, spoiling {check.fixed:.0%} fixed"
@@ -329,7 +332,7 @@ def _health(
 
 
 def aggregate(
-    labels: Mapping[int, Sequence[tuple[str, Label]]],
+    labels: Mapping[int, Sequence[tuple[str, Mapping[str, BoolMask]]]],
     skills: Mapping[str, float] | None = None,
     method: str = "mv",
 ) -> dict[int, Label]:

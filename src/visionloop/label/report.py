@@ -9,14 +9,15 @@ from __future__ import annotations
 import base64
 import html
 import io
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
 from PIL import Image as PILImage
+from PIL import ImageOps
 from sqlalchemy import select
 
-from visionloop.label.masks import Label
+from visionloop.label.masks import BoolMask
 from visionloop.label.quality import QCResult, Sub
 from visionloop.label.store import Image, Store, Task
 
@@ -130,7 +131,7 @@ def _failures(store: Store, result: QCResult, subs: Sequence[Sub], worst: int) -
         sub = by_key[check.task, check.annotator]
         try:
             with PILImage.open(paths[check.task]) as raw:
-                photo = raw.convert("RGB")
+                photo = ImageOps.exif_transpose(raw).convert("RGB")
         except OSError:
             photo = PILImage.new("RGB", next(iter(sub.prelabel.values())).shape[::-1], "grey")
         caption = (
@@ -147,7 +148,7 @@ def _failures(store: Store, result: QCResult, subs: Sequence[Sub], worst: int) -
     return "".join(blocks)
 
 
-def _figure(photo: PILImage.Image, label: Label | None, caption: str) -> str:
+def _figure(photo: PILImage.Image, label: Mapping[str, BoolMask] | None, caption: str) -> str:
     pixels = np.asarray(photo, dtype=np.float32).copy()
     for colour, mask in zip(_COLOURS, (label or {}).values(), strict=False):
         if mask.shape == pixels.shape[:2]:

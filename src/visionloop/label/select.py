@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import numpy.typing as npt
 import torch
-from PIL import Image
+from PIL import Image, ImageOps
 
 from visionloop.imaging import ImageLimits, prepare
 from visionloop.models.base import VisionModel
@@ -62,7 +62,8 @@ def group_indices(spec: str) -> list[int]:
 
 def _square(path: Path, size: int) -> npt.NDArray[np.uint8]:
     with Image.open(path) as raw:
-        image = raw.convert("RGB").resize((size, size), Image.Resampling.BILINEAR)
+        upright = ImageOps.exif_transpose(raw).convert("RGB")
+    image = upright.resize((size, size), Image.Resampling.BILINEAR)
     return np.asarray(image, dtype=np.uint8)
 
 

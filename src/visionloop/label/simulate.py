@@ -25,14 +25,14 @@ their jobs.
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 from scipy import ndimage
 
-from visionloop.label.masks import Label, iou
+from visionloop.label.masks import BoolMask, Label, iou
 from visionloop.label.quality import QCResult, Rules, Sub, aggregate, assess, mean_iou
 from visionloop.label.spoil import spoil
 
@@ -260,12 +260,14 @@ def _figures(
 ) -> dict[str, Any]:
     banned = result.banned()
     accepted = {key for key, (verdict, _) in result.verdicts.items() if verdict == "accepted"}
-    labels: dict[int, list[tuple[str, Label]]] = defaultdict(list)
+    labels: dict[int, list[tuple[str, Mapping[str, BoolMask]]]] = defaultdict(list)
     for s in subs:
         if (s.task, s.annotator) in accepted and s.kind != "honeypot":
             labels[s.task].append((s.annotator, s.label))
     skills = {n: a.skill for n, a in result.annotators.items()}
-    final = aggregate({t: g for t, g in labels.items() if len(g) > 1}, skills)
+    final: dict[int, Mapping[str, BoolMask]] = dict(
+        aggregate({t: g for t, g in labels.items() if len(g) > 1}, skills)
+    )
     final.update({t: g[0][1] for t, g in labels.items() if len(g) == 1})
     scores = [mean_iou(final[t.id], t.truth) if t.id in final else 0.0 for t in pool]
     lazy = [n for n, k in kind_of.items() if k in LAZY]

@@ -151,15 +151,20 @@ class Store:
             yield session
 
     def add_image(self, path: str, width: int, height: int) -> int:
-        """The image's id, adding it if new (paths are unique)."""
-        with self.session() as s:
-            found = s.scalar(select(Image).where(Image.path == path))
-            if found is not None:
-                return found.id
-            image = Image(path=path, width=width, height=height)
-            s.add(image)
-            s.flush()
-            return image.id
+        """The image's id, adding it if new (paths are unique); safe when two adds race."""
+        for _ in range(2):
+            try:
+                with self.session() as s:
+                    found = s.scalar(select(Image).where(Image.path == path))
+                    if found is not None:
+                        return found.id
+                    image = Image(path=path, width=width, height=height)
+                    s.add(image)
+                    s.flush()
+                    return image.id
+            except IntegrityError:
+                continue  # added by another writer meanwhile: read it
+        raise RuntimeError(f"could not add image {path!r}")
 
     def annotator(self, name: str) -> int:
         """The annotator's id, adding them if new; safe when two ingests race."""
