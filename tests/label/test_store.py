@@ -99,3 +99,9 @@ def test_a_version_1_database_is_migrated_in_place(tmp_path):
         assert task.image_id == 1
         s.add(Decision(kind="ban", reason="test"))
     assert store.submit(1, "ann", RLE)
+
+
+def test_racing_adds_of_one_image_give_one_row(store):
+    with ThreadPoolExecutor(8) as pool:
+        ids = set(pool.map(lambda _: store.add_image("images/same.png", 4, 3), range(16)))
+    assert len(ids) == 1

@@ -151,36 +151,33 @@ class Store:
             yield session
 
     def add_image(self, path: str, width: int, height: int) -> int:
-        """The image's id, adding it if new (paths are unique); safe when two adds race."""
-        for _ in range(2):
-            try:
-                with self.session() as s:
-                    found = s.scalar(select(Image).where(Image.path == path))
-                    if found is not None:
-                        return found.id
-                    image = Image(path=path, width=width, height=height)
-                    s.add(image)
-                    s.flush()
-                    return image.id
-            except IntegrityError:
-                continue  # added by another writer meanwhile: read it
-        raise RuntimeError(f"could not add image {path!r}")
+        """The image's id, adding it if new (paths are unique)."""
+        return self._get_or_add(
+            select(Image).where(Image.path == path),
+            lambda: Image(path=path, width=width, height=height),
+        )
 
     def annotator(self, name: str) -> int:
-        """The annotator's id, adding them if new; safe when two ingests race."""
+        """The annotator's id, adding them if new."""
+        return self._get_or_add(
+            select(Annotator).where(Annotator.name == name), lambda: Annotator(name=name)
+        )
+
+    def _get_or_add(self, query: Any, make: Callable[[], Image | Annotator]) -> int:
+        """Read the row, or add it; safe when two writers race to add the same one."""
         for _ in range(2):
             try:
                 with self.session() as s:
-                    found = s.scalar(select(Annotator).where(Annotator.name == name))
+                    found = s.scalar(query)
                     if found is not None:
-                        return found.id
-                    person = Annotator(name=name)
-                    s.add(person)
+                        return int(found.id)
+                    row = make()
+                    s.add(row)
                     s.flush()
-                    return person.id
+                    return row.id
             except IntegrityError:
                 continue  # added by another writer meanwhile: read it
-        raise RuntimeError(f"could not add annotator {name!r}")
+        raise RuntimeError(f"could not add {make()!r}")
 
     def submit(
         self, task_id: int, annotator: str, masks: dict[str, Any], seconds: float | None = None
