@@ -84,24 +84,18 @@ def select_images(
     db: Db = DEFAULT_DB,
 ) -> None:
     """Pick K pool images for annotation with the segmenter."""
-    from visionloop.label.loop import mark_selected, pool
-    from visionloop.label.select import METHODS, pick, pool_scores
+    from visionloop.label.loop import select_images as run
+    from visionloop.label.select import METHODS
     from visionloop.models import registry
     from visionloop.models.catseg import CatSeg
 
     with _errors():
         if method not in METHODS:
             raise ValueError(f"--method must be one of {', '.join(METHODS)}")
-        store = _store(db)
-        candidates = pool(store)
-        if not candidates:
-            raise ValueError("the pool is empty: `label add IMAGES` first")
         model = registry.create("catseg", weights)
         assert isinstance(model, CatSeg)
-        entropy, embeddings = pool_scores(model, [p for _, p in candidates])
-        picks = pick(method, k, entropy, embeddings)
-        mark_selected(store, [(candidates[i][0], score) for i, score in picks], method)
-        console.print(f"selected {len(picks)} of {len(candidates)} pool images by {method}")
+        picked, size = run(_store(db), model, k, method)
+        console.print(f"selected {picked} of {size} pool images by {method}")
 
 
 @app.command("mine")

@@ -85,6 +85,9 @@ def test_select_prelabel_batch_crowd_ingest_qc_dataset_train(world):
     html = (tmp / "qc.html").read_text()
     assert "Annotators" in html
     assert "Honeypot health" in html
+    assert "<svg" in html  # the skill histogram
+    assert html.count("data:image/png;base64,") >= 4  # a failure: image, gold, shown, submitted
+    assert "<script" not in html
     with (tmp / "pay.csv").open() as f:
         pay = {row["annotator"]: row for row in csv.DictReader(f)}
     with store.session() as s:

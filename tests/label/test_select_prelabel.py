@@ -102,3 +102,17 @@ def test_a_server_error_names_the_image(serve, catseg, photos):
     server = serve(model=catseg)
     with pytest.raises(RuntimeError, match=r"0\.png: the server said 404"):
         ServerPrelabeler(server.url, "nonexistent", size=64)(photos[:1])
+
+
+def test_kcenter_moves_away_from_labelled_images_past_the_pool():
+    rng = np.random.default_rng(1)
+    centres = np.array([[0, 0], [10, 0], [0, 10]], dtype=np.float32)
+    pool = np.concatenate([c + rng.normal(0, 0.3, (10, 2)) for c in centres])
+    labelled = np.array([[0.1, 0.1], [10.1, 0.1]], dtype=np.float32)  # clusters 0 and 1 done
+    rows = np.concatenate([pool, labelled]).astype(np.float32)
+    picks = kcenter(rows, 1, centers=[30, 31], candidates=30)
+    assert picks[0] // 10 == 2  # the one cluster nobody has labelled
+    entropy = np.zeros(30)
+    chosen = [i for i, _ in pick("diversity", 3, entropy, rows, labelled=[30, 31])]
+    assert all(i < 30 for i in chosen)
+    assert chosen[0] // 10 == 2

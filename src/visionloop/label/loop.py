@@ -22,8 +22,10 @@ from visionloop.label import formats
 from visionloop.label.masks import BoolMask, StoredLabel, label_from_json, label_to_json
 from visionloop.label.prelabel import Prelabeler
 from visionloop.label.quality import QCResult, Rules, Sub, aggregate, assess
+from visionloop.label.select import pick, pool_scores
 from visionloop.label.spoil import SPOILINGS, spoil
 from visionloop.label.store import Annotator, Decision, Image, Store, Submission, Task, _now
+from visionloop.models.catseg import CatSeg
 
 __all__ = [
     "IngestReport",
@@ -117,6 +119,33 @@ def pool(store: Store) -> list[tuple[int, Path]]:
         used = set(s.scalars(select(Task.image_id)))
         rows = s.scalars(select(Image).where(Image.selected.is_(None), Image.gold.is_(None)))
         return [(i.id, Path(i.path)) for i in rows if i.id not in used]
+
+
+def covered(store: Store) -> list[tuple[int, Path]]:
+    """Images already chosen, in a task, or with gold: what diversity should move away from."""
+    with store.session() as s:
+        used = set(s.scalars(select(Task.image_id)))
+        rows = s.scalars(select(Image))
+        return [
+            (i.id, Path(i.path))
+            for i in rows
+            if i.id in used or i.selected is not None or i.gold is not None
+        ]
+
+
+def select_images(store: Store, model: CatSeg, k: int, method: str) -> tuple[int, int]:
+    """Mark ``k`` pool images selected by ``method``; k-center treats every image already
+    covered (selected, labelled or gold) as a centre. Returns (picked, pool size)."""
+    candidates, centres = pool(store), covered(store)
+    if not candidates:
+        raise ValueError("the pool is empty: `label add IMAGES` first")
+    needs_embeddings = method != "uncertainty"
+    paths = [p for _, p in candidates] + ([p for _, p in centres] if needs_embeddings else [])
+    entropy, embeddings = pool_scores(model, paths)
+    labelled = list(range(len(candidates), len(paths)))
+    picks = pick(method, k, entropy[: len(candidates)], embeddings, labelled)
+    mark_selected(store, [(candidates[i][0], score) for i, score in picks], method)
+    return len(picks), len(candidates)
 
 
 def make_batch(

@@ -94,25 +94,37 @@ def pool_scores(
     return np.concatenate(entropy), np.concatenate(embeddings)
 
 
-def kcenter(embeddings: npt.NDArray[np.float32], k: int, centers: Sequence[int] = ()) -> list[int]:
-    """k-center greedy: ``k`` indices, each the farthest from ``centers`` and earlier picks
-    (the first is the farthest from the mean when there are no centers)."""
-    count = len(embeddings)
-    k = min(k, count - len(set(centers)))
+def kcenter(
+    embeddings: npt.NDArray[np.float32],
+    k: int,
+    centers: Sequence[int] = (),
+    candidates: int | None = None,
+) -> list[int]:
+    """k-center greedy: ``k`` indices among the first ``candidates`` rows (default all), each
+    the farthest from ``centers`` and the earlier picks (with no centres, the first is the
+    farthest from the mean)."""
+    count = len(embeddings) if candidates is None else candidates
+    k = min(k, count - len({c for c in centers if c < count}))
     if k <= 0:
         return []
     if centers:
-        distance = np.min(
-            np.linalg.norm(embeddings[:, None] - embeddings[list(centers)][None], axis=2), axis=1
-        )
+        distance = np.full(len(embeddings), np.inf)
+        squares = (embeddings.astype(np.float64) ** 2).sum(1)
+        chosen = list(centers)
+        for start in range(0, len(chosen), 512):  # N x 512 at a time, not N x centres x dims
+            block = embeddings[chosen[start : start + 512]].astype(np.float64)
+            d2 = squares[:, None] + (block**2).sum(1)[None] - 2 * embeddings @ block.T
+            distance = np.minimum(distance, np.sqrt(np.maximum(d2, 0)).min(1))
     else:
         distance = np.linalg.norm(embeddings - embeddings.mean(0), axis=1)
+    distance[count:] = -1.0  # labelled rows are centres, never picks
     picks: list[int] = []
     for _ in range(k):
         index = int(np.argmax(distance))
         picks.append(index)
         distance = np.minimum(distance, np.linalg.norm(embeddings - embeddings[index], axis=1))
         distance[index] = -1.0
+        distance[count:] = -1.0
     return picks
 
 
@@ -123,17 +135,20 @@ def pick(
     embeddings: npt.NDArray[np.float32],
     labelled: Sequence[int] = (),
 ) -> list[tuple[int, float]]:
-    """``k`` pool indices with a score (entropy, or distance rank for diversity)."""
+    """``k`` pool indices with a score (entropy, or distance rank for diversity). Rows of
+    ``embeddings`` past the pool are labelled images; with ``labelled`` their indices, k-center
+    picks away from them."""
     if method not in METHODS:
         raise ValueError(f"method must be one of {', '.join(METHODS)}, got {method!r}")
+    count = len(entropy)  # the pool; embeddings may go on with the labelled images
     if method == "uncertainty":
         order = np.argsort(-entropy, kind="stable")[:k]
         return [(int(i), float(entropy[i])) for i in order]
     if method == "diversity":
-        chosen = kcenter(embeddings, k, labelled)
+        chosen = kcenter(embeddings, k, labelled, count)
         return [(i, float(k - n)) for n, i in enumerate(chosen)]
     first = [i for i, _ in pick("uncertainty", k // 2, entropy, embeddings)]
-    rest = kcenter(embeddings, k - len(first), [*labelled, *first])
+    rest = kcenter(embeddings, k - len(first), [*labelled, *first], count)
     return [(i, float(entropy[i])) for i in [*first, *rest]]
 
 
