@@ -105,3 +105,23 @@ def test_racing_adds_of_one_image_give_one_row(store):
     with ThreadPoolExecutor(8) as pool:
         ids = set(pool.map(lambda _: store.add_image("images/same.png", 4, 3), range(16)))
     assert len(ids) == 1
+
+
+def test_postgresql_works_as_well_as_sqlite(postgres_url):
+    """A team's store: the same schema, migrations and race-safety on PostgreSQL."""
+    from sqlalchemy import text
+
+    store = open_store(postgres_url)
+    with store.engine.begin() as connection:  # a clean slate: the cluster is per session
+        connection.execute(text("TRUNCATE submissions, decisions, tasks, annotators, images"))
+    assert store.version() == 2
+    task = a_task(store)
+    jobs = [(task, f"ann{i % 5}") for i in range(40)]
+    with ThreadPoolExecutor(8) as pool:
+        accepted = list(pool.map(lambda job: store.submit(job[0], job[1], RLE), jobs))
+    assert sum(accepted) == 5
+    assert count(store) == 5
+    with ThreadPoolExecutor(8) as pool:
+        ids = set(pool.map(lambda _: store.add_image("images/same.png", 4, 3), range(16)))
+    assert len(ids) == 1
+    assert open_store(postgres_url).version() == 2  # reopening migrates nothing

@@ -175,7 +175,7 @@ def make_batch(
         ready = s.scalars(
             select(Image)
             .where(Image.selected.is_not(None), Image.prelabel.is_not(None), Image.gold.is_(None))
-            .order_by(Image.score.desc())
+            .order_by(Image.score.desc().nulls_last())
         ).all()
         picked = [] if qualification else [i for i in ready if i.id not in used][:size]
         if classes:
