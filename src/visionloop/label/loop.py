@@ -190,37 +190,41 @@ def make_batch(
         baits = _bait_images(s, wanted, honeypots, rng)
         if not picked and not baits:
             raise ValueError("nothing to batch: select and pre-label images first (and add gold)")
-        tasks = []
         overlap = set(rng.permutation(len(picked))[: round(len(picked) * overlap_share)].tolist())
-        for n, image in enumerate(picked):
-            shown = {c: v for c, v in (image.prelabel or {}).items() if c in wanted}
-            if set(shown) != set(wanted):
-                raise ValueError(
-                    f"{image.path}: pre-label has {sorted(shown)}, batch needs {wanted}"
-                )
-            kind = "overlap" if n in overlap else "normal"
-            tasks.append(
-                Task(
-                    image_id=image.id,
-                    batch=name,
-                    kind=kind,
-                    prelabel=shown,
-                    copies=copies if kind == "overlap" else 1,
-                )
-            )
-        for image in baits:
-            gold = label_from_json({c: image.gold[c] for c in wanted})  # type: ignore[index]
-            spoiled, record = spoil(gold, rng, spoilings)
-            tasks.append(
-                Task(
-                    image_id=image.id, batch=name, kind="honeypot", prelabel=label_to_json(spoiled),
-                    gold=label_to_json(gold), spoil=record, copies=copies,
-                )
-            )  # fmt: skip
+        tasks = [
+            _task(name, image, wanted, copies if n in overlap else 1)
+            for n, image in enumerate(picked)
+        ]
+        tasks += [_honeypot(name, image, wanted, copies, spoilings, rng) for image in baits]
         random.Random(seed).shuffle(tasks)
         s.add_all(tasks)
         s.flush()
         return [t.id for t in tasks]
+
+
+def _task(batch: str, image: Image, classes: Sequence[str], copies: int) -> Task:
+    shown = {c: v for c, v in (image.prelabel or {}).items() if c in classes}
+    if set(shown) != set(classes):
+        raise ValueError(f"{image.path}: pre-label has {sorted(shown)}, batch needs {classes}")
+    kind = "overlap" if copies > 1 else "normal"
+    return Task(image_id=image.id, batch=batch, kind=kind, prelabel=shown, copies=copies)
+
+
+def _honeypot(
+    batch: str,
+    image: Image,
+    classes: Sequence[str],
+    copies: int,
+    spoilings: Sequence[str],
+    rng: np.random.Generator,
+) -> Task:
+    """A task showing the gold with one recorded spoiling."""
+    gold = label_from_json({c: (image.gold or {})[c] for c in classes})
+    spoiled, record = spoil(gold, rng, spoilings)
+    return Task(
+        image_id=image.id, batch=batch, kind="honeypot", prelabel=label_to_json(spoiled),
+        gold=label_to_json(gold), spoil=record, copies=copies,
+    )  # fmt: skip
 
 
 def _classes(images: Iterable[Image], field: str) -> list[str]:

@@ -4,6 +4,10 @@ aggregation of overlapping submissions (crowd-kit) and the payment view.
 Pure functions over :class:`Sub` records, so the ``qc`` command (records from the store) and
 the crowd simulator (records it makes up) run the same rules.
 
+Honeypots are "gold" tasks made by injecting known errors into trusted answers, as in Oleson
+et al., *Programmatic Gold: Targeted and Scalable Quality Assurance in Crowdsourcing* (HCOMP
+2011); the pass-rate posterior is Beta-Binomial with a uniform prior.
+
 Banning on a raw pass rate after a few honeypots bans honest people by bad luck, more so when
 it is re-checked after every batch; the rule is Bayesian instead: ban when the probability
 that the annotator's true pass rate reaches ``min_pass_rate`` falls below ``confidence``.
