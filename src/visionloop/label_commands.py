@@ -46,6 +46,19 @@ def _store(db: str) -> Any:
     return open_store(db)
 
 
+@app.command("status")
+def status(db: Db = DEFAULT_DB) -> None:
+    """Where the loop stands: images, tasks, submissions, annotators."""
+    from visionloop.label.loop import status as run
+
+    with _errors():
+        counts = run(_store(db))
+    table = Table("", "count")
+    for name, value in counts.items():
+        table.add_row(name, str(value))
+    console.print(table)
+
+
 @app.command("add")
 def add(
     images: Annotated[Path, typer.Argument(help="A folder of images (recursive) or one image.")],

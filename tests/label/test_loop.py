@@ -16,6 +16,7 @@ from typer.testing import CliRunner
 from visionloop.cli import app
 from visionloop.label import loop
 from visionloop.label.masks import label_from_json
+from visionloop.label.quality import Rules
 from visionloop.label.simulate import crowd_answers
 from visionloop.label.store import Annotator, Decision, Submission, Task, open_store
 from visionloop.train.synth import synthesize
@@ -213,3 +214,25 @@ def test_cli_errors_are_one_line(world):
     out = cli("label", "make-batch", "x", code=2)
     assert "select" in out
     assert "unknown class group" in cli("label", "mine", "unicorns", "--k", "3", code=2)
+
+
+def test_work_rejected_by_qc_goes_back_in_the_queue(world):
+    store, _ = make_one_batch(world)
+    with store.session() as s:
+        tasks = sorted(s.scalars(select(Task)), key=lambda t: t.id)
+    rejected, kept = tasks[0], tasks[1]
+    for task, who in ((rejected, "cheat"), (kept, "honest")):
+        assert store.submit(task.id, who, task.prelabel)
+    store.ban("cheat", "by hand")
+    loop.run_qc(store, Rules())
+    again = loop.make_batch(store, "b2", 6, honeypot_share=0, overlap_share=0)
+    with store.session() as s:
+        images = {s.get(Task, t).image_id for t in again}
+    # the banned annotator's image is asked for again; the accepted one is done, and the four
+    # never answered stay out: they are still out with annotators
+    assert images == {rejected.image_id}
+    assert kept.image_id not in images
+    counts = loop.status(store)
+    assert counts["tasks"] == 7
+    assert counts["accepted"] == counts["rejected"] == counts["banned"] == 1
+    assert counts["batches"] == 2

@@ -17,6 +17,7 @@ import numpy as np
 from PIL import Image as PILImage
 from PIL import ImageOps
 from sqlalchemy import select
+from sqlalchemy.orm import Session
 
 from visionloop.label import formats
 from visionloop.label.masks import BoolMask, StoredLabel, label_from_json, label_to_json
@@ -71,6 +72,32 @@ def add_images(store: Store, folder: Path) -> int:
 def _count(store: Store) -> int:
     with store.session() as s:
         return len(s.scalars(select(Image.id)).all())
+
+
+def status(store: Store) -> dict[str, int]:
+    """Where the loop stands: counts of images, tasks, submissions and people by state."""
+    from sqlalchemy import func
+
+    def n(query: Any) -> int:
+        return int(s.scalar(select(func.count()).select_from(query.subquery())) or 0)
+
+    with store.session() as s:
+        return {
+            "images": n(select(Image.id)),
+            "gold": n(select(Image.id).where(Image.gold.is_not(None))),
+            "selected": n(select(Image.id).where(Image.selected.is_not(None))),
+            "pre-labelled": n(select(Image.id).where(Image.prelabel.is_not(None))),
+            "batches": n(select(Task.batch).distinct()),
+            "tasks": n(select(Task.id)),
+            "honeypots": n(select(Task.id).where(Task.kind == "honeypot")),
+            "retired honeypots": n(select(Task.id).where(Task.retired_at.is_not(None))),
+            "submissions": n(select(Submission.id)),
+            "accepted": n(select(Submission.id).where(Submission.verdict == "accepted")),
+            "rejected": n(select(Submission.id).where(Submission.verdict == "rejected")),
+            "annotators": n(select(Annotator.id)),
+            "banned": n(select(Annotator.id).where(Annotator.banned_at.is_not(None))),
+            "to re-queue": len(_rejected_images(s)),
+        }
 
 
 def add_gold(store: Store, dataset: Path) -> int:
@@ -171,7 +198,7 @@ def make_batch(
     with store.session() as s:
         if s.scalar(select(Task.id).where(Task.batch == name)) is not None:
             raise ValueError(f"batch {name!r} exists already")
-        used = set(s.scalars(select(Task.image_id)))
+        used = set(s.scalars(select(Task.image_id))) - _rejected_images(s)
         ready = s.scalars(
             select(Image)
             .where(Image.selected.is_not(None), Image.prelabel.is_not(None), Image.gold.is_(None))
@@ -200,6 +227,19 @@ def make_batch(
         s.add_all(tasks)
         s.flush()
         return [t.id for t in tasks]
+
+
+def _rejected_images(s: Session) -> set[int]:
+    """Images whose every task was answered and every answer rejected (a banned annotator's
+    work, a failed overlap answer): they go back in the queue for the next batch."""
+    answered: dict[int, list[str | None]] = defaultdict(list)
+    for image_id, verdict in s.execute(
+        select(Task.image_id, Submission.verdict)
+        .outerjoin(Submission, Submission.task_id == Task.id)
+        .where(Task.kind != "honeypot")
+    ):
+        answered[image_id].append(verdict)  # None: not answered, or not judged yet
+    return {i for i, verdicts in answered.items() if verdicts and set(verdicts) == {"rejected"}}
 
 
 def _task(batch: str, image: Image, classes: Sequence[str], copies: int) -> Task:
