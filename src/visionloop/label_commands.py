@@ -15,6 +15,7 @@ from typing import Annotated, Any
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 app = typer.Typer(help="Label cheaply: select, pre-label, batch with honeypots, ingest, QC.")
@@ -25,6 +26,21 @@ Db = Annotated[
     str, typer.Option(envvar="VISIONLOOP_LABEL_DB", help="SQLAlchemy URL of the label store.")
 ]
 DEFAULT_DB = "sqlite:///labels.db"
+LABEL_MODULES = ("sqlalchemy", "pycocotools", "crowdkit", "scipy", "pandas", "httpx")
+
+
+@app.callback()
+def _needs_label_extra() -> None:
+    """Every label command needs the `label` extra: say so in one line, not a traceback."""
+    import importlib.util
+
+    missing = [m for m in LABEL_MODULES if importlib.util.find_spec(m) is None]
+    if missing:
+        err_console.print(
+            f"[red]error:[/red] {', '.join(missing)} missing: the label commands need the label "
+            + escape("extra (pip install 'visionloop[label]'; make test installs it)")
+        )
+        raise typer.Exit(2)
 
 
 @contextmanager
@@ -36,7 +52,7 @@ def _errors() -> Iterator[None]:
         yield
     except (ValueError, OSError, RuntimeError, SQLAlchemyError, httpx.HTTPError) as exc:
         message = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        err_console.print(f"[red]error:[/red] {message}")
+        err_console.print(f"[red]error:[/red] {escape(message)}")
         raise typer.Exit(2) from None
 
 
@@ -83,7 +99,7 @@ def add_gold(
     try:
         console.print(f"added {run(_store(db), dataset)} gold images")
     except (DatasetError, ValueError, OSError) as exc:
-        err_console.print(f"[red]error:[/red] {exc}")
+        err_console.print(f"[red]error:[/red] {escape(str(exc))}")
         raise typer.Exit(2) from None
 
 
@@ -254,7 +270,7 @@ def ingest(
     with _errors():
         report = run(_store(db), path, fmt, annotator)
     for error in report.errors:
-        err_console.print(f"[yellow]skipped[/yellow] {error}")
+        err_console.print(f"[yellow]skipped[/yellow] {escape(error)}")
     console.print(
         f"ingested {report.added} submissions, {report.duplicates} already known, "
         f"{len(report.errors)} rows skipped"
@@ -309,7 +325,7 @@ def qc(
             raise ValueError("no submissions yet: `label ingest` first")
         _print_annotators(result, rules)
         for name, reason in result.new_bans.items():
-            console.print(f"[red]banned[/red] {name}: {reason}")
+            console.print(f"[red]banned[/red] {escape(name)}: {escape(reason)}")
         for task, bait in result.baits.items():
             if bait.retired:
                 fails = f"{bait.trusted_fails}/{bait.trusted_attempts}"

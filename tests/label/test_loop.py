@@ -236,3 +236,15 @@ def test_work_rejected_by_qc_goes_back_in_the_queue(world):
     assert counts["tasks"] == 7
     assert counts["accepted"] == counts["rejected"] == counts["banned"] == 1
     assert counts["batches"] == 2
+
+
+def test_without_the_label_extra_the_cli_says_what_to_install(monkeypatch):
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util, "find_spec", lambda name, *a: None if name == "crowdkit" else real(name, *a)
+    )
+    out = cli("label", "status", code=2)
+    assert "crowdkit missing" in out
+    assert "visionloop[label]" in out
