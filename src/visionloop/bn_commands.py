@@ -20,7 +20,7 @@ if TYPE_CHECKING:  # torch loads only when a command runs: `visionloop --help` s
 
 app = typer.Typer(help="BatchNorm: fuse into convs, re-estimate for a new domain, measure drift.")
 console = Console()
-err_console = Console(stderr=True)
+err_console = Console(stderr=True, soft_wrap=True)  # an error stays one line at any width
 
 ModelOption = Annotated[str, typer.Option(help="Registry name or module:factory.")]
 WeightsOption = Annotated[

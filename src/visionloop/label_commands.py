@@ -20,7 +20,7 @@ from rich.table import Table
 
 app = typer.Typer(help="Label cheaply: select, pre-label, batch with honeypots, ingest, QC.")
 console = Console()
-err_console = Console(stderr=True)
+err_console = Console(stderr=True, soft_wrap=True)  # an error stays one line at any width
 
 Db = Annotated[
     str, typer.Option(envvar="VISIONLOOP_LABEL_DB", help="SQLAlchemy URL of the label store.")

@@ -11,7 +11,7 @@ from rich.console import Console
 train_app = typer.Typer(help="Train models: multi-label segmentation from partial labels.")
 data_app = typer.Typer(help="Make datasets in the training format.")
 console = Console()
-err_console = Console(stderr=True)
+err_console = Console(stderr=True, soft_wrap=True)  # an error stays one line at any width
 
 
 @train_app.command("seg")
