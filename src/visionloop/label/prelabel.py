@@ -14,21 +14,23 @@ from typing import Protocol
 
 import numpy as np
 import torch
-from PIL import Image, ImageOps
+from PIL import Image
 
+from visionloop.imaging import ImageLimits, decode
 from visionloop.label.masks import Label, coco_decode
 from visionloop.models.catseg import CatSeg
 
-__all__ = ["LibraryPrelabeler", "Prelabeler", "ServerPrelabeler"]
+__all__ = ["LibraryPrelabeler", "Prelabeler", "ServerPrelabeler", "square_input"]
 
 
 class Prelabeler(Protocol):
     def __call__(self, paths: Sequence[Path]) -> list[Label]: ...
 
 
-def _square(path: Path, size: int) -> tuple[Image.Image, tuple[int, int]]:
-    with Image.open(path) as raw:
-        image = ImageOps.exif_transpose(raw).convert("RGB")  # as shown, like the store's size
+def square_input(path: Path, size: int) -> tuple[Image.Image, tuple[int, int]]:
+    """The photo as the server reads it (:func:`visionloop.imaging.decode`: guards, EXIF
+    upright, any mode to RGB), squashed to ``size x size``; and its upright size."""
+    image = decode(path.read_bytes(), ImageLimits())
     return image.resize((size, size), Image.Resampling.BILINEAR), image.size
 
 
@@ -48,7 +50,7 @@ class LibraryPrelabeler:
         size = self.model.input_spec.height
         out: list[Label] = []
         for start in range(0, len(paths), self.batch_size):
-            loaded = [_square(p, size) for p in paths[start : start + self.batch_size]]
+            loaded = [square_input(p, size) for p in paths[start : start + self.batch_size]]
             batch = torch.from_numpy(np.stack([np.asarray(image) for image, _ in loaded]))
             masks = self.model.forward(batch)["masks"].numpy()
             for (_, original), planes in zip(loaded, masks, strict=True):
@@ -71,7 +73,7 @@ class ServerPrelabeler:
     def __call__(self, paths: Sequence[Path]) -> list[Label]:
         out: list[Label] = []
         for path in paths:
-            square, original = _square(path, self.size)
+            square, original = square_input(path, self.size)
             buffer = io.BytesIO()
             square.save(buffer, format="PNG")
             response = self.client.post(

@@ -18,9 +18,9 @@ from pathlib import Path
 import numpy as np
 import numpy.typing as npt
 import torch
-from PIL import Image, ImageOps
 
 from visionloop.imaging import ImageLimits, prepare
+from visionloop.label.prelabel import square_input
 from visionloop.models.base import VisionModel
 from visionloop.models.catseg import CatSeg
 
@@ -60,13 +60,6 @@ def group_indices(spec: str) -> list[int]:
     return sorted(out)
 
 
-def _square(path: Path, size: int) -> npt.NDArray[np.uint8]:
-    with Image.open(path) as raw:
-        upright = ImageOps.exif_transpose(raw).convert("RGB")
-    image = upright.resize((size, size), Image.Resampling.BILINEAR)
-    return np.asarray(image, dtype=np.uint8)
-
-
 @torch.inference_mode()
 def pool_scores(
     model: CatSeg, paths: Sequence[Path], batch_size: int = 16
@@ -82,7 +75,10 @@ def pool_scores(
     try:
         for start in range(0, len(paths), batch_size):
             batch = np.stack(
-                [_square(p, model.input_spec.height) for p in paths[start : start + batch_size]]
+                [
+                    np.asarray(square_input(p, model.input_spec.height)[0])
+                    for p in paths[start : start + batch_size]
+                ]
             )
             captured.clear()
             p = model.forward(torch.from_numpy(batch))["probabilities"].clamp(1e-6, 1 - 1e-6)
