@@ -94,13 +94,9 @@ def add_gold(
 ) -> None:
     """Add trusted labels: the honeypots are made from these."""
     from visionloop.label.loop import add_gold as run
-    from visionloop.train.data import DatasetError
 
-    try:
+    with _errors():  # a DatasetError is a ValueError: one line, the file and the reason
         console.print(f"added {run(_store(db), dataset)} gold images")
-    except (DatasetError, ValueError, OSError) as exc:
-        err_console.print(f"[red]error:[/red] {escape(str(exc))}")
-        raise typer.Exit(2) from None
 
 
 @app.command("select")

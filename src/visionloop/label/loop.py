@@ -20,7 +20,13 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from visionloop.label import formats
-from visionloop.label.masks import BoolMask, StoredLabel, label_from_json, label_to_json
+from visionloop.label.masks import (
+    BoolMask,
+    StoredLabel,
+    label_from_json,
+    label_to_json,
+    png_decode,
+)
 from visionloop.label.prelabel import Prelabeler
 from visionloop.label.quality import QCResult, Rules, Sub, aggregate, assess
 from visionloop.label.select import pick, pool_scores
@@ -108,9 +114,7 @@ def add_gold(store: Store, dataset: Path) -> int:
     data = SegDataset(dataset)
     for sample in data.samples:
         width, height = _size(sample.image)
-        gold = {
-            c: np.asarray(PILImage.open(path).convert("L")) > 0 for c, path in sample.masks.items()
-        }
+        gold = {c: png_decode(path.read_bytes()) for c, path in sample.masks.items()}
         image = store.add_image(str(sample.image.resolve()), width, height)
         with store.session() as s:
             s.get_one(Image, image).gold = label_to_json(gold)

@@ -8,7 +8,6 @@ the SDK, with its 60 dependencies, is needed only to test.
 
 from __future__ import annotations
 
-import base64
 import io
 from collections.abc import Iterator, Mapping
 from typing import Any
@@ -238,7 +237,3 @@ def png_decode(data: bytes) -> BoolMask:
             return np.asarray(image.convert("L")) > 0
     except (OSError, Image.DecompressionBombError) as exc:
         raise ValueError(f"not a readable mask image: {exc}") from None
-
-
-def b64_png(mask: BoolMask) -> str:
-    return base64.b64encode(png_encode(mask)).decode()

@@ -160,7 +160,7 @@ def check_honeypot(sub: Sub, rules: Rules) -> HoneypotCheck:
     gold = dict(sub.gold.items())  # decoded once (stored labels decode on access)
     shown = dict(sub.prelabel.items())
     label = {c: sub.label.get(c, np.zeros_like(g)) for c, g in gold.items()}
-    overlap = float(np.mean([iou(label[c], g) for c, g in gold.items()]))
+    overlap = mean_iou(label, gold)
     regions = {c: gold[c] != shown[c] for c in gold if c in shown}
     total = sum(int(np.count_nonzero(r)) for r in regions.values())
     right = sum(int(np.count_nonzero((label[c] == gold[c]) & r)) for c, r in regions.items())
