@@ -84,7 +84,12 @@ def add(
     from visionloop.label.loop import add_images
 
     with _errors():
-        console.print(f"added {add_images(_store(db), images)} images to the pool")
+        added, errors = add_images(_store(db), images)
+    for error in errors:
+        err_console.print(f"[yellow]skipped[/yellow] {escape(error)}")
+    console.print(f"added {added} images to the pool, {len(errors)} files skipped")
+    if errors:
+        raise typer.Exit(1)
 
 
 @app.command("add-gold")

@@ -191,3 +191,21 @@ def test_cli_store_and_format_errors_are_one_line(tmp_path):
     assert "--format must be one of" in bad.output
     with store.session() as s:
         assert s.scalar(select(Task.id).where(Task.batch == "b2")) is None  # nothing made
+
+
+def test_unreadable_files_in_a_pool_folder_are_reported_and_the_rest_added(tmp_path):
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    picture(folder / "a.png")
+    (folder / "b.png").write_text("not an image")
+    picture(folder / "c.png")
+    store = open_store(f"sqlite:///{tmp_path / 'labels.db'}")
+    added, errors = loop.add_images(store, folder)
+    assert added == 2
+    assert len(errors) == 1
+    assert "b.png: not a readable image" in errors[0]
+    result = runner.invoke(
+        app, ["label", "add", str(folder), "--db", f"sqlite:///{tmp_path / 'l2.db'}"]
+    )
+    assert result.exit_code == 1
+    assert "added 2 images to the pool, 1 files skipped" in result.output

@@ -66,13 +66,18 @@ def _images(folder: Path) -> list[Path]:
     return sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
 
 
-def add_images(store: Store, folder: Path) -> int:
-    """Register the images under ``folder`` in the pool (by absolute path); the count added."""
-    before = _count(store)
+def add_images(store: Store, folder: Path) -> tuple[int, list[str]]:
+    """Register the images under ``folder`` in the pool (by absolute path). Returns how many
+    were new, and one message per file that could not be read (those are not added)."""
+    before, errors = _count(store), []
     for path in _images(folder):
-        width, height = _size(path)
+        try:
+            width, height = _size(path)
+        except (OSError, ValueError, PILImage.DecompressionBombError) as exc:
+            errors.append(f"{path}: not a readable image: {exc}")
+            continue
         store.add_image(str(path.resolve()), width, height)
-    return _count(store) - before
+    return _count(store) - before, errors
 
 
 def _count(store: Store) -> int:
