@@ -41,7 +41,7 @@ from visionloop.label import loop
 from visionloop.label.formats import brush_results, label_config
 from visionloop.label.masks import label_from_json
 from visionloop.label.quality import Rules
-from visionloop.label.simulate import _wobble
+from visionloop.label.simulate import wobble
 from visionloop.label.store import Submission, Task, open_store
 from visionloop.train.synth import synthesize
 
@@ -126,7 +126,7 @@ def main() -> int:
     loop.add_gold(store, work / "gold")
     loop.mark_selected(store, [(i, 1.0) for i, _ in loop.pool(store)], "all")
     rng = np.random.default_rng(0)
-    loop.prelabel(store, lambda paths: [_wobble(truth_of(p), rng, 1.5) for p in paths])
+    loop.prelabel(store, lambda paths: [wobble(truth_of(p), rng, 1.5) for p in paths])
     loop.make_batch(store, "ls", 20, honeypot_share=0.2, overlap_share=0.0)
     tasks_file = work / "tasks.json"
     count = loop.export_batch(store, "ls", "label-studio", tasks_file, image_url=data_uri)

@@ -7,7 +7,7 @@ import pytest
 
 from visionloop.label.masks import iou
 from visionloop.label.quality import Rules, Sub, check_honeypot
-from visionloop.label.simulate import _scene, _wobble
+from visionloop.label.simulate import scene, wobble
 from visionloop.label.spoil import SPOILINGS, spoil
 
 
@@ -49,10 +49,10 @@ def test_leaving_a_spoiled_prelabel_fails_and_an_honest_correction_passes():
     rules = Rules()
     outcomes = {"lazy": [], "honest": []}
     for _ in range(60):
-        gold = _scene(rng, 64)
+        gold = scene(rng, 64)
         shown, _ = spoil(gold, rng)
         lazy = Sub(0, "a", "honeypot", shown, shown, gold)
-        honest = Sub(0, "b", "honeypot", _wobble(gold, rng, 0.7), shown, gold)
+        honest = Sub(0, "b", "honeypot", wobble(gold, rng, 0.7), shown, gold)
         outcomes["lazy"].append(check_honeypot(lazy, rules).passed)
         outcomes["honest"].append(check_honeypot(honest, rules).passed)
     assert not any(outcomes["lazy"])

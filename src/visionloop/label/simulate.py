@@ -36,7 +36,17 @@ from visionloop.label.masks import BoolMask, Label, iou
 from visionloop.label.quality import QCResult, Rules, Sub, aggregate, assess, mean_iou
 from visionloop.label.spoil import spoil
 
-__all__ = ["CROWD", "STRATEGIES", "SimConfig", "simulate"]
+__all__ = [
+    "CROWD",
+    "STRATEGIES",
+    "SimConfig",
+    "annotate",
+    "crowd_answers",
+    "scene",
+    "simulate",
+    "summarise",
+    "wobble",
+]
 
 STRATEGIES = ("honeypots", "unchanged", "overlap3", "none")
 LAZY = ("lazy", "lazy_fixes_obvious")
@@ -76,7 +86,8 @@ class SimConfig:
             raise ValueError(f"unknown annotator types {sorted(unknown)}; have {sorted(SECONDS)}")
 
 
-def _scene(rng: np.random.Generator, size: int) -> Label:
+def scene(rng: np.random.Generator, size: int) -> Label:
+    """A synthetic truth: 0-2 cats and 0-1 dogs as ellipses; every cat is also an animal."""
     yy, xx = np.mgrid[:size, :size]
     cat = np.zeros((size, size), dtype=bool)
     animal = np.zeros_like(cat)
@@ -90,7 +101,7 @@ def _scene(rng: np.random.Generator, size: int) -> Label:
     return {"cat": cat, "animal": animal}
 
 
-def _wobble(label: Label, rng: np.random.Generator, pixels: float) -> Label:
+def wobble(label: Label, rng: np.random.Generator, pixels: float) -> Label:
     """Move every boundary by smooth noise of about ``pixels``; keeps cat inside animal."""
     noise = ndimage.gaussian_filter(rng.normal(size=next(iter(label.values())).shape), 3)
     noise *= pixels / max(float(noise.std()), 1e-9)
@@ -108,7 +119,7 @@ def _wobble(label: Label, rng: np.random.Generator, pixels: float) -> Label:
 
 
 def _prelabel(truth: Label, rng: np.random.Generator, quality: float) -> Label:
-    shown = _wobble(truth, rng, 0.5)
+    shown = wobble(truth, rng, 0.5)
     if rng.random() < quality:
         return shown
     kind = rng.choice(["erase", "add_blob", "dilate", "erode", "shift"])
@@ -122,7 +133,7 @@ def annotate(kind: str, shown: Label, truth: Label, rng: np.random.Generator, si
     if kind == "lazy":
         return shown
     if kind == "scribbler":
-        scribble = _scene(rng, size)
+        scribble = scene(rng, size)
         return {c: scribble[c] for c in shown}
     if kind == "lazy_fixes_obvious":
         out = {}
@@ -139,7 +150,7 @@ def annotate(kind: str, shown: Label, truth: Label, rng: np.random.Generator, si
     good = worst >= (0.93 if kind == "careful" else 0.85)
     if good or (kind == "sloppy" and rng.random() < 0.05):
         return shown
-    return _wobble(truth, rng, 0.7 if kind == "careful" else 1.2)
+    return wobble(truth, rng, 0.7 if kind == "careful" else 1.2)
 
 
 @dataclass
@@ -164,7 +175,7 @@ def simulate(config: SimConfig) -> dict[str, Any]:
             t,
             _prelabel(t, rng, config.model_quality),
         )
-        for i, t in enumerate(_scene(rng, config.size) for _ in range(config.images))
+        for i, t in enumerate(scene(rng, config.size) for _ in range(config.images))
     ]
     copies = 3 if config.strategy == "overlap3" else 1
     baits = _baits(config, rng) if config.strategy == "honeypots" else []
@@ -222,7 +233,7 @@ def _rules(config: SimConfig) -> Rules:
 def _baits(config: SimConfig, rng: np.random.Generator) -> list[_Task]:
     baits = []
     for i in range(config.baits):
-        truth = _scene(rng, config.size)
+        truth = scene(rng, config.size)
         gold, stale = truth, bool(rng.random() < config.bad_baits)
         if stale:  # the gold misses an object that is there, or has one that is not
             gold = spoil(truth, rng, ["erase", "add_blob"])[0]
