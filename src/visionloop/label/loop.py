@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 from PIL import Image as PILImage
 from PIL import ImageOps
-from sqlalchemy import select
+from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 
 from visionloop.label import formats
@@ -82,12 +82,11 @@ def add_images(store: Store, folder: Path) -> tuple[int, list[str]]:
 
 def _count(store: Store) -> int:
     with store.session() as s:
-        return len(s.scalars(select(Image.id)).all())
+        return int(s.scalar(select(func.count(Image.id))) or 0)
 
 
 def status(store: Store) -> dict[str, int]:
     """Where the loop stands: counts of images, tasks, submissions and people by state."""
-    from sqlalchemy import func
 
     def n(query: Any) -> int:
         return int(s.scalar(select(func.count()).select_from(query.subquery())) or 0)
@@ -471,17 +470,22 @@ def run_qc(store: Store, rules: Rules) -> tuple[QCResult, list[Sub]]:
         for name, reason in result.new_bans.items():
             people[name].banned_at, people[name].ban_reason = _now(), reason
             s.add(Decision(kind="ban", annotator_id=people[name].id, reason=reason))
-        for task, bait in result.baits.items():
-            row = s.get_one(Task, task)
-            if bait.retired and row.retired_at is None:
-                row.retired_at = _now()
+        for task in set(result.baits) - retired:
+            bait = result.baits[task]
+            if bait.retired:
+                s.get_one(Task, task).retired_at = _now()
                 why = f"trusted annotators failed it {bait.trusted_fails}/{bait.trusted_attempts}"
                 s.add(Decision(kind="retire", task_id=task, reason=why))
+        # verdicts by primary key, without loading the masks again
         ids = {a.id: a.name for a in people.values()}
-        for sub in s.scalars(select(Submission)):
-            verdict = result.verdicts.get((sub.task_id, ids[sub.annotator_id]))
-            if verdict is not None:
-                sub.verdict, sub.reason = verdict
+        keys = s.execute(select(Submission.id, Submission.task_id, Submission.annotator_id))
+        rows = [
+            {"id": sub, "verdict": verdict[0], "reason": verdict[1]}
+            for sub, task, person in keys
+            if (verdict := result.verdicts.get((task, ids[person]))) is not None
+        ]
+        if rows:
+            s.execute(update(Submission), rows)
     return result, subs
 
 
