@@ -21,6 +21,16 @@ EXPECTED = {
 }
 
 
+@pytest.fixture(scope="session", autouse=True)
+def engine_cache(tmp_path_factory) -> Path:
+    """In-process engine conversions go to a folder of this test session, not ~/.cache."""
+    import os
+
+    folder = tmp_path_factory.mktemp("engine-cache")
+    os.environ["VISIONLOOP_CACHE_DIR"] = str(folder)
+    return folder
+
+
 @pytest.fixture(scope="session")
 def sample_bytes() -> dict[str, bytes]:
     """The four sample photos, by file name."""

@@ -24,12 +24,15 @@ def set_threads() -> None:
 
 
 def load_model() -> Any:
-    """The built-in catdog model, prepared exactly as `visionloop serve` prepares it."""
+    """The built-in catdog model, prepared as `visionloop serve` prepares it, on the engine in
+    ``VISIONLOOP_PEER_ENGINE``: ``torch`` (eager, as the peers ship; the default) or ``auto``
+    (our fast engine, for compare.py's ``<peer>-fast`` systems)."""
     from visionloop.models import load
     from visionloop.settings import ModelSettings
 
     set_threads()
-    model = load(ModelSettings())
+    engine = os.environ.get("VISIONLOOP_PEER_ENGINE", "torch")
+    model = load(ModelSettings(engine=engine, threads=THREADS))
     model.warmup([1, 8])
     return model
 

@@ -30,7 +30,8 @@ peer_venv() {
     _quiet() { "$@" 2> >(grep -v "is ignored: it is neither a file nor a directory" >&2); }
     _quiet "${pip[@]}" "$TORCH" || peer_die "$name" "cannot install $TORCH"
     # torch pinned again, so that the peer can never swap in another (CUDA) build.
-    _quiet "${pip[@]}" "$TORCH" -e "$ROOT" "$@" \
+    # OpenVINO too: compare.py's "<peer>-fast" systems give the peer our fast engine.
+    _quiet "${pip[@]}" "$TORCH" "openvino==2026.4.1" -e "$ROOT" "$@" \
         || peer_die "$name" "could not install $* next to $TORCH (see pip's error above)"
     "$VENV/bin/python" -c "
 import torch, visionloop, $imports

@@ -14,6 +14,7 @@ from typing import Annotated, Any
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 app = typer.Typer(
@@ -42,9 +43,32 @@ def _settings(kind: type[Any], **flags: Any) -> Any:
 
 
 def _model_settings(**flags: Any) -> Any:
+    """Model settings; an artefact's card and files are checked here, before anything starts,
+    so a bad one is one line and exit 2 (the server never starts half-loaded)."""
     from visionloop.settings import ModelSettings
 
-    return _settings(ModelSettings, **flags)
+    settings = _settings(ModelSettings, **flags)
+    if settings.artifact is not None:
+        from visionloop.engines import EngineError
+        from visionloop.engines.artifact import read_card
+
+        try:
+            read_card(settings.artifact)
+        except EngineError as exc:
+            err_console.print(f"[red]error:[/red] {escape(str(exc))}")
+            raise typer.Exit(2) from None
+    return settings
+
+
+EngineOption = Annotated[
+    str | None, typer.Option(help="auto, torch, onnxruntime or openvino (default auto).")
+]
+PrecisionOption = Annotated[
+    str | None, typer.Option(help="fp32, bf16 or int8 (int8: from an --artifact only).")
+]
+ArtifactOption = Annotated[
+    Path | None, typer.Option(help="Folder made by `visionloop export` to serve.")
+]
 
 
 @dataclass
@@ -123,19 +147,26 @@ def predict(
     device: Annotated[str | None, typer.Option(help="cpu, cuda, cuda:1 ...")] = None,
     fuse_bn: Annotated[bool | None, typer.Option(help="Fold BatchNorm into convs.")] = None,
     threads: Annotated[int | None, typer.Option(min=0, help="torch threads; 0 = default.")] = None,
+    engine: EngineOption = None,
+    precision: PrecisionOption = None,
+    artifact: ArtifactOption = None,
 ) -> None:
     """Classify image files. Exits 1 if any file could not be read as an image."""
     import torch
 
+    from visionloop.engines import EngineError
     from visionloop.models import UnknownModel, load
 
-    settings = _model_settings(model=model, device=device, fuse_bn=fuse_bn, threads=threads)
+    settings = _model_settings(
+        model=model, device=device, fuse_bn=fuse_bn, threads=threads, engine=engine,
+        precision=precision, artifact=artifact,
+    )  # fmt: skip
     if settings.threads:
         torch.set_num_threads(settings.threads)
     try:
         loaded = load(settings)
-    except UnknownModel as exc:
-        err_console.print(f"[red]error:[/red] {exc}")
+    except (UnknownModel, EngineError) as exc:
+        err_console.print(f"[red]error:[/red] {escape(str(exc))}")
         raise typer.Exit(2) from None
     predictions = _predict_files(images, loaded, batch_size)
     if as_json:
@@ -180,6 +211,9 @@ def serve(
         float | None, typer.Option(help="Fraction of images feeding the BN drift gauge.")
     ] = None,
     redis_url: Annotated[str | None, typer.Option(help="Redis URL for --transport redis.")] = None,
+    engine: EngineOption = None,
+    precision: PrecisionOption = None,
+    artifact: ArtifactOption = None,
     log_level: Annotated[str, typer.Option(help="debug, info, warning.")] = "info",
 ) -> None:
     """Serve the model over HTTP (v1 predict, Open Inference Protocol v2, /metrics).
@@ -201,7 +235,10 @@ def serve(
         "transport": transport, "drift_sample": drift_sample,
     }  # fmt: skip
     settings = _settings(ServeSettings, **flags)
-    model_settings = _model_settings(model=model, device=device, threads=threads)
+    model_settings = _model_settings(
+        model=model, device=device, threads=threads, engine=engine, precision=precision,
+        artifact=artifact,
+    )  # fmt: skip
     redis_settings = _redis_settings(url=redis_url)
     logging.basicConfig(
         level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
@@ -215,10 +252,12 @@ def serve(
         )  # fmt: skip
     else:
         log.info(
-            "loading %s on %s; policy=%s, max_batch_size=%d, max_delay_ms=%g, max_queue=%d; "
-            "docs: %s/docs",
-            model_settings.model, model_settings.device, settings.policy, settings.max_batch_size,
-            settings.max_delay_ms, settings.max_queue, base,
+            "loading %s on %s (engine %s%s); policy=%s, max_batch_size=%d, max_delay_ms=%g, "
+            "max_queue=%d; docs: %s/docs",
+            model_settings.model, model_settings.device, model_settings.engine,
+            f", artifact {model_settings.artifact}" if model_settings.artifact else "",
+            settings.policy, settings.max_batch_size, settings.max_delay_ms, settings.max_queue,
+            base,
         )  # fmt: skip
     uvicorn.run(
         create_app(settings, model_settings, redis_settings=redis_settings),
@@ -256,6 +295,9 @@ def worker(
     metrics_port: Annotated[
         int | None, typer.Option(help="Serve this worker's /metrics on 127.0.0.1:PORT.")
     ] = None,
+    engine: EngineOption = None,
+    precision: PrecisionOption = None,
+    artifact: ArtifactOption = None,
     log_level: Annotated[str, typer.Option(help="debug, info, warning.")] = "info",
 ) -> None:
     """Run a model worker: take jobs from Redis Streams, batch them, answer the API replicas.
@@ -273,7 +315,10 @@ def worker(
         "pad_to_buckets": pad_to_buckets, "policy": policy, "drift_sample": drift_sample,
     }  # fmt: skip
     settings = _settings(ServeSettings, **flags)
-    model_settings = _model_settings(model=model, device=device, threads=threads)
+    model_settings = _model_settings(
+        model=model, device=device, threads=threads, engine=engine, precision=precision,
+        artifact=artifact,
+    )  # fmt: skip
     redis_settings = _redis_settings(url=redis_url, claim_idle_ms=claim_idle_ms)
     logging.basicConfig(
         level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
@@ -297,6 +342,7 @@ async def _run_worker(
     log = logging.getLogger("visionloop.worker")
     log.info("loading %s on %s", model_settings.model, model_settings.device)
     model = await asyncio.to_thread(registry.load, model_settings)
+    log.info("engine: %s", model.engine_info())
     capacity = settings.max_batch_size * (settings.instances + 1)
     config = RunnerConfig(
         policy=BatchPolicy(
@@ -340,6 +386,9 @@ def _add_bn_commands() -> None:
     from visionloop.label_commands import app as label_app
 
     app.add_typer(label_app, name="label")
+    from visionloop.export_commands import export
+
+    app.command("export")(export)
 
 
 _add_bn_commands()

@@ -63,13 +63,44 @@ class ModelSettings(BaseSettings):
     channels_last: bool = True
     compile: bool = Field(default=False, description="torch.compile the model after loading.")
     threads: int = Field(
-        default=0, ge=0, description="torch intra-op threads per executor; 0 keeps torch's default."
+        default=0,
+        ge=0,
+        description="intra-op threads per executor (torch, ONNX Runtime, OpenVINO); 0 keeps "
+        "the engine's default.",
+    )
+    engine: Literal["auto", "torch", "onnxruntime", "openvino"] = Field(
+        default="auto",
+        description="What runs the forward pass. auto: on a CPU the fastest installed engine at "
+        "fp32 (OpenVINO, then ONNX Runtime, then torch), or the artifact's; torch on a GPU or "
+        "with compile.",
+    )
+    precision: Literal["fp32", "bf16", "int8"] | None = Field(
+        default=None,
+        description="fp32, bf16 (OpenVINO on a CPU with AVX512_BF16/AMX; torch's bfloat16) or "
+        "int8 (only from an artifact that passed the accuracy gate). Default: fp32, or the "
+        "artifact's.",
+    )
+    artifact: Path | None = Field(
+        default=None,
+        description="A folder made by `visionloop export` (model files + card.json): serve "
+        "that engine and precision, after checking it fits the model and weights.",
+    )
+    cache_dir: Path = Field(
+        default=Path.home() / ".cache" / "visionloop",
+        description="Where in-process engine conversions are kept (keyed by weights hash).",
     )
 
     @model_validator(mode="after")
     def _half_needs_gpu(self) -> ModelSettings:
         if self.dtype == "float16" and self.device == "cpu":
             raise ValueError("dtype float16 needs a GPU device, got device='cpu'")
+        if self.precision == "int8" and self.artifact is None:
+            raise ValueError(
+                "precision int8 needs an artifact that passed the accuracy gate: "
+                "visionloop export MODEL --precision int8 --calibration DIR --check DIR OUT"
+            )
+        if self.artifact is not None and self.engine == "torch":
+            raise ValueError("an artifact runs on its own engine, not torch")
         return self
 
 

@@ -30,16 +30,42 @@ class Probe(nn.Module):
         self.entered = threading.Event()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.check(x[:, 0, 0, 0].round().int().tolist())
+        return x.mean(dim=(2, 3))
+
+    def check(self, markers: list[int]) -> None:
+        """Wait at the gate, record, sleep, and fail on FAIL_MARKER."""
         if self.gate is not None:
             self.entered.set()
             self.gate.wait(timeout=30)
-        markers = x[:, 0, 0, 0].round().int().tolist()
         self.seen.extend(m for m in markers if m)
         self.batch_sizes.append(len(markers))
         time.sleep(self.delay_s)
         if FAIL_MARKER in markers:
             raise RuntimeError("boom: the fake model fails on marker 13")
+
+
+class Mean(nn.Module):
+    """What the probe computes, without its side effects: exportable to ONNX."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
         return x.mean(dim=(2, 3))
+
+
+class ProbedEngine:
+    """A real engine (ONNX Runtime or OpenVINO, running :class:`Mean`) with the probe's gate,
+    records, delay and failure in front of it: the contract suite runs through each engine."""
+
+    def __init__(self, inner, probe: Probe) -> None:
+        self.inner, self.probe = inner, probe
+        self.name, self.precision = inner.name, inner.precision
+
+    def run(self, images):
+        self.probe.check([int(m) for m in images[:, 0, 0, 0]])
+        return self.inner.run(images)
+
+    def describe(self):
+        return self.inner.describe()
 
 
 class FakeModel(VisionModel):
@@ -57,6 +83,21 @@ class FakeModel(VisionModel):
 
     def postprocess(self, outputs: Mapping[str, torch.Tensor]) -> list[JSONDict]:
         return [{"label": str(round(m[0])), "mean": m} for m in outputs["mean"].tolist()]
+
+
+def fake_on(engine: str, cache_dir, delay_s: float = 0.0) -> FakeModel:
+    """A FakeModel whose forward pass runs on ``engine`` (torch: the probe network itself)."""
+    from visionloop.engines import build
+    from visionloop.settings import ModelSettings
+
+    model = FakeModel(delay_s)
+    if engine == "torch":
+        return model
+    exportable = FakeModel()
+    exportable.network = Mean().eval()
+    settings = ModelSettings(engine=engine, cache_dir=cache_dir)
+    model.engine = ProbedEngine(build(exportable, engine, "fp32", settings), model.probe)
+    return model
 
 
 def solid_png(marker: int, size: tuple[int, int] = (16, 12)) -> bytes:

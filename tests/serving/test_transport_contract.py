@@ -1,6 +1,7 @@
-"""One contract, two transports: whatever carries the jobs (this process, or Redis Streams to a
-worker), a request gets its own answer exactly once, batches form, expired requests never reach
-the model, a model error fails only its batch, and a full queue refuses at once."""
+"""One contract, two transports, three engines: whatever carries the jobs (this process, or Redis
+Streams to a worker) and whatever runs the forward pass (torch, ONNX Runtime, OpenVINO), a request
+gets its own answer exactly once, batches form, expired requests never reach the model, a model
+error fails only its batch, and a full queue refuses at once."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ import threading
 import numpy as np
 import pytest
 
-from tests.serving.fakes import FAIL_MARKER, FakeModel
+from tests.serving.fakes import FAIL_MARKER, fake_on
 from tests.serving.transports import open_transport, wait_until
 from visionloop.serving.batcher import QueueFull
 from visionloop.serving.runner import DeadlineExceeded, ModelFailed, NotReady
@@ -27,6 +28,13 @@ def kind(request) -> str:
     return request.param
 
 
+@pytest.fixture(params=["torch", "onnxruntime", "openvino"])
+def fake(request, tmp_path_factory):
+    """Makes FakeModels whose forward pass runs on this engine."""
+    cache = tmp_path_factory.getbasetemp() / "engine-cache"
+    return lambda delay_s=0.0: fake_on(request.param, cache, delay_s)
+
+
 @pytest.fixture
 def url(kind, request) -> str | None:
     if kind == "memory":
@@ -34,8 +42,8 @@ def url(kind, request) -> str | None:
     return request.getfixturevalue("redis_server").url
 
 
-async def test_each_request_gets_its_own_answer(kind, url):
-    model = FakeModel()
+async def test_each_request_gets_its_own_answer(kind, url, fake):
+    model = fake()
     async with open_transport(kind, model, url) as transport:
         markers = list(range(20, 50))
         items = await asyncio.gather(*(transport.infer(image(m)) for m in markers))
@@ -44,8 +52,8 @@ async def test_each_request_gets_its_own_answer(kind, url):
     assert sorted(model.probe.seen) == markers  # each ran once
 
 
-async def test_the_model_is_described_the_same_way(kind, url):
-    model = FakeModel()
+async def test_the_model_is_described_the_same_way(kind, url, fake):
+    model = fake()
     async with open_transport(kind, model, url) as transport:
         described = transport.model
         assert transport.name == "fake"
@@ -54,8 +62,8 @@ async def test_the_model_is_described_the_same_way(kind, url):
         assert described.describe() == model.describe()
 
 
-async def test_a_burst_is_batched_up_to_max_batch_size(kind, url):
-    model = FakeModel(delay_s=0.05)
+async def test_a_burst_is_batched_up_to_max_batch_size(kind, url, fake):
+    model = fake(delay_s=0.05)
     async with open_transport(kind, model, url, max_batch_size=4, max_delay_ms=50) as transport:
         items = await asyncio.gather(*(transport.infer(image(m)) for m in range(20, 36)))
     assert max(model.probe.batch_sizes) > 1
@@ -63,8 +71,8 @@ async def test_a_burst_is_batched_up_to_max_batch_size(kind, url):
     assert all(size <= 4 for size in model.probe.batch_sizes)
 
 
-async def test_a_model_error_fails_only_its_batch(kind, url):
-    model = FakeModel()
+async def test_a_model_error_fails_only_its_batch(kind, url, fake):
+    model = fake()
     async with open_transport(kind, model, url, max_batch_size=1) as transport:
         bad, good = await asyncio.gather(
             transport.infer(image(FAIL_MARKER)), transport.infer(image(21)), return_exceptions=True
@@ -77,8 +85,10 @@ async def test_a_model_error_fails_only_its_batch(kind, url):
     assert again.result["label"] == "22"
 
 
-async def test_a_request_whose_deadline_passes_in_the_queue_never_reaches_the_model(kind, url):
-    model = FakeModel()
+async def test_a_request_whose_deadline_passes_in_the_queue_never_reaches_the_model(
+    kind, url, fake
+):
+    model = fake()
     async with open_transport(kind, model, url, max_batch_size=1) as transport:
         model.probe.gate = threading.Event()  # after warm-up
         first = asyncio.ensure_future(transport.infer(image(20)))
@@ -91,8 +101,8 @@ async def test_a_request_whose_deadline_passes_in_the_queue_never_reaches_the_mo
     assert 21 not in model.probe.seen
 
 
-async def test_a_full_queue_refuses_and_every_accepted_request_is_answered(kind, url):
-    model = FakeModel()
+async def test_a_full_queue_refuses_and_every_accepted_request_is_answered(kind, url, fake):
+    model = fake()
     max_queue, max_batch = 3, 2
     async with open_transport(
         kind, model, url, max_batch_size=max_batch, max_queue=max_queue, max_delay_ms=0
@@ -111,14 +121,14 @@ async def test_a_full_queue_refuses_and_every_accepted_request_is_answered(kind,
     assert sorted(int(a.result["label"]) for a in answered) == sorted(model.probe.seen)
 
 
-async def test_a_wrongly_shaped_image_is_refused(kind, url):
-    async with open_transport(kind, FakeModel(), url) as transport:
+async def test_a_wrongly_shaped_image_is_refused(kind, url, fake):
+    async with open_transport(kind, fake(), url) as transport:
         with pytest.raises(ValueError, match="shape"):
             await transport.infer(np.zeros((4, 4, 3), dtype=np.uint8))
 
 
-async def test_nothing_is_accepted_after_stop(kind, url):
-    async with open_transport(kind, FakeModel(), url) as transport:
+async def test_nothing_is_accepted_after_stop(kind, url, fake):
+    async with open_transport(kind, fake(), url) as transport:
         assert transport.ready
     assert not transport.ready
     with pytest.raises(NotReady):

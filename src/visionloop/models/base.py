@@ -12,14 +12,18 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
+import numpy as np
 import torch
 from torch import nn
 
 from visionloop.bn import fuse_conv_bn
 from visionloop.imaging import CenterCrop
 from visionloop.settings import ModelSettings
+
+if TYPE_CHECKING:
+    from visionloop.engines.base import Engine
 
 DType = Literal["float32", "float16", "bfloat16"]
 JSONDict = dict[str, Any]
@@ -75,20 +79,27 @@ class OutputSpec:
 class VisionModel(ABC):
     """A servable image model.
 
-    Subclasses set ``name``, ``description``, ``input_spec``, ``outputs`` and ``network`` (an
-    ``nn.Module`` taking normalised float NCHW), and implement :meth:`outputs_from` and
-    :meth:`postprocess`.
+    Subclasses set ``name``, ``description``, ``input_spec``, ``outputs``, ``classes`` (the
+    names a client sees, in output order) and ``network`` (an ``nn.Module`` taking normalised
+    float NCHW), and implement :meth:`outputs_from` and :meth:`postprocess`.
+
+    ``network`` stays the source of truth (training, the BatchNorm tools, the drift tap). For
+    serving, an :class:`~visionloop.engines.base.Engine` may run it instead (``engine``, set
+    by :func:`visionloop.engines.attach`): ONNX Runtime or OpenVINO, fp32, bf16 or int8.
     """
 
     name: str
     description: str
     input_spec: InputSpec
     outputs: tuple[OutputSpec, ...]
+    classes: tuple[str, ...] = ()
 
     def __init__(self, network: nn.Module) -> None:
         self.network = network.eval()
         self.device = torch.device("cpu")
         self.dtype = torch.float32
+        self.engine: Engine | None = None
+        self.source_sha256: str | None = None
         self._set_normalisation()
 
     def _set_normalisation(self) -> None:
@@ -105,6 +116,10 @@ class VisionModel(ABC):
         """Ready for serving, in the contract's order: eval, BN fusion, channels_last, dtype,
         device, optional ``torch.compile``. Returns ``self``."""
         network = self.network.eval()
+        if self.source_sha256 is None:  # the weights as loaded, before fusion changes them
+            from visionloop.engines.graph import weights_fingerprint
+
+            self.source_sha256 = weights_fingerprint(network)
         if options.fuse_bn:
             network = fuse_conv_bn(network, inplace=True)
         if options.channels_last:
@@ -134,7 +149,11 @@ class VisionModel(ABC):
 
     @torch.inference_mode()
     def forward(self, batch: torch.Tensor) -> dict[str, torch.Tensor]:
-        """Run one batch: uint8 NHWC images, or float NCHW already normalised."""
+        """Run one batch: uint8 NHWC images (through ``engine`` when one is attached), or float
+        NCHW already normalised (always the torch network)."""
+        if self.engine is not None and batch.dtype == torch.uint8:
+            images = batch.numpy() if batch.device.type == "cpu" else batch.cpu().numpy()
+            return self.outputs_from(torch.from_numpy(self.engine.run(np.asarray(images))))
         x = self.normalise(batch) if batch.dtype == torch.uint8 else batch.to(self.device)
         return self.outputs_from(self.network(x))
 
@@ -155,8 +174,20 @@ class VisionModel(ABC):
             torch.cuda.synchronize(self.device)
 
     def describe(self) -> JSONDict:
-        """Metadata for listings and the v2 model endpoint."""
-        return describe(self.name, self.description, self.input_spec, self.outputs)
+        """Metadata for listings and the v2 model endpoint, with the engine that runs it."""
+        info = describe(self.name, self.description, self.input_spec, self.outputs)
+        info["engine"] = self.engine_info()
+        return info
+
+    def engine_info(self) -> JSONDict:
+        """What runs the forward pass: engine, precision, version, threads, artefact."""
+        if self.engine is not None:
+            return self.engine.describe()
+        precision = "bf16" if self.dtype == torch.bfloat16 else "fp32"
+        if self.dtype == torch.float16:
+            precision = "fp16"
+        return {"engine": "torch", "precision": precision, "version": torch.__version__,
+                "device": str(self.device)}  # fmt: skip
 
 
 def describe(

@@ -44,6 +44,7 @@ class CatDog(VisionModel):
         OutputSpec("scores", (3,), description="P(cat), P(dog), P(neither)"),
         OutputSpec("probabilities", (1000,), description="ImageNet-1k softmax"),
     )
+    classes = LABELS
 
     def __init__(
         self, network: EfficientNetLite | None = None, settings: CatDogSettings | None = None

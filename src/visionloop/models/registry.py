@@ -66,9 +66,14 @@ def create(name: str, weights: Path | None = None) -> VisionModel:
 
 
 def load(settings: ModelSettings) -> VisionModel:
-    """Build, load ``settings.weights`` if given, and prepare for serving as the settings say
-    (fusion, layout, dtype, device)."""
-    return create(settings.model, settings.weights).prepare(settings)
+    """Build, load ``settings.weights`` if given, prepare for serving as the settings say
+    (fusion, layout, dtype, device), and attach the engine they ask for
+    (:func:`visionloop.engines.attach`)."""
+    from visionloop.engines import attach
+
+    if settings.engine == "torch" and settings.precision == "bf16":
+        settings = settings.model_copy(update={"dtype": "bfloat16"})
+    return attach(create(settings.model, settings.weights).prepare(settings), settings)
 
 
 def load_weights(model: VisionModel, path: Path) -> None:

@@ -183,6 +183,7 @@ async def _load(state: ServerState, model: VisionModel | None) -> None:
         ms.compile,
         settings.instances,
     )
+    log.info("engine: %s", getattr(model, "engine_info", dict)())
     log.info(
         "warmed up batch sizes %s in %.1f s (padding to buckets: %s); ready",
         ",".join(map(str, sizes)),

@@ -144,10 +144,16 @@ def metadata(model: ModelInfo) -> dict[str, Any]:
 
 def config(state: ServerState, runner: Transport) -> dict[str, Any]:
     s, model = state.settings, runner.model
+    engine = model.engine_info() if hasattr(model, "engine_info") else {}
+    platform = {"onnxruntime": "onnxruntime_onnx", "openvino": "openvino"}
     return {
         "name": model.name,
-        "platform": "pytorch",
+        "platform": platform.get(str(engine.get("engine")), "pytorch"),
         "backend": "visionloop",
+        # Which engine and precision run the forward pass, and why (Triton's string parameters,
+        # and the same as an object for people).
+        "parameters": {k: {"string_value": str(v)} for k, v in engine.items()},
+        "engine": engine,
         "max_batch_size": s.max_batch_size,
         # Either input, never both: Triton's way to say so is "optional" on each.
         "input": [

@@ -12,7 +12,7 @@ transport raised them; across Redis they travel as ``(kind, message)`` data (:fu
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Protocol
 
 import numpy as np
@@ -130,6 +130,10 @@ class ModelCard:
     outputs: tuple[OutputSpec, ...]
     device_name: str = "cpu"
     classes: tuple[str, ...] = ()  # channel names of a segmentation model
+    engine: JSONDict = field(default_factory=dict)  # what runs the forward pass, on the worker
+
+    def engine_info(self) -> JSONDict:
+        return dict(self.engine)
 
     @property
     def device(self) -> torch.device:
@@ -144,6 +148,7 @@ class ModelCard:
             model.outputs,
             str(model.device),
             tuple(getattr(model, "classes", ())),
+            dict(model.engine_info()) if hasattr(model, "engine_info") else {},
         )
 
     def to_json(self) -> JSONDict:
@@ -157,6 +162,7 @@ class ModelCard:
             "std": list(spec.std),
             "outputs": [[o.name, list(o.shape), o.dtype, o.description] for o in self.outputs],
             "classes": list(self.classes),
+            "engine": self.engine,
         }
 
     @classmethod
@@ -175,6 +181,9 @@ class ModelCard:
                 for n, shape, dtype, text in data["outputs"]
             )
             classes = tuple(str(c) for c in data.get("classes", []))
+            engine = data.get("engine", {})
+            if not isinstance(engine, dict):
+                raise TypeError(f"engine must be an object, got {type(engine).__name__}")
             return cls(
                 str(data["name"]),
                 str(data["description"]),
@@ -182,12 +191,15 @@ class ModelCard:
                 outputs,
                 str(data["device"]),
                 classes,
+                engine,
             )
         except (KeyError, TypeError, ValueError, IndexError) as exc:
             raise BadJob(f"not a model card: {type(exc).__name__}: {exc}") from None
 
     def describe(self) -> JSONDict:
-        return describe(self.name, self.description, self.input_spec, self.outputs)
+        info = describe(self.name, self.description, self.input_spec, self.outputs)
+        info["engine"] = self.engine_info()
+        return info
 
 
 # -- failures as data ------------------------------------------------------------------------

@@ -1,0 +1,400 @@
+"""Artefact folders: an engine's model file(s) plus ``card.json``, made by ``visionloop export``.
+
+The card says what the files are (input spec, raw output, classes), what they were made from
+(the source weights' sha256, the calibration photos' fingerprint), how they run (engine,
+precision) and how well (the accuracy report and the gate's verdict), and holds the sha256 of
+every file. Loading checks all of it before a single inference, and names the file at fault:
+an artefact made for another model, other weights or another input size never serves.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import torch
+
+from visionloop import __version__
+from visionloop.engines.base import Engine, EngineError, EngineName, Precision, require
+from visionloop.engines.check import (
+    MIN_LABEL,
+    MIN_TOP1,
+    Agreement,
+    Photos,
+    agreement,
+    overlap,
+    run_all,
+)
+from visionloop.engines.graph import INPUT_NAME, OUTPUT_NAME, onnx_bytes
+from visionloop.engines.runtimes import OnnxRuntimeEngine, OpenVinoEngine, openvino_supports_bf16
+
+if TYPE_CHECKING:
+    from visionloop.models.base import VisionModel
+
+CARD = "card.json"
+CARD_FORMAT = "visionloop-artifact"
+CARD_VERSION = 1
+MAX_CARD_BYTES = 1 << 20
+MODEL_FILES: dict[str, tuple[str, ...]] = {
+    "onnxruntime": ("model.onnx",),
+    "openvino": ("model.xml", "model.bin"),
+}
+FORMATS: dict[str, EngineName] = {"onnx": "onnxruntime", "openvino": "openvino"}
+
+
+class ArtifactError(EngineError):
+    """An artefact folder that cannot serve this model. The message names the file."""
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+# -- loading ---------------------------------------------------------------------------------
+
+
+def read_card(folder: Path) -> dict[str, Any]:
+    """The card of an artefact folder, with its files checked against their sha256.
+
+    Raises:
+        ArtifactError: no folder, no card, a card that is not ours, a missing or altered file.
+    """
+    card_path = folder / CARD
+    card = _card_json(folder, card_path)
+    if card.get("version") != CARD_VERSION:
+        raise ArtifactError(
+            f"{card_path} has card version {card.get('version')!r}; this visionloop reads "
+            f"{CARD_VERSION}"
+        )
+    engine = card.get("engine")
+    if engine not in MODEL_FILES or card.get("precision") not in ("fp32", "bf16", "int8"):
+        raise ArtifactError(
+            f"{card_path}: unknown engine {engine!r} or precision {card.get('precision')!r}"
+        )
+    files = card.get("files")
+    if not isinstance(files, dict) or set(files) != set(MODEL_FILES[engine]):
+        raise ArtifactError(f"{card_path}: files must be {', '.join(MODEL_FILES[engine])}")
+    for name, expected in files.items():
+        path = folder / name
+        if not path.is_file():
+            raise ArtifactError(f"{path} is missing (listed in {card_path})")
+        if sha256_file(path) != expected:
+            raise ArtifactError(f"{path} does not match the sha256 in {card_path}: altered")
+    return card
+
+
+def _card_json(folder: Path, card_path: Path) -> dict[str, Any]:
+    if not folder.is_dir():
+        raise ArtifactError(f"artefact {folder} is not a folder")
+    if not card_path.is_file():
+        raise ArtifactError(f"{card_path} is missing: not an artefact made by visionloop export")
+    if card_path.stat().st_size > MAX_CARD_BYTES:
+        raise ArtifactError(f"{card_path} is larger than {MAX_CARD_BYTES} bytes: not a card")
+    try:
+        card = json.loads(card_path.read_text())
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ArtifactError(f"{card_path} is not valid JSON: {exc}") from None
+    if not isinstance(card, dict) or card.get("format") != CARD_FORMAT:
+        raise ArtifactError(f"{card_path} is not a visionloop artefact card")
+    return card
+
+
+def check_card(card: dict[str, Any], model: VisionModel, folder: Path) -> None:
+    """Refuse a card made for another model, other weights or another input.
+
+    Raises:
+        ArtifactError: naming what differs.
+    """
+    where = folder / CARD
+    spec = model.input_spec
+    problems = []
+    if card.get("model") != model.name:
+        problems.append(f"it is for model {card.get('model')!r}, not {model.name!r}")
+    shape = card.get("input", {}).get("shape")
+    if shape != [-1, *spec.shape]:
+        problems.append(f"its input is {shape}, the model takes {[-1, *spec.shape]}")
+    if card.get("input", {}).get("mean") != list(spec.mean) or card.get("input", {}).get(
+        "std"
+    ) != list(spec.std):
+        problems.append("its normalisation (mean, std) differs from the model's")
+    if card.get("classes") != list(model.classes):
+        problems.append(f"its classes {card.get('classes')} are not {list(model.classes)}")
+    source = card.get("source", {}).get("weights_sha256")
+    if model.source_sha256 is not None and source != model.source_sha256:
+        problems.append(
+            "it was made from other weights (source sha256 differs: pass the --weights it was "
+            "exported from, or export again)"
+        )
+    if problems:
+        raise ArtifactError(f"{where} does not fit this model: " + "; ".join(problems))
+
+
+def load_engine(folder: Path, model: VisionModel, threads: int = 0, device: str = "cpu") -> Engine:
+    """Check an artefact against ``model`` and build its engine; run one image through it.
+
+    Raises:
+        ArtifactError: the card or files are wrong, or do not fit the model.
+        EngineError, MissingEngine: the engine cannot run here.
+    """
+    card = read_card(folder)
+    check_card(card, model, folder)
+    engine_name: EngineName = card["engine"]
+    precision: Precision = card["precision"]
+    path = folder / MODEL_FILES[engine_name][0]
+    engine: Engine
+    if engine_name == "onnxruntime":
+        engine = OnnxRuntimeEngine(path, precision, threads, device)
+    else:
+        engine = OpenVinoEngine(path, precision, threads, device)
+    probe = np.zeros((1, *model.input_spec.shape), dtype=np.uint8)
+    out = engine.run(probe)
+    expected = card.get("output", {}).get("shape", [])
+    if list(out.shape[1:]) != list(expected[1:]):
+        raise ArtifactError(
+            f"{path} returns shape {list(out.shape)}; {folder / CARD} says {expected}"
+        )
+    return _Described(engine, folder, card)
+
+
+class _Described:
+    """An artefact's engine, describing itself with the card's verdict."""
+
+    def __init__(self, engine: Engine, folder: Path, card: dict[str, Any]) -> None:
+        self.inner = engine
+        self.name = engine.name
+        self.precision = engine.precision
+        self.folder = folder
+        self.card = card
+
+    def run(self, images: np.ndarray) -> np.ndarray:
+        return self.inner.run(images)
+
+    def describe(self) -> dict[str, Any]:
+        gate = self.card.get("gate", {})
+        return {
+            **self.inner.describe(),
+            "artifact": str(self.folder),
+            "gate": "passed"
+            if gate.get("passed")
+            else ("forced" if gate.get("forced") else "none"),
+            "selected_by": "artifact",
+        }
+
+
+# -- export ----------------------------------------------------------------------------------
+
+
+@dataclass
+class ExportResult:
+    folder: Path | None  # None: refused by the gate, nothing written
+    card: dict[str, Any]
+    agreement: Agreement | None
+
+
+def export(
+    model: VisionModel,
+    fmt: str,
+    precision: Precision,
+    out: Path,
+    calibration: Photos | None = None,
+    check: Photos | None = None,
+    force: bool = False,
+    min_top1: float = MIN_TOP1,
+    min_label: float = MIN_LABEL,
+    weights: Path | None = None,
+) -> ExportResult:
+    """Write an artefact folder for ``model`` (prepared: fused, CPU, fp32).
+
+    The artefact is verified against the torch model: always on the probe images (outputs
+    must match within float tolerance for fp32), and on ``check`` photos by the gate. bf16
+    and int8 need a check set; int8 needs calibration photos disjoint from it. A failed gate
+    writes nothing unless ``force``.
+
+    Raises:
+        ValueError: bad combination of arguments, or overlapping photo sets.
+        EngineError: the export or the engine failed.
+    """
+    engine_name = FORMATS.get(fmt)
+    if engine_name is None:
+        raise ValueError(f"format must be one of {', '.join(FORMATS)}, got {fmt!r}")
+    require(engine_name)
+    _check_request(engine_name, precision, out, calibration, check, force)
+    thresholds = {"min_top1": min_top1, "min_label": min_label}
+    staging = Path(
+        tempfile.mkdtemp(prefix=".export-", dir=out.parent if out.parent.exists() else None)
+    )
+    try:
+        files = _write_model(model, engine_name, precision, staging, calibration)
+        card = _card(model, engine_name, precision, staging, files, calibration, weights)
+        engine: Engine = (
+            OnnxRuntimeEngine(staging / files[0], precision)
+            if engine_name == "onnxruntime"
+            else OpenVinoEngine(staging / files[0], precision)
+        )
+        from visionloop.engines.check import torch_reference
+
+        reference = torch_reference(model)
+        probe = _probe_images(model)
+        drift = float(np.abs(run_all(reference, probe) - run_all(engine.run, probe)).max())
+        card["verification"] = {"probe_images": len(probe), "max_abs_diff": drift}
+        if precision == "fp32" and drift > _fp32_tolerance(run_all(reference, probe)):
+            raise EngineError(f"{engine_name} output differs from torch by {drift:.3g} at fp32")
+        result: Agreement | None = None
+        if check is not None:
+            result = agreement(
+                model,
+                run_all(reference, check.images),
+                run_all(engine.run, check.images),
+                check.names,
+                **thresholds,
+            )
+            card["accuracy"] = {"check": check.describe(), **result.as_json()}
+        passed = result.passed if result is not None else precision == "fp32"
+        card["gate"] = {"passed": passed, "forced": force and not passed, **thresholds}
+        if not passed and not force:
+            return ExportResult(None, card, result)
+        (staging / CARD).write_text(json.dumps(card, indent=2) + "\n")
+        out.parent.mkdir(parents=True, exist_ok=True)
+        if out.exists():
+            out.rmdir()  # empty, checked above
+        os.replace(staging, out)
+        return ExportResult(out, card, result)
+    finally:
+        if staging.exists():
+            shutil.rmtree(staging, ignore_errors=True)
+
+
+def _check_request(
+    engine_name: EngineName,
+    precision: Precision,
+    out: Path,
+    calibration: Photos | None,
+    check: Photos | None,
+    force: bool,
+) -> None:
+    """Raises ValueError for a request that cannot be made or checked honestly."""
+    if precision == "bf16" and engine_name == "onnxruntime":
+        raise ValueError("ONNX Runtime has no bf16 CPU kernels: use --format openvino for bf16")
+    if precision == "bf16" and not openvino_supports_bf16():
+        raise ValueError(
+            "this CPU has no bf16 (AVX512_BF16 or AMX): OpenVINO would silently run fp32, so "
+            "a bf16 artefact cannot be made or checked here"
+        )
+    if precision == "int8" and calibration is None:
+        raise ValueError("int8 needs --calibration DIR (unlabelled photos like the traffic)")
+    if precision != "fp32" and check is None and not force:
+        raise ValueError(f"{precision} needs --check DIR to pass the accuracy gate (or --force)")
+    if calibration is not None and check is not None and overlap(calibration, check):
+        raise ValueError(
+            f"the check set shares {overlap(calibration, check)} photos with the calibration "
+            "set: a gate judged on its own calibration photos proves nothing"
+        )
+    if out.exists() and any(out.iterdir()):
+        raise ValueError(f"{out} exists and is not empty")
+
+
+def _fp32_tolerance(reference: np.ndarray) -> float:
+    return 1e-3 * max(1.0, float(np.abs(reference).max()))
+
+
+def _probe_images(model: VisionModel) -> np.ndarray:
+    """Deterministic inputs for the fp32 check: a smooth gradient, noise, black and white."""
+    height, width, _ = model.input_spec.shape
+    rng = np.random.default_rng(0)
+    ramp = np.linspace(0, 255, height * width * 3).reshape(height, width, 3).astype(np.uint8)
+    noise = rng.integers(0, 256, (height, width, 3), dtype=np.uint8)
+    return np.stack([ramp, noise, np.zeros_like(ramp), np.full_like(ramp, 255)])
+
+
+def _write_model(
+    model: VisionModel,
+    engine: EngineName,
+    precision: Precision,
+    folder: Path,
+    calibration: Photos | None,
+) -> tuple[str, ...]:
+    onnx_path = folder / "model.onnx"
+    onnx_path.write_bytes(onnx_bytes(model))
+    if engine == "onnxruntime":
+        if precision == "int8":
+            assert calibration is not None
+            from visionloop.engines.quantize import quantize_onnx
+
+            float_path = folder / "float.onnx"
+            onnx_path.rename(float_path)
+            quantize_onnx(float_path, onnx_path, calibration)
+            float_path.unlink()
+        return MODEL_FILES["onnxruntime"]
+    ov = require("openvino")
+    ir = ov.Core().read_model(str(onnx_path))
+    if precision == "int8":
+        assert calibration is not None
+        from visionloop.engines.quantize import quantize_openvino
+
+        ir = quantize_openvino(ir, calibration)
+    # Weights stay fp32 in the IR for fp32/bf16 (bf16 is a run-time hint; compress_to_fp16
+    # would round them).
+    ov.save_model(ir, str(folder / "model.xml"), compress_to_fp16=False)
+    onnx_path.unlink()
+    return MODEL_FILES["openvino"]
+
+
+def _card(
+    model: VisionModel,
+    engine: EngineName,
+    precision: Precision,
+    folder: Path,
+    files: tuple[str, ...],
+    calibration: Photos | None,
+    weights: Path | None,
+) -> dict[str, Any]:
+    spec = model.input_spec
+    with torch.inference_mode():
+        probe = torch.zeros((1, *spec.shape), dtype=torch.uint8)
+        raw_shape = list(model.network(model.normalise(probe)).shape[1:])
+    versions = {"visionloop": __version__, "torch": torch.__version__}
+    versions[engine] = str(require(engine).__version__ if engine == "onnxruntime" else
+                           require(engine).get_version())  # fmt: skip
+    return {
+        "format": CARD_FORMAT,
+        "version": CARD_VERSION,
+        "model": model.name,
+        "description": model.description,
+        "engine": engine,
+        "precision": precision,
+        "input": {
+            "name": INPUT_NAME,
+            "dtype": "UINT8",
+            "layout": "NHWC",
+            "shape": [-1, *spec.shape],
+            "mean": list(spec.mean),
+            "std": list(spec.std),
+            "resize_short_side": spec.crop.short_side,
+            "resample": spec.crop.resample,
+        },
+        "output": {"name": OUTPUT_NAME, "dtype": "FP32", "shape": [-1, *raw_shape]},
+        "outputs": [
+            {"name": o.name, "shape": list(o.shape), "dtype": o.dtype} for o in model.outputs
+        ],
+        "classes": list(model.classes),
+        "source": {
+            "weights_sha256": model.source_sha256,
+            "weights": str(weights) if weights is not None else "packaged",
+        },
+        "calibration": calibration.describe() if calibration is not None else None,
+        "files": {name: sha256_file(folder / name) for name in files},
+        "made_with": versions,
+        "created": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+    }
