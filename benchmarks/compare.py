@@ -9,6 +9,12 @@ Open loop (Poisson rates, the default) or closed loop (``--mode closed --clients
 Systems ``redis-1w`` and ``redis-2w`` are the distributed deployment on this machine (Redis, one
 API replica, one or two workers; ``benchmarks/distributed/start.sh``).
 
+Engines: visionloop's systems run ``engine auto`` (OpenVINO fp32 on a CPU) unless named
+``-torch`` (``adaptive-torch``: eager PyTorch, the default before the engine seam). Peers run
+eager PyTorch as they ship; ``<peer>-fast`` gives the peer the same OpenVINO engine
+(``VISIONLOOP_PEER_ENGINE=auto`` in ``benchmarks/peers/common.py``), a test of the server alone.
+``--megapixels 1.5`` sends the sample photos scaled to phone size instead of as they are.
+
 Run: .venv/bin/python benchmarks/compare.py --systems naive,fixed,adaptive,litserve
 Writes out/compare/rows.json, out/compare/latency.png and prints Markdown tables.
 """
@@ -46,6 +52,8 @@ VISIONLOOP = {
                 "--max-queue", "256"],
     "adaptive": ["--policy", "adaptive", "--max-batch-size", "8", "--max-delay-ms", "20",
                  "--max-queue", "256"],
+    "adaptive-torch": ["--policy", "adaptive", "--max-batch-size", "8", "--max-delay-ms", "20",
+                       "--max-queue", "256", "--engine", "torch"],
     # The same with the BatchNorm drift tap measuring 1% / 10% of the served images.
     "adaptive-drift1": ["--policy", "adaptive", "--max-batch-size", "8", "--max-delay-ms", "20",
                         "--max-queue", "256", "--drift-sample", "0.01"],
@@ -67,6 +75,7 @@ class System:
     metrics: bool = False
     stop_signal: int = signal.SIGTERM
     needs_netns: bool = False
+    env: dict[str, str] | None = None
 
 
 def free_port() -> int:
@@ -83,21 +92,24 @@ def system(name: str, port: int) -> System:
         start_sh = str(ROOT / "benchmarks" / "distributed" / "start.sh")
         return System(name, ["bash", start_sh, str(port), *DISTRIBUTED[name]],
                       "/v1/models/catdog/predict", "/v2/health/ready")  # fmt: skip
-    spec = json.loads((PEERS / name / "peer.json").read_text())
+    peer = name.removesuffix("-fast")
+    spec = json.loads((PEERS / peer / "peer.json").read_text())
     stop = str(spec.get("stop_signal", "SIGTERM")).split()[0]
+    engine = "auto" if name.endswith("-fast") else "torch"
     return System(
         name,
-        ["bash", str(PEERS / name / "start.sh"), str(port)],
+        ["bash", str(PEERS / peer / "start.sh"), str(port)],
         spec["predict_url"],
         spec["ready_url"],
         protocol=spec.get("protocol", "raw"),
         stop_signal=getattr(signal, stop, signal.SIGTERM),
         needs_netns=bool(spec.get("needs_netns", False)),
+        env={"VISIONLOOP_PEER_ENGINE": engine},
     )
 
 
 def start(sys_: System, port: int, timeout_s: float = 300) -> subprocess.Popen[bytes]:
-    env = {**os.environ, "PYTHONPATH": str(ROOT / "src")}
+    env = {**os.environ, "PYTHONPATH": str(ROOT / "src"), **(sys_.env or {})}
     process = subprocess.Popen(sys_.command, cwd=ROOT, env=env, start_new_session=True)
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
@@ -137,7 +149,7 @@ def measure(name: str, args: argparse.Namespace) -> list[LoadResult]:
             metrics_url=f"{base}/metrics" if sys_.metrics else None,
             deadline_ms=args.deadline_ms,
         )
-        payloads = load_payloads(ROOT / "tests" / "data")
+        payloads = load_payloads(ROOT / "tests" / "data", megapixels=args.megapixels)
         levels = args.rates if args.mode == "open" else args.clients
         return sweep(target, payloads, args.mode, levels, args.duration, args.warmup,
                      args.slo_ms, label=name, on_result=_progress)  # fmt: skip
@@ -156,7 +168,8 @@ def measure_in_netns(name: str, args: argparse.Namespace) -> list[dict[str, obje
     inner = [sys.executable, __file__, "--systems", name, "--out", str(out.parent),
              "--rates", rates, "--clients", clients, "--mode", args.mode,
              "--duration", str(args.duration), "--warmup", str(args.warmup),
-             "--slo-ms", str(args.slo_ms), "--rows", str(out)]  # fmt: skip
+             "--slo-ms", str(args.slo_ms), "--rows", str(out),
+             "--megapixels", str(args.megapixels)]  # fmt: skip
     if args.deadline_ms is not None:
         inner += ["--deadline-ms", str(args.deadline_ms)]
     script = f"ip link set lo up && exec {shlex.join(inner)}"
@@ -202,6 +215,8 @@ def main() -> None:
     parser.add_argument("--slo-ms", type=float, default=250.0)
     parser.add_argument("--deadline-ms", type=float, default=None,
                         help="send X-Timeout-Ms (servers that read it drop late work)")  # fmt: skip
+    parser.add_argument("--megapixels", type=float, default=0.0,
+                        help="scale the sample photos to this size (0: as they are)")  # fmt: skip
     parser.add_argument("--out", default=str(ROOT / "out" / "compare"))
     parser.add_argument("--rows", help="write only the rows here (used inside a namespace)")
     args = parser.parse_args()

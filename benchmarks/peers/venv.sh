@@ -31,7 +31,7 @@ peer_venv() {
     _quiet "${pip[@]}" "$TORCH" || peer_die "$name" "cannot install $TORCH"
     # torch pinned again, so that the peer can never swap in another (CUDA) build.
     # OpenVINO too: compare.py's "<peer>-fast" systems give the peer our fast engine.
-    _quiet "${pip[@]}" "$TORCH" "openvino==2026.4.1" -e "$ROOT" "$@" \
+    _quiet "${pip[@]}" "$TORCH" "openvino==2026.4.1" "onnx==1.23.2" -e "$ROOT" "$@" \
         || peer_die "$name" "could not install $* next to $TORCH (see pip's error above)"
     "$VENV/bin/python" -c "
 import torch, visionloop, $imports

@@ -470,6 +470,9 @@ def bench_load(
     warmup: Annotated[float, typer.Option(help="Unmeasured seconds before each level.")] = 2.0,
     slo_ms: Annotated[float, typer.Option(help="Latency SLO for goodput.")] = 250.0,
     images: Annotated[Path, typer.Option(help="Folder of images to send.")] = Path("tests/data"),
+    megapixels: Annotated[
+        float, typer.Option(min=0.0, help="Scale each image to this size first (0: as is).")
+    ] = 0.0,
     label: Annotated[str, typer.Option(help="Name of this system/config in results.")] = "",
     deadline_ms: Annotated[
         float | None, typer.Option(help="Send X-Timeout-Ms with every request.")
@@ -490,7 +493,7 @@ def bench_load(
         )
     levels = _levels(rates if mode == "open" else clients, "rates" if mode == "open" else "clients")
     target = Target(url, protocol, metrics_url, deadline_ms)  # type: ignore[arg-type]
-    payloads = load_payloads(images)
+    payloads = load_payloads(images, megapixels=megapixels)
     results = sweep(target, payloads, mode, levels, duration, warmup, slo_ms, label or url,  # type: ignore[arg-type]
                     on_result=lambda r: err_console.print(r.as_dict()))  # fmt: skip
     table = Table(title=f"{label or url} ({mode} loop, SLO {slo_ms:g} ms)")

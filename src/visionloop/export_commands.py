@@ -54,8 +54,6 @@ def export(
 
     Exits 1 if the gate refused the artefact (nothing is written but --report), 2 on bad input.
     """
-    import torch
-
     from visionloop.engines import EngineError
     from visionloop.engines.artifact import FORMATS
     from visionloop.engines.artifact import export as run_export
@@ -69,7 +67,6 @@ def export(
         raise _fail(f"--precision must be fp32, bf16 or int8, got {precision!r}")
     try:
         loaded = registry.create(model, weights).prepare(ModelSettings(engine="torch"))
-        torch.set_grad_enabled(False)
         calibration_set = read_photos(calibration, loaded) if calibration else None
         check_set = read_photos(check, loaded) if check else None
     except (LookupError, ValueError, TypeError) as exc:

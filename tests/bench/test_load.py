@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import io
 import json
 
 import pytest
@@ -57,6 +58,14 @@ def test_load_payloads_reencodes_as_jpeg_and_skips_other_files(tmp_path):
     empty.mkdir()
     with pytest.raises(ValueError, match="no images"):
         load_payloads(empty)
+
+
+def test_load_payloads_scales_photos_to_phone_size(tmp_path):
+    Image.new("RGB", (300, 200), (10, 200, 30)).save(tmp_path / "a.png")
+    (payload,) = load_payloads(tmp_path, megapixels=1.5)
+    with Image.open(io.BytesIO(payload)) as image:
+        assert image.format == "JPEG"
+        assert image.size == (1500, 1000)
 
 
 def test_cli_load_writes_json_and_plot(serve, tmp_path):

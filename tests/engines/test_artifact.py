@@ -108,6 +108,7 @@ def test_the_cli_exit_code_says_the_gate_refused(tmp_path):
                                  "--calibration", str(blank), "--check", str(DATA),
                                  "--report", str(tmp_path / "report.json")])  # fmt: skip
     assert result.exit_code == 1, result.output
+    assert torch.is_grad_enabled()  # export must not switch autograd off for the process
     assert "gate FAILED" in result.output
     assert not out.exists()
     assert json.loads((tmp_path / "report.json").read_text())["gate"]["passed"] is False

@@ -138,3 +138,11 @@ def test_the_v2_config_says_which_engine_serves(serve, sample_bytes):
             headers={"content-type": "image/png"},
         ).json()
     assert answer["label"] == "cat"
+
+
+def test_auto_leaves_a_model_that_does_not_declare_itself_exportable_on_torch():
+    from tests.serving.fakes import FakeModel
+
+    model = FakeModel()  # its network has side effects that tracing would drop
+    assert attach(model, ModelSettings()).engine is None
+    assert model.engine_info()["engine"] == "torch"

@@ -111,3 +111,14 @@ def test_stride_two_padding_is_asymmetric_like_tensorflow(lite0):
     pad = lite0.stem.pad
     assert pad._amount(224) == (0, 1)
     assert pad._amount(225) == (1, 1)
+
+
+def test_padding_amounts_are_computed_once_per_input_size():
+    from visionloop.models.efficientnet_lite import SamePad2d
+
+    pad = SamePad2d(kernel=5, stride=2)
+    assert pad.amounts(112, 113) == (2, 2, 1, 2)  # (left, right) from 113, (top, bottom) from 112
+    pad._amount = None  # type: ignore[method-assign]  # a second call must not recompute
+    assert pad.amounts(112, 113) == (2, 2, 1, 2)
+    x = torch.ones(1, 1, 112, 113)
+    assert pad(x).shape == (1, 1, 115, 117)

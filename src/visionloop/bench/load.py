@@ -69,16 +69,22 @@ class LoadResult:
         return asdict(self)
 
 
-def load_payloads(folder: Path, as_jpeg: bool = True) -> list[bytes]:
-    """Every image in ``folder`` (sorted), re-encoded as JPEG quality 90 unless told not to."""
+def load_payloads(folder: Path, as_jpeg: bool = True, megapixels: float = 0.0) -> list[bytes]:
+    """Every image in ``folder`` (sorted), re-encoded as JPEG quality 90 unless told not to;
+    with ``megapixels`` > 0, first scaled (bicubic) to that many pixels, like a phone photo."""
     payloads = []
     for path in sorted(folder.iterdir()):
         if path.suffix.lower() not in IMAGE_SUFFIXES:
             continue
         data = path.read_bytes()
-        if as_jpeg and path.suffix.lower() not in (".jpg", ".jpeg"):
+        if megapixels > 0 or (as_jpeg and path.suffix.lower() not in (".jpg", ".jpeg")):
+            image = Image.open(io.BytesIO(data)).convert("RGB")
+            if megapixels > 0:
+                scale = (megapixels * 1e6 / (image.width * image.height)) ** 0.5
+                size = (round(image.width * scale), round(image.height * scale))
+                image = image.resize(size, Image.Resampling.BICUBIC)
             buffer = io.BytesIO()
-            Image.open(io.BytesIO(data)).convert("RGB").save(buffer, "JPEG", quality=90)
+            image.save(buffer, "JPEG", quality=90)
             data = buffer.getvalue()
         payloads.append(data)
     if not payloads:

@@ -7,8 +7,10 @@ for ``serve``, ``worker`` and ``predict``:
   against the model (:mod:`.artifact`);
 - ``engine`` ``onnxruntime`` / ``openvino``: the model's network converted in-process (ONNX,
   cached on disk by weights hash), at ``precision`` fp32 or (OpenVINO) bf16;
-- ``engine`` ``auto`` (the default): on a CPU, OpenVINO if installed, else ONNX Runtime, else
-  torch, at fp32; torch on a GPU or when ``compile`` is asked for. bf16 and int8 are never
+- ``engine`` ``auto`` (the default): for a model that declares ``exportable = True`` (the
+  built-ins do), on a CPU, OpenVINO if installed, else ONNX Runtime, else torch, at fp32; torch
+  on a GPU, when ``compile`` is asked for, and for other models (tracing would silently freeze
+  a data-dependent branch). bf16 and int8 are never
   picked without a check: they serve from an artefact whose card records a passed gate.
 
 An in-process conversion is verified against the torch network on probe images before it
@@ -99,6 +101,9 @@ def _artifact_engine(folder: Path) -> str:
 
 
 def _auto(model: VisionModel, settings: ModelSettings) -> VisionModel:
+    if not model.exportable:
+        log.info("engine auto: torch (model %s does not declare exportable = True)", model.name)
+        return model
     if model.device.type != "cpu" or settings.compile or settings.precision == "bf16":
         why = "a GPU" if model.device.type != "cpu" else "compile" if settings.compile else "bf16"
         log.info("engine auto: torch (%s asked for)", why)

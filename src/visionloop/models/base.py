@@ -93,6 +93,10 @@ class VisionModel(ABC):
     input_spec: InputSpec
     outputs: tuple[OutputSpec, ...]
     classes: tuple[str, ...] = ()
+    # True when ``network`` is a pure function of its input that ONNX export traces faithfully
+    # (no data-dependent Python branches, no side effects): ``engine auto`` then converts it.
+    # Any model can still be converted by naming the engine; the conversion is verified.
+    exportable: bool = False
 
     def __init__(self, network: nn.Module) -> None:
         self.network = network.eval()

@@ -45,6 +45,7 @@ class CatDog(VisionModel):
         OutputSpec("probabilities", (1000,), description="ImageNet-1k softmax"),
     )
     classes = LABELS
+    exportable = True
 
     def __init__(
         self, network: EfficientNetLite | None = None, settings: CatDogSettings | None = None

@@ -49,21 +49,34 @@ LITE0_STAGES = (
 
 
 class SamePad2d(nn.Module):
-    """TensorFlow "SAME" padding for a strided conv, computed from the actual input size."""
+    """TensorFlow "SAME" padding for a strided conv.
+
+    The amounts depend only on the input size, which is fixed for a served model: they are
+    computed once per size and kept, so a forward pass does no padding arithmetic, and an
+    exported graph holds a constant ``Pad`` that ONNX Runtime and OpenVINO fold into the
+    convolution after it (ONNX ``Conv`` takes asymmetric pads; ``nn.Conv2d`` does not, which is
+    why eager torch still pads: stride 2 on an even size pads one more row at the bottom).
+    """
 
     def __init__(self, kernel: int, stride: int) -> None:
         super().__init__()
         self.kernel = kernel
         self.stride = stride
+        self._amounts: dict[tuple[int, int], tuple[int, int, int, int]] = {}
 
     def _amount(self, size: int) -> tuple[int, int]:
         total = max((math.ceil(size / self.stride) - 1) * self.stride + self.kernel - size, 0)
         return total // 2, total - total // 2
 
+    def amounts(self, height: int, width: int) -> tuple[int, int, int, int]:
+        """(left, right, top, bottom) for an input of this size."""
+        found = self._amounts.get((height, width))
+        if found is None:
+            found = self._amounts[(height, width)] = (*self._amount(width), *self._amount(height))
+        return found
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        left, right = self._amount(x.shape[-1])
-        top, bottom = self._amount(x.shape[-2])
-        return F.pad(x, (left, right, top, bottom))
+        return F.pad(x, self.amounts(x.shape[-2], x.shape[-1]))
 
 
 class ConvBNAct(nn.Sequential):
