@@ -145,9 +145,7 @@ def main() -> None:
 
     base_top, base_labels = predict(rows["full decode + resize"]["crops"])
     result: dict[str, Any] = {
-        "command": "python benchmarks/decode.py " + " ".join(
-            f"--{k.replace('_', '-')} {v}" for k, v in vars(args).items()
-            if k not in ("out", "simd_worker") and v is not None),
+        "command": "python " + " ".join(sys.argv),
         "when": time.strftime("%Y-%m-%d %H:%M:%S"),
         "photos": len(photos), "megapixels": args.megapixels,
         "mean_kib": round(sum(map(len, photos)) / len(photos) / 1024, 1),

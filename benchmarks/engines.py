@@ -21,6 +21,7 @@ import json
 import os
 import platform
 import statistics
+import sys
 import tempfile
 import time
 from collections.abc import Callable
@@ -122,8 +123,7 @@ def main() -> None:
     medians = {n: {b: statistics.median(v) for b, v in t.items()} for n, t in timings.items()}
     base = medians["torch eager fp32"]
     result = {
-        "command": "python benchmarks/engines.py " + " ".join(
-            f"--{k.replace('_', '-')} {v}" for k, v in vars(args).items() if k != "out"),
+        "command": "python " + " ".join(sys.argv),
         "when": time.strftime("%Y-%m-%d %H:%M:%S"),
         "machine": {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(),
                     "flags": cpu_flags(), "openvino_bf16": openvino_supports_bf16()},
@@ -140,7 +140,7 @@ def main() -> None:
     sizes = [str(b) for b in args.batch_sizes]
     print("| engine | " + " | ".join(f"ms/img bs{b}" for b in sizes)
           + " | x torch bs8 | top-1 agree | label agree | gate |")  # fmt: skip
-    print("| --- |" + " ---: |" * (len(sizes) + 4) + " --- |")
+    print("| --- |" + " ---: |" * (len(sizes) + 3) + " --- |")
     for name, m in medians.items():
         a = accuracy[name]
         speed = result["speedup_vs_torch_eager"][name].get("8", float("nan"))  # type: ignore[index]

@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
+import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -68,8 +69,7 @@ def main() -> None:
                 done += args.batch
             rates[engine].append(done / (time.perf_counter() - started))
     result = {
-        "command": "python benchmarks/pipeline_ceiling.py " + " ".join(
-            f"--{k.replace('_', '-')} {v}" for k, v in vars(args).items() if k != "out"),
+        "command": "python " + " ".join(sys.argv),
         "when": time.strftime("%Y-%m-%d %H:%M:%S"),
         "engines": {e: models[e].engine_info() for e in models},
         "images_per_s_median": {e: statistics.median(r) for e, r in rates.items()},

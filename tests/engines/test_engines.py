@@ -146,3 +146,21 @@ def test_auto_leaves_a_model_that_does_not_declare_itself_exportable_on_torch():
     model = FakeModel()  # its network has side effects that tracing would drop
     assert attach(model, ModelSettings()).engine is None
     assert model.engine_info()["engine"] == "torch"
+
+
+def test_a_gpu_device_without_a_gpu_engine_is_a_clear_error(tmp_path):
+    import onnxruntime
+
+    from visionloop.engines.graph import onnx_bytes
+    from visionloop.engines.runtimes import OnnxRuntimeEngine, openvino_device
+
+    if "CUDAExecutionProvider" in onnxruntime.get_available_providers():
+        pytest.skip("this onnxruntime has a CUDA provider")
+    path = tmp_path / "model.onnx"
+    path.write_bytes(onnx_bytes(create("catdog").prepare(ModelSettings(engine="torch"))))
+    with pytest.raises(EngineError, match="no CUDA provider"):
+        OnnxRuntimeEngine(path, "fp32", device="cuda:0")
+    assert openvino_device("cuda:1") == "GPU.1"
+    assert openvino_device("cpu") == "CPU"
+    with pytest.raises(EngineError, match="cannot run on device 'mps'"):
+        openvino_device("mps")
