@@ -84,7 +84,8 @@ def main() -> None:
         with tempfile.TemporaryDirectory() as work:
             raw = Path(work) / "raw.txt"
             before = cpu_seconds(server.pid)
-            subprocess.run([str(Path(sys.executable).with_name("py-spy")), "record", "--threads", "--nonblocking", "--format", "raw",
+            py_spy = str(Path(sys.executable).with_name("py-spy"))
+            subprocess.run([py_spy, "record", "--threads", "--nonblocking", "--format", "raw",
                             "-r", str(args.rate), "-d", str(int(args.seconds)),
                             "-p", str(server.pid), "-o", str(raw)],
                            check=True, capture_output=True)  # fmt: skip

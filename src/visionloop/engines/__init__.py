@@ -24,7 +24,7 @@ import logging
 import os
 import tempfile
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -36,6 +36,7 @@ from visionloop.engines.base import (
     Engine,
     EngineError,
     EngineName,
+    Labelled,
     MissingEngine,
     Precision,
     available_engines,
@@ -154,23 +155,7 @@ def build(
         engine = OpenVinoEngine(path, precision, settings.threads, settings.device)
     if precision == "fp32":
         _verify(model, engine)
-    return _Selected(engine, selected_by)
-
-
-class _Selected:
-    """An in-process engine, saying how it was chosen."""
-
-    def __init__(self, engine: Engine, selected_by: str) -> None:
-        self.inner = engine
-        self.name = engine.name
-        self.precision = engine.precision
-        self.selected_by = selected_by
-
-    def run(self, images: np.ndarray) -> np.ndarray:
-        return self.inner.run(images)
-
-    def describe(self) -> dict[str, Any]:
-        return {**self.inner.describe(), "selected_by": self.selected_by}
+    return Labelled(engine, selected_by=selected_by)
 
 
 def _verify(model: VisionModel, engine: Engine) -> None:

@@ -23,7 +23,14 @@ import numpy as np
 import torch
 
 from visionloop import __version__
-from visionloop.engines.base import Engine, EngineError, EngineName, Precision, require
+from visionloop.engines.base import (
+    Engine,
+    EngineError,
+    EngineName,
+    Labelled,
+    Precision,
+    require,
+)
 from visionloop.engines.check import (
     MIN_LABEL,
     MIN_TOP1,
@@ -165,32 +172,9 @@ def load_engine(folder: Path, model: VisionModel, threads: int = 0, device: str 
         raise ArtifactError(
             f"{path} returns shape {list(out.shape)}; {folder / CARD} says {expected}"
         )
-    return _Described(engine, folder, card)
-
-
-class _Described:
-    """An artefact's engine, describing itself with the card's verdict."""
-
-    def __init__(self, engine: Engine, folder: Path, card: dict[str, Any]) -> None:
-        self.inner = engine
-        self.name = engine.name
-        self.precision = engine.precision
-        self.folder = folder
-        self.card = card
-
-    def run(self, images: np.ndarray) -> np.ndarray:
-        return self.inner.run(images)
-
-    def describe(self) -> dict[str, Any]:
-        gate = self.card.get("gate", {})
-        return {
-            **self.inner.describe(),
-            "artifact": str(self.folder),
-            "gate": "passed"
-            if gate.get("passed")
-            else ("forced" if gate.get("forced") else "none"),
-            "selected_by": "artifact",
-        }
+    gate = card.get("gate", {})
+    verdict = "passed" if gate.get("passed") else ("forced" if gate.get("forced") else "none")
+    return Labelled(engine, artifact=str(folder), gate=verdict, selected_by="artifact")
 
 
 # -- export ----------------------------------------------------------------------------------

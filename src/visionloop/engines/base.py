@@ -72,3 +72,20 @@ def available_engines() -> list[EngineName]:
             continue
         found.append(name)
     return found
+
+
+class Labelled:
+    """An engine that also says where it came from (``selected_by``, the artefact and its
+    gate) when it describes itself."""
+
+    def __init__(self, engine: Engine, **extra: Any) -> None:
+        self.inner = engine
+        self.name = engine.name
+        self.precision = engine.precision
+        self.extra = extra
+
+    def run(self, images: npt.NDArray[np.uint8]) -> npt.NDArray[np.float32]:
+        return self.inner.run(images)
+
+    def describe(self) -> dict[str, Any]:
+        return {**self.inner.describe(), **self.extra}
