@@ -43,20 +43,23 @@ def _settings(kind: type[Any], **flags: Any) -> Any:
 
 
 def _model_settings(**flags: Any) -> Any:
-    """Model settings; an artefact's card and files are checked here, before anything starts,
-    so a bad one is one line and exit 2 (the server never starts half-loaded)."""
+    """Model settings; an artefact's card and files, and the named engine's package, are
+    checked here, before anything starts, so a bad one is one line and exit 2 (the server never
+    starts half-loaded)."""
     from visionloop.settings import ModelSettings
 
     settings = _settings(ModelSettings, **flags)
-    if settings.artifact is not None:
-        from visionloop.engines import EngineError
-        from visionloop.engines.artifact import read_card
+    from visionloop.engines import EngineError, require
+    from visionloop.engines.artifact import read_card
 
-        try:
+    try:
+        if settings.artifact is not None:
             read_card(settings.artifact)
-        except EngineError as exc:
-            err_console.print(f"[red]error:[/red] {escape(str(exc))}")
-            raise typer.Exit(2) from None
+        if settings.engine in ("onnxruntime", "openvino"):
+            require(settings.engine)
+    except EngineError as exc:
+        err_console.print(f"[red]error:[/red] {escape(str(exc))}")
+        raise typer.Exit(2) from None
     return settings
 
 

@@ -77,6 +77,14 @@ def test_a_missing_engine_package_names_the_extra_and_auto_falls_back(monkeypatc
     with pytest.raises(MissingEngine, match=r"pip install 'visionloop\[serve\]'"):
         load(ModelSettings(engine="openvino"))
     assert load(ModelSettings()).engine is None  # auto: torch, and it still answers
+    from typer.testing import CliRunner
+
+    from visionloop.cli import app
+
+    result = CliRunner().invoke(app, ["serve", "--engine", "onnxruntime", "--port", "1"])
+    assert result.exit_code == 2
+    assert result.output.count("\n") == 1
+    assert "pip install 'visionloop[serve]'" in result.output
 
 
 def test_int8_and_bf16_are_never_given_without_a_check():

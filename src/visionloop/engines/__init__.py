@@ -58,6 +58,7 @@ __all__ = [
     "attach",
     "available_engines",
     "build",
+    "require",
 ]
 
 log = logging.getLogger("visionloop.engines")
