@@ -52,10 +52,10 @@ class SamePad2d(nn.Module):
     """TensorFlow "SAME" padding for a strided conv.
 
     The amounts depend only on the input size, which is fixed for a served model: they are
-    computed once per size and kept, so a forward pass does no padding arithmetic, and an
-    exported graph holds a constant ``Pad`` that ONNX Runtime and OpenVINO fold into the
-    convolution after it (ONNX ``Conv`` takes asymmetric pads; ``nn.Conv2d`` does not, which is
-    why eager torch still pads: stride 2 on an even size pads one more row at the bottom).
+    computed once per size and kept, so a forward pass does no padding arithmetic. Eager torch
+    still pads (a copy): stride 2 on an even size pads one more row at the bottom, which
+    ``nn.Conv2d``'s symmetric padding cannot express. OpenVINO folds the exported ``Pad`` into
+    its convolution; ONNX Runtime keeps it.
     """
 
     def __init__(self, kernel: int, stride: int) -> None:
