@@ -172,3 +172,10 @@ def test_a_gpu_device_without_a_gpu_engine_is_a_clear_error(tmp_path):
     assert openvino_device("cpu") == "CPU"
     with pytest.raises(EngineError, match="cannot run on device 'mps'"):
         openvino_device("mps")
+
+
+def test_bf16_with_engine_auto_or_torch_runs_torch_in_bfloat16():
+    for engine in ("auto", "torch"):
+        model = load(ModelSettings(engine=engine, precision="bf16"))
+        assert model.engine is None
+        assert model.engine_info()["precision"] == "bf16"

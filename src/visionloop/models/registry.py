@@ -71,7 +71,8 @@ def load(settings: ModelSettings) -> VisionModel:
     (:func:`visionloop.engines.attach`)."""
     from visionloop.engines import attach
 
-    if settings.engine == "torch" and settings.precision == "bf16":
+    if settings.engine in ("torch", "auto") and settings.precision == "bf16":
+        # auto keeps torch for bf16 (engines.attach): run it in bfloat16, not silently fp32
         settings = settings.model_copy(update={"dtype": "bfloat16"})
     return attach(create(settings.model, settings.weights).prepare(settings), settings)
 
