@@ -160,13 +160,13 @@ def build(
 
 
 def _verify(model: VisionModel, engine: Engine) -> None:
-    from visionloop.engines.artifact import _fp32_tolerance, _probe_images
+    from visionloop.engines.artifact import fp32_tolerance, probe_images
     from visionloop.engines.check import run_all, torch_reference
 
-    probe = _probe_images(model)
+    probe = probe_images(model)
     reference = run_all(torch_reference(model), probe)
     drift = float(np.abs(reference - run_all(engine.run, probe)).max())
-    if drift > _fp32_tolerance(reference):
+    if drift > fp32_tolerance(reference):
         raise EngineError(f"{engine.name} differs from torch by {drift:.3g} on probe images")
 
 

@@ -230,10 +230,10 @@ def export(
         from visionloop.engines.check import torch_reference
 
         reference = torch_reference(model)
-        probe = _probe_images(model)
+        probe = probe_images(model)
         drift = float(np.abs(run_all(reference, probe) - run_all(engine.run, probe)).max())
         card["verification"] = {"probe_images": len(probe), "max_abs_diff": drift}
-        if precision == "fp32" and drift > _fp32_tolerance(run_all(reference, probe)):
+        if precision == "fp32" and drift > fp32_tolerance(run_all(reference, probe)):
             raise EngineError(f"{engine_name} output differs from torch by {drift:.3g} at fp32")
         result: Agreement | None = None
         if check is not None:
@@ -289,11 +289,11 @@ def _check_request(
         raise ValueError(f"{out} exists and is not empty")
 
 
-def _fp32_tolerance(reference: np.ndarray) -> float:
+def fp32_tolerance(reference: np.ndarray) -> float:
     return 1e-3 * max(1.0, float(np.abs(reference).max()))
 
 
-def _probe_images(model: VisionModel) -> np.ndarray:
+def probe_images(model: VisionModel) -> np.ndarray:
     """Deterministic inputs for the fp32 check: a smooth gradient, noise, black and white."""
     height, width, _ = model.input_spec.shape
     rng = np.random.default_rng(0)
