@@ -2,8 +2,8 @@
 
 Normalisation (``(pixel - mean) / std``) and the change of layout are part of the graph, so the
 host hands over the staged uint8 batch as it is. The batch dimension is dynamic; height and
-width are the model's input size. What the engines make of it (checked on catdog with
-ONNX Runtime 1.31 and OpenVINO 2026.4): both fuse ReLU6 (``Clip``) into 33 of the 49
+width are the model's input size. What the engines make of it (``benchmarks/engine_graphs.py``
+on catdog, ONNX Runtime 1.31 and OpenVINO 2026.4): both fuse ReLU6 (``Clip``) into 33 of the 49
 convolutions; OpenVINO also folds the 5 TF "SAME" ``Pad`` nodes into its convolutions, while
 ONNX Runtime keeps them as separate nodes.
 """
