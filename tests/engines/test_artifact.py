@@ -101,6 +101,13 @@ def test_the_gate_refuses_int8_calibrated_on_blank_images(model, check, tmp_path
     assert load(ModelSettings(artifact=out)).engine_info()["gate"] == "forced"
 
 
+def test_export_into_a_new_nested_folder(model, check, tmp_path):
+    out = tmp_path / "new" / "nested" / "fp32"
+    assert export(model, "onnx", "fp32", out, check=check).folder == out
+    assert sorted(p.name for p in out.parent.iterdir()) == ["fp32"]  # no staging left behind
+    assert read_card(out)["gate"]["passed"] is True
+
+
 def test_the_cli_exit_code_says_the_gate_refused(tmp_path):
     blank = blank_photos(tmp_path / "blank")
     out = tmp_path / "refused"

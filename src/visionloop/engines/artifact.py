@@ -39,6 +39,7 @@ from visionloop.engines.check import (
     agreement,
     overlap,
     run_all,
+    torch_reference,
 )
 from visionloop.engines.graph import INPUT_NAME, OUTPUT_NAME, onnx_bytes
 from visionloop.engines.runtimes import OnnxRuntimeEngine, OpenVinoEngine, openvino_supports_bf16
@@ -216,9 +217,9 @@ def export(
     require(engine_name)
     _check_request(engine_name, precision, out, calibration, check, force)
     thresholds = {"min_top1": min_top1, "min_label": min_label}
-    staging = Path(
-        tempfile.mkdtemp(prefix=".export-", dir=out.parent if out.parent.exists() else None)
-    )
+    # Staged beside ``out`` (same file system), so the final rename is atomic.
+    out.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=".export-", dir=out.parent))
     try:
         files = _write_model(model, engine_name, precision, staging, calibration)
         card = _card(model, engine_name, precision, staging, files, calibration, weights)
@@ -227,13 +228,12 @@ def export(
             if engine_name == "onnxruntime"
             else OpenVinoEngine(staging / files[0], precision)
         )
-        from visionloop.engines.check import torch_reference
-
         reference = torch_reference(model)
         probe = probe_images(model)
-        drift = float(np.abs(run_all(reference, probe) - run_all(engine.run, probe)).max())
+        expected = run_all(reference, probe)
+        drift = float(np.abs(expected - run_all(engine.run, probe)).max())
         card["verification"] = {"probe_images": len(probe), "max_abs_diff": drift}
-        if precision == "fp32" and drift > fp32_tolerance(run_all(reference, probe)):
+        if precision == "fp32" and drift > fp32_tolerance(expected):
             raise EngineError(f"{engine_name} output differs from torch by {drift:.3g} at fp32")
         result: Agreement | None = None
         if check is not None:
@@ -250,7 +250,6 @@ def export(
         if not passed and not force:
             return ExportResult(None, card, result)
         (staging / CARD).write_text(json.dumps(card, indent=2) + "\n")
-        out.parent.mkdir(parents=True, exist_ok=True)
         if out.exists():
             out.rmdir()  # empty, checked above
         os.replace(staging, out)
