@@ -340,7 +340,7 @@ async def _run_worker(
     from visionloop.serving.batcher import BatchPolicy
     from visionloop.serving.metrics import Metrics
     from visionloop.serving.runner import RunnerConfig
-    from visionloop.serving.transport.redis_streams import RedisWorker
+    from visionloop.serving.transport.redis_worker import RedisWorker
 
     log = logging.getLogger("visionloop.worker")
     log.info("loading %s on %s", model_settings.model, model_settings.device)

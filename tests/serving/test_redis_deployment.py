@@ -24,13 +24,8 @@ from tests.serving.transports import redis_settings, wait_until
 from visionloop.serving.api import create_app
 from visionloop.serving.batcher import BatchPolicy
 from visionloop.serving.runner import ItemResult, RunnerConfig
-from visionloop.serving.transport.redis_streams import (
-    GROUP,
-    Keys,
-    RedisTransport,
-    RedisWorker,
-    reply_ok,
-)
+from visionloop.serving.transport.redis_streams import GROUP, Keys, RedisTransport
+from visionloop.serving.transport.redis_worker import RedisWorker, reply_ok
 from visionloop.settings import ModelSettings, ServeSettings
 
 ROOT = Path(__file__).resolve().parents[2]

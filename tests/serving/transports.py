@@ -16,7 +16,8 @@ from tests.serving.fakes import FakeModel
 from visionloop.serving.batcher import BatchPolicy
 from visionloop.serving.runner import Runner, RunnerConfig
 from visionloop.serving.transport.base import Transport
-from visionloop.serving.transport.redis_streams import RedisTransport, RedisWorker
+from visionloop.serving.transport.redis_streams import RedisTransport
+from visionloop.serving.transport.redis_worker import RedisWorker
 from visionloop.settings import RedisSettings
 
 

@@ -10,9 +10,10 @@ Keys (``prefix`` defaults to ``visionloop``)::
 An API replica (:class:`RedisTransport`) decodes and resizes the upload itself, then adds a job
 ``{id, reply, deadline, shape, image}`` (raw uint8 pixels, never a pickle) with one atomic script
 that refuses when ``max_queue`` jobs are outstanding, and awaits the answer on its reply stream.
-A worker (:class:`RedisWorker`) reads the group, feeds the jobs into the same runner (batcher
-policy, model threads) as the in-process server, writes each answer to the job's reply stream
-(``NOMKSTREAM``: a dead replica's stream is not re-created), then ``XACK`` + ``XDEL``.
+A worker (``RedisWorker`` in :mod:`.redis_worker`) reads the group, feeds the jobs into the
+same runner (batcher policy, model threads) as the in-process server, writes each answer to the
+job's reply stream (``NOMKSTREAM``: a dead replica's stream is not re-created), then ``XACK`` +
+``XDEL``.
 
 Delivery guarantees: a job is processed *at least once* while some worker lives and its deadline
 has not passed (a dead worker's jobs are reclaimed with ``XAUTOCLAIM`` after ``claim_idle_ms``;
@@ -32,12 +33,9 @@ import itertools
 import json
 import logging
 import math
-import os
-import socket
 import time
 import uuid
 from collections.abc import Callable, Coroutine
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -45,31 +43,27 @@ import numpy.typing as npt
 import redis.asyncio as aioredis
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
-from redis.exceptions import RedisError, ResponseError
+from redis.exceptions import RedisError
 from redis.typing import EncodableT, FieldT
 
-from visionloop.models.base import VisionModel
 from visionloop.serving.batcher import QueueFull
-from visionloop.serving.drift import DriftTap
 from visionloop.serving.metrics import Metrics
 from visionloop.serving.runner import (
     DeadlineExceeded,
     ItemResult,
     ModelStats,
     NotReady,
-    Runner,
-    RunnerConfig,
     deadline_for,
 )
-from visionloop.serving.transport.base import BadJob, ModelCard, error_from, error_kind
+from visionloop.serving.transport.base import BadJob, ModelCard, error_from
 from visionloop.settings import RedisSettings
 
-__all__ = ["Keys", "RedisTransport", "RedisWorker", "connect"]
+__all__ = ["GROUP", "Keys", "RedisTransport", "connect"]
 
 log = logging.getLogger("visionloop.redis")
 
 GROUP = "workers"
-_BLOCK_MS = 500  # longest blocking read: how soon a loop notices it should stop
+BLOCK_MS = 500  # longest blocking read: how soon a loop notices it should stop
 Fields = dict[FieldT, EncodableT]
 
 # Admission and enqueue in one step, atomic across replicas: refuse (nil) when ``max_queue``
@@ -125,23 +119,23 @@ class Backoff:
     async def wait(self) -> None:
         delay = min(self.cap_s, 0.05 * 2**self.attempt)
         self.attempt = min(self.attempt + 1, 16)
-        await _pause(self.stopping, delay * (0.5 + 0.5 * np.random.random()))
+        await pause(self.stopping, delay * (0.5 + 0.5 * np.random.random()))
 
 
-async def _pause(stopping: asyncio.Event, seconds: float) -> None:
+async def pause(stopping: asyncio.Event, seconds: float) -> None:
     """Sleep ``seconds``, or less if ``stopping`` is set."""
     with contextlib.suppress(TimeoutError):
         await asyncio.wait_for(stopping.wait(), timeout=seconds)
 
 
-async def _halt(stopping: asyncio.Event, tasks: list[asyncio.Task[None]]) -> None:
+async def halt(stopping: asyncio.Event, tasks: list[asyncio.Task[None]]) -> None:
     """Stop background loops: ask (they check ``stopping`` at least every blocking read),
     then cancel what has not finished. Loops are not cancelled first because cancelling a
     task parked in a blocking redis-py read was seen to leave it stuck."""
     stopping.set()
     if not tasks:
         return
-    _, late = await asyncio.wait(tasks, timeout=_BLOCK_MS / 1e3 + 2.0)
+    _, late = await asyncio.wait(tasks, timeout=BLOCK_MS / 1e3 + 2.0)
     for task in late:
         task.cancel()
     if late:
@@ -149,51 +143,6 @@ async def _halt(stopping: asyncio.Event, tasks: list[asyncio.Task[None]]) -> Non
 
 
 # -- wire format -----------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class JobMessage:
-    id: str
-    reply: str
-    deadline: float  # epoch seconds
-    image: npt.NDArray[np.uint8]
-
-
-def decode_job(fields: dict[bytes, bytes], shape: tuple[int, ...]) -> JobMessage:
-    """Read a job; raises BadJob naming what is wrong (missing field, size, shape)."""
-    try:
-        job_id, reply = fields[b"id"].decode(), fields[b"reply"].decode()
-        deadline = float(fields[b"deadline"])
-        got = tuple(int(d) for d in fields[b"shape"].split(b","))
-        data = fields[b"image"]
-    except (KeyError, ValueError, UnicodeDecodeError) as exc:
-        raise BadJob(f"unreadable job: {type(exc).__name__}: {exc}") from None
-    if got != shape:
-        raise BadJob(f"job image has shape {got}, the model takes {shape}")
-    if len(data) != math.prod(shape):
-        raise BadJob(f"job image has {len(data)} bytes, shape {shape} needs {math.prod(shape)}")
-    image = np.frombuffer(data, dtype=np.uint8).reshape(shape)
-    return JobMessage(job_id, reply, deadline, image)
-
-
-def reply_ok(job_id: str, item: ItemResult) -> Fields:
-    arrays = {name: np.ascontiguousarray(a) for name, a in item.outputs.items()}
-    header = [[name, a.dtype.str, list(a.shape)] for name, a in arrays.items()]
-    return {
-        "id": job_id,
-        "ok": 1,
-        "result": json.dumps(item.result),
-        "outputs": json.dumps(header),
-        "blob": b"".join(a.tobytes() for a in arrays.values()),
-        "queue_ms": item.queue_ms,
-        "compute_ms": item.compute_ms,
-        "batch_size": item.batch_size,
-    }
-
-
-def reply_error(job_id: str, exc: BaseException) -> Fields:
-    kind, error_type, message = error_kind(exc)
-    return {"id": job_id, "ok": 0, "kind": kind, "type": error_type, "message": message}
 
 
 def decode_reply(fields: dict[bytes, bytes]) -> tuple[str, ItemResult | Exception]:
@@ -400,7 +349,7 @@ class RedisTransport:
         deadline = time.monotonic() + drain_timeout_s
         while self._pending and time.monotonic() < deadline:
             await asyncio.sleep(0.01)
-        await _halt(self._stopping, list(self._tasks))
+        await halt(self._stopping, list(self._tasks))
         for future in self._pending.values():
             if not future.done():
                 future.set_exception(NotReady("server is shutting down"))
@@ -419,7 +368,7 @@ class RedisTransport:
             try:
                 await self._check()
                 backoff.reset()
-                await _pause(self._stopping, self.settings.heartbeat_s)
+                await pause(self._stopping, self.settings.heartbeat_s)
             except RedisError as exc:
                 if self._connected:
                     log.warning("redis unavailable (%s); answering 503 until it is back", exc)
@@ -456,7 +405,7 @@ class RedisTransport:
         while not self._stopping.is_set():
             try:
                 found = await self._reader.xread(
-                    {self.reply_key: self._last_read}, count=512, block=_BLOCK_MS
+                    {self.reply_key: self._last_read}, count=512, block=BLOCK_MS
                 )
                 backoff.reset()
             except RedisError:
@@ -504,285 +453,3 @@ class RedisTransport:
         task = asyncio.get_running_loop().create_task(work)
         self._tasks.append(task)
         task.add_done_callback(self._tasks.remove)
-
-
-# -- the worker's side -----------------------------------------------------------------------
-
-
-@dataclass
-class WorkerCounts:
-    """What a worker did, by outcome (also exported as metrics)."""
-
-    answered: int = 0
-    errors: int = 0
-    expired: int = 0
-    bad_jobs: int = 0
-    reclaimed: int = 0
-    gave_up: int = 0
-
-
-class RedisWorker:
-    """Reads jobs for one model through the consumer group and answers them.
-
-    Jobs feed the same :class:`Runner` as the in-process server, so batching follows the same
-    policy; the worker holds at most ``max_batch_size x (instances + 1)`` jobs at a time (every
-    executor busy plus one batch forming), leaving the rest of the stream to other workers.
-    """
-
-    def __init__(
-        self,
-        model: VisionModel,
-        config: RunnerConfig,
-        settings: RedisSettings,
-        *,
-        metrics: Metrics | None = None,
-        name: str | None = None,
-        tap: DriftTap | None = None,
-    ) -> None:
-        self.model = model
-        self.settings = settings
-        self.metrics = metrics or Metrics()
-        self.runner = Runner(model, config, self.metrics, tap=tap)
-        self.name = name or f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
-        self.keys = Keys(settings.prefix, model.name)
-        self.capacity = config.policy.max_batch_size * (config.instances + 1)
-        self.counts = WorkerCounts()
-        self.card = json.dumps(ModelCard.of(model).to_json())
-        self._client = connect(settings)
-        self._reader = connect(settings, blocking_s=1.0)
-        self._local: set[bytes] = set()  # entry ids this worker holds
-        self._space = asyncio.Event()
-        self._jobs: set[asyncio.Task[None]] = set()
-        self._stopping = asyncio.Event()  # stop taking jobs
-        self._stopped = asyncio.Event()  # stop the heartbeat too
-        self._labels = {"model": model.name}
-
-    async def run(self, stop: asyncio.Event) -> None:
-        """Warm up, then serve until ``stop`` is set; then finish what was taken (up to the
-        drain timeout: what is left stays pending and is reclaimed by other workers)."""
-        await self.runner.start()
-        tasks = [
-            asyncio.create_task(self._heartbeat()),
-            asyncio.create_task(self._read()),
-            asyncio.create_task(self._reclaim()),
-        ]
-        log.info("worker %s serving %s from %s", self.name, self.model.name, self.settings.url)
-        try:
-            await stop.wait()
-        finally:
-            await _halt(self._stopping, tasks[1:])  # stop taking work; heartbeat goes on
-            if self._jobs:
-                await asyncio.wait(self._jobs, timeout=30)
-            await self.runner.stop(drain_timeout_s=0)
-            await _halt(self._stopped, tasks[:1])
-            with contextlib.suppress(RedisError):
-                await self._client.zrem(self.keys.workers, self.name)
-                await self._client.xgroup_delconsumer(self.keys.requests, GROUP, self.name)
-            await self._client.aclose()
-            await self._reader.aclose()
-
-    # -- loops ---------------------------------------------------------------------------
-
-    async def _heartbeat(self) -> None:
-        backoff = Backoff(self._stopped)
-        ttl = max(1, math.ceil(worker_ttl_s(self.settings)))
-        while not self._stopped.is_set():
-            try:
-                await self._ensure_group()
-                async with self._client.pipeline(transaction=False) as pipe:
-                    pipe.zadd(self.keys.workers, {self.name: time.time()})
-                    pipe.zremrangebyscore(
-                        self.keys.workers, "-inf", time.time() - worker_ttl_s(self.settings)
-                    )
-                    pipe.set(self.keys.card, self.card, ex=ttl)
-                    await pipe.execute()
-                backoff.reset()
-                await _pause(self._stopped, self.settings.heartbeat_s)
-            except RedisError as exc:
-                log.warning("worker %s: redis unavailable (%s); retrying", self.name, exc)
-                await backoff.wait()
-
-    async def _ensure_group(self) -> None:
-        try:
-            # From the stream's start: jobs queued before any worker existed are served too.
-            await self._client.xgroup_create(self.keys.requests, GROUP, id="0", mkstream=True)
-        except ResponseError as exc:
-            if "BUSYGROUP" not in str(exc):
-                raise
-
-    async def _read(self) -> None:
-        backoff = Backoff(self._stopping)
-        while not self._stopping.is_set():
-            free = self.capacity - len(self._local)
-            if free <= 0:
-                self._space.clear()
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._space.wait(), timeout=_BLOCK_MS / 1e3)
-                continue
-            try:
-                found = await self._reader.xreadgroup(
-                    GROUP, self.name, {self.keys.requests: ">"}, count=free, block=_BLOCK_MS
-                )
-                backoff.reset()
-            except ResponseError as exc:
-                if "NOGROUP" not in str(exc):
-                    raise
-                await self._recover_group(backoff)
-                continue
-            except RedisError:
-                await backoff.wait()
-                continue
-            for _, entries in found or []:
-                for entry_id, fields in entries:
-                    self._take(entry_id, fields, deliveries=1)
-
-    async def _recover_group(self, backoff: Backoff) -> None:
-        with contextlib.suppress(RedisError):
-            await self._ensure_group()
-        await backoff.wait()
-
-    async def _reclaim(self) -> None:
-        """Take over jobs left pending longer than ``claim_idle_ms`` by a dead (or hung) worker.
-
-        A live worker first refreshes the jobs it holds (``XCLAIM ... JUSTID`` to itself resets
-        their idle time without counting a delivery), so a slow batch is not mistaken for a
-        dead worker and run twice. Consumers gone quiet with nothing pending are removed.
-        """
-        idle_ms = int(self.settings.claim_idle_ms)
-        rounds = 0
-        while not self._stopping.is_set():
-            await _pause(self._stopping, max(0.05, idle_ms / 3e3))
-            rounds += 1
-            try:
-                if self._local:
-                    await self._client.xclaim(
-                        self.keys.requests, GROUP, self.name, 0, list(self._local), justid=True
-                    )
-                free = self.capacity - len(self._local)
-                if free > 0:
-                    await self._take_over(idle_ms, free)
-                if rounds % 30 == 0:
-                    await self._forget_quiet_consumers()
-            except RedisError:
-                continue  # NOGROUP or down: the reader and heartbeat recover
-
-    async def _take_over(self, idle_ms: int, count: int) -> None:
-        _, claimed, _ = await self._client.xautoclaim(
-            self.keys.requests, GROUP, self.name, idle_ms, "0-0", count=count
-        )
-        for entry_id, fields in claimed:
-            if entry_id in self._local or fields is None:
-                continue
-            pending = await self._client.xpending_range(
-                self.keys.requests, GROUP, entry_id, entry_id, 1
-            )
-            deliveries = int(pending[0]["times_delivered"]) if pending else 1
-            self.counts.reclaimed += 1
-            self.metrics.worker_jobs.labels(outcome="reclaimed", **self._labels).inc()
-            self._take(entry_id, fields, deliveries)
-
-    async def _forget_quiet_consumers(self) -> None:
-        """Delete consumers (killed workers) with nothing pending, silent for 10 worker TTLs:
-        a live worker reads every half second."""
-        quiet_ms = 10 * worker_ttl_s(self.settings) * 1e3
-        for consumer in await self._client.xinfo_consumers(self.keys.requests, GROUP):
-            name = consumer["name"]
-            if consumer["pending"] == 0 and consumer["idle"] > quiet_ms:
-                await self._client.xgroup_delconsumer(self.keys.requests, GROUP, name)
-
-    # -- one job -------------------------------------------------------------------------
-
-    def _take(self, entry_id: bytes, fields: dict[bytes, bytes], deliveries: int) -> None:
-        self._local.add(entry_id)
-        task = asyncio.get_running_loop().create_task(self._handle(entry_id, fields, deliveries))
-        self._jobs.add(task)
-        task.add_done_callback(self._jobs.discard)
-
-    async def _handle(self, entry_id: bytes, fields: dict[bytes, bytes], deliveries: int) -> None:
-        reply_to = fields.get(b"reply", b"").decode(errors="replace")
-        job_id = fields.get(b"id", b"").decode(errors="replace")
-        deadline = time.time() + 60.0
-        try:
-            job = decode_job(fields, self.model.input_spec.shape)
-            deadline = job.deadline
-            if deliveries > self.settings.max_deliveries:
-                raise GaveUp(f"job delivered {deliveries} times without an answer; giving up")
-            remaining_ms = (job.deadline - time.time()) * 1e3
-            if remaining_ms <= 0:
-                raise DeadlineExceeded(
-                    f"deadline passed {-remaining_ms:.0f} ms before a worker took the job"
-                )
-            item = await self.runner.infer(job.image, timeout_ms=remaining_ms)
-            answer = reply_ok(job_id, item)
-            self._count("answered")
-        except asyncio.CancelledError:
-            self._local.discard(entry_id)  # left pending: another worker reclaims it
-            raise
-        except Exception as exc:
-            self._count(_outcome(exc))
-            if isinstance(exc, BadJob | GaveUp):
-                log.error("job %s (entry %s): %s", job_id or "?", entry_id.decode(), exc)
-            answer = reply_error(job_id, exc)
-        try:
-            await self._answer(entry_id, reply_to if job_id else "", answer, deadline)
-        finally:
-            self._local.discard(entry_id)
-            self._space.set()
-
-    async def _answer(
-        self,
-        entry_id: bytes,
-        reply_to: str,
-        answer: Fields,
-        deadline: float,
-    ) -> None:
-        """Reply (unless nobody can be told), then acknowledge and delete the job; retried
-        while Redis is down, until the job's replica has given up on it (its deadline)."""
-        backoff = Backoff()
-        while True:
-            try:
-                async with self._client.pipeline(transaction=False) as pipe:
-                    if reply_to:
-                        pipe.xadd(
-                            reply_to,
-                            answer,
-                            maxlen=self.settings.stream_maxlen,
-                            nomkstream=True,
-                        )
-                    pipe.xack(self.keys.requests, GROUP, entry_id)
-                    pipe.xdel(self.keys.requests, entry_id)
-                    await pipe.execute()
-                return
-            except RedisError as exc:
-                if time.time() > deadline + 1.0:
-                    log.warning("dropping the answer to entry %s: %s", entry_id.decode(), exc)
-                    return
-                await backoff.wait()
-
-    def _count(self, outcome: str) -> None:
-        name = _COUNTERS[outcome]
-        setattr(self.counts, name, getattr(self.counts, name) + 1)
-        self.metrics.worker_jobs.labels(outcome=outcome, **self._labels).inc()
-
-
-_COUNTERS = {  # outcome label -> WorkerCounts field
-    "answered": "answered",
-    "error": "errors",
-    "expired": "expired",
-    "bad_job": "bad_jobs",
-    "gave_up": "gave_up",
-}
-
-
-class GaveUp(Exception):
-    """Delivered more than ``max_deliveries`` times: the job likely kills its workers."""
-
-
-def _outcome(exc: Exception) -> str:
-    if isinstance(exc, DeadlineExceeded):
-        return "expired"
-    if isinstance(exc, BadJob):
-        return "bad_job"
-    if isinstance(exc, GaveUp):
-        return "gave_up"
-    return "error"
