@@ -3,35 +3,31 @@ export, ingest, QC, and write the accepted labels as a training dataset."""
 
 from __future__ import annotations
 
-import csv
 import os
 import random
-import shutil
 from collections import defaultdict
-from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 from PIL import Image as PILImage
-from PIL import ImageOps
-from sqlalchemy import func, select, update
+from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from visionloop.label import formats
 from visionloop.label.masks import (
-    BoolMask,
-    StoredLabel,
     label_from_json,
     label_to_json,
     png_decode,
 )
 from visionloop.label.prelabel import Prelabeler
-from visionloop.label.quality import QCResult, Rules, Sub, aggregate, assess
+
+# The second half (ingest, QC, dataset) lives in results.py; its names are part of this API.
+from visionloop.label.results import IngestReport, ingest, run_qc, write_dataset
 from visionloop.label.select import pick, pool_scores
 from visionloop.label.spoil import SPOILINGS, spoil
-from visionloop.label.store import Annotator, Decision, Image, Store, Submission, Task, _now
+from visionloop.label.store import Annotator, Image, Store, Submission, Task
 from visionloop.models.catseg import CatSeg
 
 __all__ = [
@@ -362,173 +358,3 @@ def _prefixed(prefix: str, paths: Sequence[str]) -> Callable[[str], str]:
         return prefix.rstrip("/") + "/" + Path(path).relative_to(root).as_posix()
 
     return url
-
-
-@dataclass
-class IngestReport:
-    added: int = 0
-    duplicates: int = 0
-    errors: list[str] = field(default_factory=list)
-
-
-def ingest(store: Store, path: Path, fmt: str, annotator: str | None = None) -> IngestReport:
-    """Record the submissions in an export; malformed rows are reported and skipped."""
-    with store.session() as s:
-        known = {
-            t.id: (tuple(t.prelabel or {}), (i.height, i.width))
-            for t, i in s.execute(select(Task, Image).join(Image, Task.image_id == Image.id))
-        }
-    classes = {t: c for t, (c, _) in known.items()}
-    sizes = {t: hw for t, (_, hw) in known.items()}
-    if fmt == "label-studio":
-        rows = formats.read_label_studio(path, classes)
-    elif fmt == "coco":
-        rows = formats.read_coco(path, classes, annotator)
-    elif fmt == "png":
-        rows = formats.read_png(path, classes, sizes)
-    else:
-        raise ValueError(f"format must be one of {', '.join(formats.FORMATS)}, got {fmt!r}")
-    report = IngestReport()
-    for row in rows:
-        if row.error is None and row.task is not None:
-            row.error = _complete(row, classes[row.task], sizes[row.task])
-        if row.error is not None or row.task is None or row.annotator is None:
-            report.errors.append(f"{row.where}: {row.error}")
-            continue
-        added = store.submit(row.task, row.annotator, label_to_json(row.label), row.seconds)
-        report.added += added
-        report.duplicates += not added
-    return report
-
-
-def _complete(row: formats.Row, classes: Sequence[str], size: tuple[int, int]) -> str | None:
-    """Fill classes with no stroke as empty; check every mask has the image's size."""
-    for c in classes:
-        mask = row.label.setdefault(c, np.zeros(size, dtype=bool))
-        if mask.shape != size:
-            return f"{c} mask is {mask.shape[1]}x{mask.shape[0]}, the image is {size[1]}x{size[0]}"
-    return None
-
-
-def _write_masks(folder: Path, stem: str, labels: Sequence[Mapping[str, BoolMask]]) -> set[str]:
-    """The classes of ``labels`` (a later label wins for its classes) as PNGs; their names."""
-    done: set[str] = set()
-    for label in reversed(labels):
-        for c in label:
-            if c not in done:
-                done.add(c)
-                mask = np.asarray(label[c], dtype=np.uint8) * 255
-                PILImage.fromarray(mask).save(folder / c / f"{stem}.png")
-    return done
-
-
-def _copy_upright(source: Path, folder: Path, stem: str) -> str:
-    """Copy the image; one with an EXIF rotation is written upright (the masks are drawn on
-    the upright image), so that nobody downstream has to know about EXIF."""
-    with PILImage.open(source) as image:
-        rotated = image.getexif().get(0x0112, 1) not in (1, None)
-        if rotated:
-            upright = ImageOps.exif_transpose(image)
-            name = f"{stem}.png"
-            upright.save(folder / name)
-            return name
-    name = f"{stem}{source.suffix}"
-    shutil.copyfile(source, folder / name)
-    return name
-
-
-def load_subs(store: Store) -> tuple[list[Sub], dict[str, str], set[int]]:
-    """Every submission as QC sees it, the bans already made and the retired baits."""
-    with store.session() as s:
-        rows = s.execute(
-            select(Submission, Task, Annotator)
-            .join(Task, Submission.task_id == Task.id)
-            .join(Annotator, Submission.annotator_id == Annotator.id)
-            .order_by(Submission.id)
-        ).all()
-        subs = [
-            Sub(
-                t.id, a.name, t.kind, StoredLabel(sub.masks), StoredLabel(t.prelabel or {}),
-                StoredLabel(t.gold) if t.gold else None, sub.seconds,
-            )
-            for sub, t, a in rows
-        ]  # fmt: skip
-        banned = {
-            a.name: a.ban_reason or "banned"
-            for a in s.scalars(select(Annotator).where(Annotator.banned_at.is_not(None)))
-        }
-        retired = set(s.scalars(select(Task.id).where(Task.retired_at.is_not(None))))
-    return subs, banned, retired
-
-
-def run_qc(store: Store, rules: Rules) -> tuple[QCResult, list[Sub]]:
-    """Score, ban, retire and judge every submission; decisions are recorded in the store."""
-    subs, banned, retired = load_subs(store)
-    result = assess(subs, rules, banned, retired)
-    with store.session() as s:
-        people = {a.name: a for a in s.scalars(select(Annotator))}
-        for name, reason in result.new_bans.items():
-            people[name].banned_at, people[name].ban_reason = _now(), reason
-            s.add(Decision(kind="ban", annotator_id=people[name].id, reason=reason))
-        for task in set(result.baits) - retired:
-            bait = result.baits[task]
-            if bait.retired:
-                s.get_one(Task, task).retired_at = _now()
-                why = f"trusted annotators failed it {bait.trusted_fails}/{bait.trusted_attempts}"
-                s.add(Decision(kind="retire", task_id=task, reason=why))
-        # verdicts by primary key, without loading the masks again
-        ids = {a.id: a.name for a in people.values()}
-        keys = s.execute(select(Submission.id, Submission.task_id, Submission.annotator_id))
-        rows = [
-            {"id": sub, "verdict": verdict[0], "reason": verdict[1]}
-            for sub, task, person in keys
-            if (verdict := result.verdicts.get((task, ids[person]))) is not None
-        ]
-        if rows:
-            s.execute(update(Submission), rows)
-    return result, subs
-
-
-def write_dataset(
-    store: Store, out: Path, result: QCResult, subs: Sequence[Sub], method: str = "mv"
-) -> int:
-    """Accepted labels (overlaps aggregated, honeypot images with their gold) as a training
-    dataset in the partial-label format; a class is marked annotated on an image only if a
-    task asked for it. Returns the number of images."""
-    accepted = {k for k, (verdict, _) in result.verdicts.items() if verdict == "accepted"}
-    groups: dict[int, list[tuple[str, Mapping[str, BoolMask]]]] = defaultdict(list)
-    for sub in subs:
-        if sub.kind != "honeypot" and (sub.task, sub.annotator) in accepted:
-            groups[sub.task].append((sub.annotator, sub.label))
-    skills = {n: a.skill for n, a in result.annotators.items()}
-    overlapped = {t: [(w, dict(x.items())) for w, x in g] for t, g in groups.items() if len(g) > 1}
-    final: dict[int, Mapping[str, BoolMask]] = dict(aggregate(overlapped, skills, method))
-    final.update({t: g[0][1] for t, g in groups.items() if len(g) == 1})  # still encoded
-    # per image, the labels to merge (later tasks win per class); decoded only when written
-    sources: dict[int, list[Mapping[str, BoolMask]]] = defaultdict(list)
-    with store.session() as s:
-        tasks = {t.id: t for t in s.scalars(select(Task))}
-        images = {i.id: i for i in s.scalars(select(Image))}
-        for task_id, label in sorted(final.items()):
-            sources[tasks[task_id].image_id].append(label)
-        for t in sorted(tasks.values(), key=lambda t: t.id):
-            if t.kind == "honeypot" and t.gold and t.retired_at is None:
-                sources[t.image_id].append(StoredLabel(t.gold))
-        if not sources:
-            raise ValueError("no accepted labels yet: ingest submissions and run qc first")
-        classes = sorted({c for group in sources.values() for label in group for c in label})
-        for c in classes:
-            (out / "masks" / c).mkdir(parents=True, exist_ok=True)
-        (out / "images").mkdir(parents=True, exist_ok=True)
-        rows = []
-        for image_id, group in sorted(sources.items()):
-            source = Path(images[image_id].path)
-            stem = f"{image_id:06d}_{source.stem}"
-            name = _copy_upright(source, out / "images", stem)
-            done = _write_masks(out / "masks", stem, group)
-            rows.append([name, *(int(c in done) for c in classes)])
-    with (out / "labels.csv").open("w", newline="") as f:
-        writer = csv.writer(f)
-        writer.writerow(["image", *classes])
-        writer.writerows(rows)
-    return len(rows)
