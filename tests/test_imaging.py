@@ -221,12 +221,42 @@ def test_too_many_bytes_is_refused_before_parsing():
 
 
 def test_decompression_bomb_is_refused_from_the_header():
-    bomb = png_header_only(40_000, 40_000)
+    bomb = png_header_only(8_000, 8_000)  # 64 M pixels: over our 50 M, under Pillow's guard
     assert len(bomb) < 100
+    with pytest.raises(ImageTooLarge, match="image too large: 8000 x 8000 exceeds 50000000 pixels"):
+        imaging.prepare(bomb, CROP, LIMITS)
+
+
+def test_a_bomb_past_pillows_own_guard_gets_our_error_too():
+    bomb = png_header_only(40_000, 40_000)
     with pytest.raises(
-        ImageTooLarge, match="image too large: 40000 x 40000 exceeds 50000000 pixels"
+        ImageTooLarge, match=r"image too large: 1600000000 pixels exceeds 50000000 pixels"
     ):
         imaging.prepare(bomb, CROP, LIMITS)
+
+
+def test_pillows_process_wide_guard_stays_on():
+    """Importing visionloop must not switch off Pillow's guard for every other image opener."""
+    assert Image.MAX_IMAGE_PIXELS is not None
+    assert LIMITS.max_pixels <= Image.MAX_IMAGE_PIXELS  # ours is the lower, so it speaks first
+
+
+def test_a_file_is_size_checked_before_it_is_read(tmp_path):
+    big = tmp_path / "big.png"
+    big.write_bytes(encode(Image.new("RGB", (64, 64)), "PNG") + b"\0" * 1000)
+    with pytest.raises(ImageTooLarge, match=r"big\.png: .* exceeds the limit of 500 bytes"):
+        imaging.open_path(big, ImageLimits(max_bytes=500))
+
+
+def test_a_bomb_file_is_refused_by_name_and_keeps_its_mode(tmp_path):
+    bomb = tmp_path / "bomb.png"
+    bomb.write_bytes(png_header_only(8_000, 8_000))
+    with pytest.raises(ImageTooLarge, match=r"bomb\.png: image too large: 8000 x 8000"):
+        imaging.open_path(bomb, LIMITS)
+    mask = tmp_path / "mask.png"
+    Image.new("L", (5, 4), 255).save(mask)
+    opened = imaging.load_path(mask, LIMITS)
+    assert (opened.mode, opened.size) == ("L", (5, 4))
 
 
 def test_pixel_limit_is_a_setting():

@@ -20,7 +20,10 @@ from __future__ import annotations
 
 import io
 import math
+import os
+import re
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Literal
 
 import numpy as np
@@ -29,9 +32,9 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 
 SUPPORTED_FORMATS = ("JPEG", "PNG", "WEBP", "GIF", "BMP")
 
-# The pixel guard in open_image() is the policy, with a message naming the size and the limit.
-# Pillow's process-wide guard would otherwise pre-empt it with its own limit and wording.
-Image.MAX_IMAGE_PIXELS = None
+# Pillow's own process-wide guard (Image.MAX_IMAGE_PIXELS) is left as Pillow sets it: it is the
+# backstop for any code, ours or a library's, that opens an image without going through here.
+# open_image() applies our (lower, configurable) limit first, with a message for the sender.
 
 _RESAMPLE = {"bicubic": Image.Resampling.BICUBIC, "bilinear": Image.Resampling.BILINEAR}
 _SIXTEEN_BIT_MODES = frozenset({"I;16", "I;16B", "I;16L", "I;16N", "I"})
@@ -162,6 +165,12 @@ def open_image(data: bytes, limits: ImageLimits) -> Image.Image:
     fmt = sniff_format(data)
     try:
         image = Image.open(io.BytesIO(data), formats=[fmt])
+    except Image.DecompressionBombError as exc:  # over twice Pillow's guard: it stops first
+        found = re.search(r"\((\d+) pixels\)", str(exc))
+        declared = f"{found.group(1)} pixels" if found else "the declared size"
+        raise ImageTooLarge(
+            f"image too large: {declared} exceeds {min(limits.max_pixels, _pillow_limit())} pixels"
+        ) from None
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
         raise CorruptImage(f"not a valid {fmt} file: {exc}") from None
     width, height = image.size
@@ -171,6 +180,52 @@ def open_image(data: bytes, limits: ImageLimits) -> Image.Image:
         )
     if width < 1 or height < 1:
         raise CorruptImage(f"not a valid {fmt} file: it declares a {width} x {height} image")
+    return image
+
+
+def _pillow_limit() -> int:
+    limit = Image.MAX_IMAGE_PIXELS
+    return 2 * limit if limit else 2**63
+
+
+def read_file(path: str | os.PathLike[str], max_bytes: int) -> bytes:
+    """A user's or an annotator's file, read only if it is at most ``max_bytes`` long.
+
+    The size is checked on disk first and again while reading (the file may grow meanwhile), so
+    a huge file costs a ``stat``, not its contents.
+    """
+    path = Path(path)
+    size = path.stat().st_size
+    if size > max_bytes:
+        raise ImageTooLarge(f"{path.name}: {size} bytes exceeds the limit of {max_bytes} bytes")
+    with path.open("rb") as file:
+        data = file.read(max_bytes + 1)
+    if len(data) > max_bytes:
+        raise ImageTooLarge(f"{path.name}: more than {max_bytes} bytes")
+    return data
+
+
+def open_path(path: str | os.PathLike[str], limits: ImageLimits) -> Image.Image:
+    """:func:`open_image` for a file on disk: byte limit, sniffed format, header pixel limit.
+
+    The image is not decoded yet and keeps its mode (a mask stays ``L`` / ``P`` / ``1``). Errors
+    name the file.
+    """
+    data = read_file(path, limits.max_bytes)
+    try:
+        return open_image(data, limits)
+    except ImageError as exc:
+        raise type(exc)(f"{Path(path).name}: {exc}") from None
+
+
+def load_path(path: str | os.PathLike[str], limits: ImageLimits) -> Image.Image:
+    """:func:`open_path`, then decode fully, so a truncated or corrupt file fails here, named."""
+    image = open_path(path, limits)
+    fmt = image.format or "image"
+    try:
+        image.load()
+    except (OSError, EOFError, SyntaxError, ValueError) as exc:
+        raise CorruptImage(f"{Path(path).name}: corrupt {fmt}: {exc}") from None
     return image
 
 
