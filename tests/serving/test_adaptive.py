@@ -193,13 +193,53 @@ def test_a_running_batch_delays_the_projection(clock):
     batcher.submit(job(clock, "next", timeout_ms=80))  # alone on a free executor: 25 ms
 
 
-def test_a_queued_request_that_would_finish_late_in_the_next_batch_is_dropped(clock):
-    batcher = adaptive(clock)  # s(4) = 40 ms
+def test_when_the_full_batch_would_finish_late_a_smaller_one_goes_in_time(clock):
+    batcher = adaptive(clock)  # s(1) = 25, s(2) = 30, s(3) = 35, s(4) = 40 ms
+    for name in "abcd":
+        batcher.submit(job(clock, name, timeout_ms=1000))
+    clock.advance(968)  # 32 ms left: too little for four (40 ms), enough for two (30 ms)
+    decision = batcher.poll()
+    assert decision.expired == []
+    assert ids(decision.batch) == ["a", "b"]
+    assert ids(batcher.poll().batch) == ["c", "d"]  # a second executor is free: two more
+    assert len(batcher) == 0
+
+
+def test_only_what_cannot_finish_even_alone_is_dropped(clock):
+    batcher = adaptive(clock)  # s(1) = 25 ms
+    for name in "abcd":
+        batcher.submit(job(clock, name, timeout_ms=1000))
+    clock.advance(968)  # 32 ms left: two go (30 ms)
+    assert ids(batcher.poll().batch) == ["a", "b"]
+    clock.advance(10)  # that executor is still busy; 22 ms left, a batch of one needs 25
+    decision = batcher.poll()
+    assert ids(decision.expired) == ["c", "d"]
+    assert decision.batch == []
+
+
+def test_an_urgent_request_behind_patient_ones_goes_in_the_batch_that_fits(clock):
+    batcher = adaptive(clock)  # s(2) = 30 ms, s(4) = 40 ms
     for name in "abc":
         batcher.submit(job(clock, name, timeout_ms=1000))
-    batcher.submit(job(clock, "d", timeout_ms=1000))
-    clock.advance(965)  # 35 ms left: enough for a batch of one, not for this batch of four
-    assert ids(batcher.poll().expired) == ["a", "b", "c", "d"]
+    batcher.submit(job(clock, "urgent", timeout_ms=70))  # admitted: the four take 40 ms
+    clock.advance(38)  # no executor was free; now 32 ms left for it
+    decision = batcher.poll()
+    assert decision.expired == []
+    assert ids(decision.batch) == ["a", "urgent"]  # the most urgent first, then the oldest
+    assert ids(batcher.poll().batch) == ["b", "c"]
+
+
+def test_an_idle_executor_wakes_while_a_queued_request_can_still_go_alone(clock):
+    batcher = adaptive(clock, fixed_ms=40.0, per_image_ms=2.0, max_delay_ms=50.0)
+    arrive_every(batcher, clock, gap_ms=2, count=20)  # waiting for company pays
+    batcher.submit(job(clock, "a", timeout_ms=1000))
+    batcher.submit(job(clock, "tight", timeout_ms=60))  # s(1) = 42 ms: must go within 18 ms
+    decision = batcher.poll()
+    if not decision.batch:
+        assert decision.wait < 0.018
+        clock.advance(decision.wait * 1e3)
+        decision = batcher.poll()
+    assert "tight" in ids(decision.batch)
 
 
 def test_a_request_that_cannot_finish_even_alone_is_dropped_before_running(clock):

@@ -109,7 +109,7 @@ class Situation:
     now: float
     queued: int
     oldest_age: float
-    oldest_deadline: float
+    earliest_deadline: float  # of any queued request, not only the oldest's
     max_batch_size: int
     max_delay: float
     buckets: tuple[int, ...] = ()
@@ -118,6 +118,23 @@ class Situation:
 def padded(size: int, buckets: tuple[int, ...]) -> int:
     """The bucket a batch of ``size`` is padded to (itself without buckets)."""
     return next((b for b in buckets if b >= size), size)
+
+
+def batch_cost(size: int, times: ServiceTimes, buckets: tuple[int, ...] = ()) -> float:
+    """Predicted seconds for a batch of ``size`` once padded to its bucket; 0 uncalibrated."""
+    return times.estimate(padded(size, buckets)) or 0.0
+
+
+def largest_in_time(
+    take: int, start: float, deadline: float, times: ServiceTimes, buckets: tuple[int, ...] = ()
+) -> int:
+    """The largest batch size up to ``take`` predicted to end before ``deadline`` when it
+    starts at ``start``; 0 if not even one fits. Every size is tried: measured medians need
+    not grow with the size."""
+    for size in range(take, 0, -1):
+        if start + batch_cost(size, times, buckets) < deadline:
+            return size
+    return 0
 
 
 def plan(situation: Situation, times: ServiceTimes, arrivals: ArrivalRate) -> Plan:
@@ -143,7 +160,7 @@ def plan(situation: Situation, times: ServiceTimes, arrivals: ArrivalRate) -> Pl
         delay = k / lam
         if s.oldest_age + delay > s.max_delay:
             break
-        if s.now + delay + cost(n + k) > s.oldest_deadline:
+        if s.now + delay + cost(n + k) > s.earliest_deadline:
             break
         rate = (n + k) / (delay + cost(n + k))
         if rate > best_rate:

@@ -14,10 +14,16 @@ Policy ``fixed`` (the classic queue-and-interval design, done right):
   then goes with what there is;
 - a request whose deadline has passed is taken out and reported as expired, never batched;
 - ``submit`` refuses at once when ``max_queue`` requests are already waiting.
+
+Policy ``adaptive`` picks a batch's members by deadline, most urgent first (arrival order among
+equals), and sends the largest of them predicted to finish before the earliest of their
+deadlines. A request is dropped as expired only when it could not finish in time even in a
+batch of its own sent now; a full batch that would be late becomes a smaller one that is not.
 """
 
 from __future__ import annotations
 
+import heapq
 from collections import OrderedDict
 from collections.abc import Callable, Hashable
 from dataclasses import dataclass, field
@@ -160,12 +166,14 @@ class Batcher(Generic[P]):
         if not self._queue:
             return decision
         take, hint = self._plan(now)
-        if take:
+        if take and self.policy.kind == "adaptive":
+            decision.batch = self._take_in_time(now, take)
+            end = now + self._cost(len(decision.batch))
+            self._busy_until = sorted([*self._busy_until, end])[-self.policy.executors :]
+        elif take:
             decision.batch = self._take(take)
+        if decision.batch:
             hint = None
-            if self.policy.kind == "adaptive":
-                cost = self.service_times.estimate(take) or 0.0
-                self._busy_until = sorted([*self._busy_until, now + cost])[-self.policy.executors :]
         if self._queue:
             decision.wait = self._seconds_to_next_event(now, hint)
         return decision
@@ -183,7 +191,7 @@ class Batcher(Generic[P]):
             now=now,
             queued=len(self._queue),
             oldest_age=now - oldest.enqueued_at + _EPSILON,
-            oldest_deadline=oldest.deadline,
+            earliest_deadline=min(job.deadline for job in self._queue.values()),
             max_batch_size=p.max_batch_size,
             max_delay=p.max_delay_ms / 1e3,
             buckets=p.buckets,
@@ -191,17 +199,35 @@ class Batcher(Generic[P]):
         chosen = adaptive.plan(situation, self.service_times, self.arrivals)
         return chosen.take, chosen.wait
 
+    def _cost(self, size: int) -> float:
+        """Predicted seconds for a batch of ``size`` (padded to its bucket); 0 uncalibrated."""
+        return adaptive.batch_cost(size, self.service_times, self.policy.buckets)
+
     def _take_expired(self, now: float) -> list[Job[P]]:
         """Jobs past their deadline; for ``adaptive`` also those that could no longer finish in
-        time in the batch that would go now (running them would only make others late)."""
+        time even in a batch of their own sent now (running them would only make others late).
+        """
         horizon = now + _EPSILON
         if self.policy.kind == "adaptive":
-            size = min(len(self._queue), self.policy.max_batch_size)
-            horizon += self.service_times.estimate(max(size, 1)) or 0.0
+            horizon += self._cost(1)
         expired = [job for job in self._queue.values() if job.deadline <= horizon]
         for job in expired:
             del self._queue[job.id]
         return expired
+
+    def _take_in_time(self, now: float, count: int) -> list[Job[P]]:
+        """Up to ``count`` jobs, most urgent first, as many as are predicted to finish before
+        the earliest of their deadlines; returned in arrival order. The most urgent is always
+        among them: :meth:`_take_expired` has already removed any that could not go alone."""
+        urgent = heapq.nsmallest(count, self._queue.values(), key=lambda job: job.deadline)
+        size = adaptive.largest_in_time(
+            count, now + _EPSILON, urgent[0].deadline, self.service_times, self.policy.buckets
+        )
+        chosen = {job.id for job in urgent[:size]}
+        batch = [job for job in self._queue.values() if job.id in chosen]
+        for job in batch:
+            del self._queue[job.id]
+        return batch
 
     def _take(self, count: int) -> list[Job[P]]:
         batch: list[Job[P]] = []
