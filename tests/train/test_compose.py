@@ -3,12 +3,16 @@ pixels ended up (occlusion included), parents are unions, distractors are never 
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pytest
 from PIL import Image, ImageDraw
 from typer.testing import CliRunner
 
+from tests.test_imaging import png_header_only
 from visionloop.cli import app
+from visionloop.imaging import ImageTooLarge
 from visionloop.train.compose import compose
 from visionloop.train.data import SegDataset
 
@@ -87,3 +91,23 @@ def test_compose_is_deterministic_and_refuses_bad_input(material, tmp_path):
         ],
     )
     assert result.exit_code == 2
+
+
+@pytest.mark.parametrize("where", ["backgrounds/0.jpg", "cutouts/cat/sub/a.png"])
+def test_a_bomb_among_the_material_is_a_clear_error(material, tmp_path, where):
+    cutouts, backgrounds = material
+    for path in (tmp_path / "backgrounds").iterdir():  # one background: it is always drawn
+        if path.name != "0.jpg":
+            path.unlink()
+    bomb = tmp_path / where
+    bomb.write_bytes(png_header_only(8_000, 8_000))  # 64 M pixels: over our 50 M default
+    message = re.escape(f"{bomb}: image too large: 8000 x 8000 exceeds 50000000 pixels")
+    with pytest.raises(ImageTooLarge, match=message):
+        compose(tmp_path / "out", cutouts, backgrounds, 4, size=64, seed=0, objects=(4, 4))
+    result = CliRunner().invoke(
+        app, ["data", "compose", str(tmp_path / "cli"), "--cutouts", str(cutouts),
+              "--backgrounds", str(backgrounds), "--count", "4", "--size", "64"],
+    )  # fmt: skip
+    assert result.exit_code == 2
+    assert "Traceback" not in result.output
+    assert "exceeds 50000000 pixels" in result.output

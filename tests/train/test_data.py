@@ -1,17 +1,27 @@
 """The dataset format: a synthetic dataset loads; every kind of breakage is a clear error
-naming the file; augmentation moves masks with the image and is deterministic."""
+naming the file; names cannot leave the dataset folder; images and masks keep the size and
+decompression guards; augmentation moves masks with the image and is deterministic."""
 
 from __future__ import annotations
 
+import re
 import shutil
 
 import numpy as np
 import pytest
 import torch
 from PIL import Image
+from typer.testing import CliRunner
 
+from tests.test_imaging import png_header_only
+from visionloop.cli import app
 from visionloop.train.data import Augment, DatasetError, SegDataset
 from visionloop.train.synth import synthesize
+
+# 64 M pixels declared in a ~60-byte file: over our 50 M default, under the point where
+# Pillow's own guard stops (it only warns below 2 x 89 M pixels).
+BOMB = png_header_only(8_000, 8_000)
+TOO_LARGE = "image too large: 8000 x 8000 exceeds 50000000 pixels"
 
 
 @pytest.fixture(scope="module")
@@ -100,3 +110,69 @@ def test_augmentation_moves_masks_with_the_image_and_repeats_per_seed(synth):
     jittered = SegDataset(synth, size=48, augment=Augment(jitter=0.5), seed=5)
     assert torch.equal(jittered[3][1], masks)
     assert not np.array_equal(jittered[3][0].numpy(), image.numpy())
+
+
+@pytest.mark.parametrize(
+    "file", ["images/000001.png", "masks/cat/000001.png", "masks/animal/000001.png"]
+)
+def test_a_bomb_in_a_dataset_is_refused_when_it_is_opened(synth, tmp_path, file):
+    root = copy_of(synth, tmp_path)
+    (root / file).write_bytes(BOMB)
+    with pytest.raises(DatasetError, match=rf"labels\.csv:3: .*000001\.png: {TOO_LARGE}"):
+        SegDataset(root, size=32)
+    result = CliRunner().invoke(
+        app, ["train", "seg", "--data", str(root), "--out", str(tmp_path / "run"), "--size", "32"]
+    )
+    assert result.exit_code == 2
+    assert "Traceback" not in result.output
+    assert TOO_LARGE in " ".join(result.output.split())
+
+
+@pytest.mark.parametrize("file", ["images/000004.png", "masks/animal/000004.png"])
+def test_a_file_that_became_a_bomb_after_opening_is_refused_when_it_is_read(synth, tmp_path, file):
+    root = copy_of(synth, tmp_path)
+    data = SegDataset(root, size=32)  # checked now; the file is replaced before training
+    (root / file).write_bytes(BOMB)
+    with pytest.raises(DatasetError, match=re.escape(f"{root / file}: {TOO_LARGE}")):
+        data[4]
+
+
+def test_a_truncated_image_is_named_when_it_is_read(synth, tmp_path):
+    root = copy_of(synth, tmp_path)
+    image = root / "images" / "000005.png"
+    image.write_bytes(image.read_bytes()[:80])  # the header survives, the pixels do not
+    data = SegDataset(root, size=32)
+    with pytest.raises(DatasetError, match=re.escape(f"{image}: corrupt PNG")):
+        data[5]
+
+
+@pytest.mark.parametrize("how", ["parent", "absolute", "nested parent"])
+def test_image_names_cannot_leave_the_images_folder(synth, tmp_path, how):
+    root = copy_of(synth, tmp_path)
+    outside = tmp_path / "outside.png"  # a real image, so following the name would work
+    shutil.copyfile(root / "images" / "000000.png", outside)
+    for c in ("cat", "animal"):
+        shutil.copyfile(root / "masks" / c / "000000.png", root / "masks" / c / "outside.png")
+    name = {
+        "parent": "../../outside.png",
+        "absolute": str(outside),
+        "nested parent": "sub/../../../outside.png",
+    }[how]
+    labels = root / "labels.csv"
+    labels.write_text(labels.read_text() + f"{name},1,1\n")  # line 10
+    with pytest.raises(DatasetError, match=r"labels\.csv:10: image .* is outside images/"):
+        SegDataset(root, size=32)
+
+
+def test_class_names_cannot_leave_the_masks_folder(synth, tmp_path):
+    root = copy_of(synth, tmp_path)
+    escaped = root / "masks" / ".." / ".." / "elsewhere"
+    escaped.mkdir(parents=True)
+    for n in range(8):  # real masks there, so following the name would work
+        shutil.copyfile(root / "masks" / "cat" / f"{n:06d}.png", escaped / f"{n:06d}.png")
+    labels = root / "labels.csv"
+    rows = labels.read_text().splitlines()
+    rows[0] = "image,../../elsewhere,animal"
+    labels.write_text("\n".join(rows) + "\n")
+    with pytest.raises(DatasetError, match=r"class names are folder names under masks/"):
+        SegDataset(root, size=32)

@@ -18,9 +18,13 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageOps
 
+from visionloop import imaging
+
 __all__ = ["compose"]
 
 _IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".bmp"}
+# Backgrounds and cut-outs pass the byte, format and pixel checks before they are decoded.
+LIMITS = imaging.ImageLimits()
 
 
 def compose(
@@ -80,6 +84,14 @@ def _pngs(folder: Path) -> list[Path]:
     return sorted(found)
 
 
+def _load(path: Path) -> Image.Image:
+    """The file decoded (mode kept), after the checks; an error names it by its full path."""
+    try:
+        return imaging.load_path(path, LIMITS)
+    except imaging.ImageError as exc:
+        raise type(exc)(f"{path}: {str(exc).removeprefix(f'{path.name}: ')}") from None
+
+
 def _scene(
     rng: random.Random,
     size: int,
@@ -87,13 +99,13 @@ def _scene(
     scenes: list[Path],
     objects: tuple[int, int],
 ) -> tuple[Image.Image, dict[str, np.ndarray]]:
-    with Image.open(rng.choice(scenes)) as raw:
+    with _load(rng.choice(scenes)) as raw:
         background = ImageOps.fit(raw.convert("RGB"), (size, size), Image.Resampling.BILINEAR)
     canvas = background.convert("RGBA")
     owner = np.full((size, size), "", dtype=object)
     for _ in range(rng.randint(*objects)):
         kind = rng.choice(sorted(pools))
-        with Image.open(rng.choice(pools[kind])) as raw:
+        with _load(rng.choice(pools[kind])) as raw:
             cutout = raw.convert("RGBA")
         side = int(size * rng.uniform(0.25, 0.6))
         cutout.thumbnail((side, side), Image.Resampling.BILINEAR)

@@ -8,7 +8,10 @@ A dataset is a folder::
 
 A class annotated on an image must have its mask; a class not annotated may have none (and a
 mask present for it is ignored). Everything is checked when the dataset is opened, so a broken
-dataset fails before training starts, with the file and the reason.
+dataset fails before training starts, with the file and the reason: image names stay inside
+``images/`` (no absolute paths, no ``..``; a symlink placed inside is followed), class names are
+plain folder names, and every image and mask passes the byte, format and pixel checks of
+:func:`visionloop.imaging.open_path` (its header, before anything is decoded).
 """
 
 from __future__ import annotations
@@ -24,11 +27,37 @@ import numpy as np
 import torch
 from PIL import Image, ImageEnhance, ImageOps
 
+from visionloop import imaging
+
 __all__ = ["Augment", "DatasetError", "Sample", "SegDataset"]
 
 
 class DatasetError(ValueError):
     """The dataset folder does not follow the format; the message names the file."""
+
+
+LIMITS = imaging.ImageLimits()  # for every image and mask a dataset names
+
+
+def _open(path: Path, where: str) -> Image.Image:
+    """The file's header (lazy image), after the byte, format and pixel checks."""
+    try:
+        return imaging.open_path(path, LIMITS)
+    except (OSError, imaging.ImageError) as exc:
+        raise _unreadable(where, path, exc) from None
+
+
+def _load(path: Path) -> Image.Image:
+    """The file decoded, after the same checks; a truncated or corrupt file is named."""
+    try:
+        return imaging.load_path(path, LIMITS)
+    except (OSError, imaging.ImageError) as exc:
+        raise _unreadable(None, path, exc) from None
+
+
+def _unreadable(where: str | None, path: Path, exc: Exception) -> DatasetError:
+    reason = str(exc).removeprefix(f"{path.name}: ")
+    return DatasetError(f"{where + ': ' if where else ''}{path}: {reason}")
 
 
 @dataclass(frozen=True)
@@ -94,7 +123,7 @@ class SegDataset(torch.utils.data.Dataset[tuple[torch.Tensor, torch.Tensor, torc
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         sample = self.samples[index]
-        with Image.open(sample.image) as raw:
+        with _load(sample.image) as raw:
             image = ImageOps.exif_transpose(raw).convert("RGB")
         masks = [_mask(sample.masks[c]) if c in sample.masks else None for c in self.classes]
         if self.augment is not None:
@@ -116,8 +145,8 @@ class SegDataset(torch.utils.data.Dataset[tuple[torch.Tensor, torch.Tensor, torc
 
 
 def _mask(path: Path) -> Image.Image:
-    with Image.open(path) as raw:
-        return raw.convert("L").copy()
+    with _load(path) as raw:
+        return raw.convert("L")
 
 
 def _augment(
@@ -152,6 +181,9 @@ def _read(
         if not header or header[0] != "image" or len(header) < 2:
             raise DatasetError(f"{labels}: the header must be image,<class>,... got {header}")
         known = header[1:]
+        odd = [c for c in known if not _plain_name(c)]
+        if odd:
+            raise DatasetError(f"{labels}: class names are folder names under masks/, got {odd}")
         classes = tuple(wanted) if wanted else tuple(known)
         unknown = [c for c in classes if c not in known]
         if unknown:
@@ -171,13 +203,18 @@ def _sample(
     name, flags = row[0], row[1:]
     if any(flag not in ("0", "1") for flag in flags):
         raise DatasetError(f"{where}: annotation flags must be 0 or 1, got {flags}")
+    if not _inside(name):
+        raise DatasetError(
+            f"{where}: image {name!r} is outside images/ (names are relative to images/, "
+            "without '..')"
+        )
     image = root / "images" / name
     if not image.is_file():
         raise DatasetError(f"{where}: image {image} does not exist")
     stem = Path(name).stem
     annotated = {c for c, flag in zip(known, flags, strict=True) if flag == "1"}
     masks: dict[str, Path] = {}
-    with Image.open(image) as opened:
+    with _open(image, where) as opened:
         size = opened.size
     for c in classes:
         if c not in annotated:
@@ -185,7 +222,7 @@ def _sample(
         mask = root / "masks" / c / f"{stem}.png"
         if not mask.is_file():
             raise DatasetError(f"{where}: {c} is annotated on {name} but {mask} is missing")
-        with Image.open(mask) as opened:
+        with _open(mask, where) as opened:
             if opened.size != size:
                 raise DatasetError(
                     f"{mask}: mask is {opened.size[0]}x{opened.size[1]}, "
@@ -193,3 +230,14 @@ def _sample(
                 )
         masks[c] = mask
     return Sample(stem, image, masks, tuple(c in annotated for c in classes))
+
+
+def _inside(name: str) -> bool:
+    """A name relative to images/ that stays there: not absolute, no ``..`` (nor a
+    backslash, which is a separator where Windows reads the dataset)."""
+    path = Path(name)
+    return not path.is_absolute() and ".." not in path.parts and "\\" not in name
+
+
+def _plain_name(name: str) -> bool:
+    return bool(name) and name not in (".", "..") and "/" not in name and "\\" not in name
