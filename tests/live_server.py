@@ -14,6 +14,7 @@ import pytest
 import uvicorn
 
 from tests.serving.fakes import FakeModel
+from visionloop.serving import http
 from visionloop.serving.api import create_app
 from visionloop.settings import ImagingSettings, ModelSettings, ServeSettings
 
@@ -26,7 +27,9 @@ class LiveServer:
         self.sock.bind(("127.0.0.1", 0))
         self.port = self.sock.getsockname()[1]
         self.url = f"http://127.0.0.1:{self.port}"
-        config = uvicorn.Config(app, log_level="warning", timeout_graceful_shutdown=10)
+        # The server `visionloop serve` runs: h11 with the header deadline of the app's settings.
+        header_timeout = app.state.visionloop.settings.header_timeout_s
+        config = http.config(app, header_timeout, log_level="warning", timeout_graceful_shutdown=10)
         self.server = uvicorn.Server(config)
         self.thread = threading.Thread(target=self.server.run, kwargs={"sockets": [self.sock]})
 

@@ -228,6 +228,7 @@ def serve(
 
     import uvicorn
 
+    from visionloop.serving import http
     from visionloop.serving.api import create_app
     from visionloop.settings import ServeSettings
 
@@ -262,13 +263,15 @@ def serve(
             settings.policy, settings.max_batch_size, settings.max_delay_ms, settings.max_queue,
             base,
         )  # fmt: skip
-    uvicorn.run(
+    config = http.config(
         create_app(settings, model_settings, redis_settings=redis_settings),
+        settings.header_timeout_s,
         host=settings.host,
         port=settings.port,
         log_level=log_level,
         timeout_graceful_shutdown=int(settings.drain_timeout_s),
     )
+    uvicorn.Server(config).run()
 
 
 def _redis_settings(**flags: Any) -> Any:

@@ -129,7 +129,27 @@ class ServeSettings(BaseSettings):
         default=False, description="Pad batches to powers of two (few shapes for compiled graphs)."
     )
     decode_threads: int = Field(default=2, ge=1, description="Threads decoding uploads.")
-    max_files: int = Field(default=16, ge=1, description="Most files in one multipart request.")
+    max_files: int = Field(
+        default=16, ge=1, description="Most images in one request (multipart files, v2 batch N)."
+    )
+    max_request_bytes: int = Field(
+        default=64 * 1024 * 1024,
+        ge=1,
+        description="Largest request body (a multipart upload, a v2 request), refused with 413 "
+        "as soon as it passes this; each image is held to max_bytes too.",
+    )
+    max_json_bytes: int = Field(
+        default=16 * 1024 * 1024,
+        ge=1,
+        description="Largest JSON part of a v2 request (413 past it): JSON pixels cost ~8x their "
+        "text in memory while parsed; the binary extension has no such cost.",
+    )
+    header_timeout_s: float = Field(
+        default=10.0,
+        gt=0,
+        description="A connection that has not sent a request's headers within this is closed "
+        "(408): slowloris. A body gets what is left of the request's deadline (timeout_ms).",
+    )
     drain_timeout_s: float = Field(default=30.0, ge=0, description="Graceful shutdown budget.")
     api_token: str | None = Field(
         default=None, description="If set, every route but health needs 'Authorization: Bearer'."

@@ -9,6 +9,7 @@ says 503 until every batch size has been warmed up.
 from __future__ import annotations
 
 import asyncio
+import hmac
 import logging
 import time
 from collections.abc import AsyncIterator, MutableMapping
@@ -17,7 +18,6 @@ from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException
 from starlette.responses import JSONResponse, Response
 from starlette.types import ASGIApp, Receive, Scope, Send
@@ -43,10 +43,10 @@ from visionloop.serving.state import (
     ClientGone,
     ServerState,
     error_response,
-    read_body,
     timeout_from,
 )
 from visionloop.serving.transport.base import Transport
+from visionloop.serving.uploads import FilePart, UploadLimits, read_body, read_multipart
 from visionloop.settings import ImagingSettings, ModelSettings, RedisSettings, ServeSettings
 
 log = logging.getLogger("visionloop.serve")
@@ -127,7 +127,7 @@ def create_app(
         if request.headers.get("content-type", "").startswith("multipart/form-data"):
             return await _predict_many(state, request, runner, timeout, arrived)
         masks = _mask_format(request)
-        data = await read_body(request, state.limits.max_bytes)
+        data = await read_body(request, state.limits.max_bytes, _left(runner, timeout, arrived))
         started = time.perf_counter()
         image = await state.decode(data, runner, timeout, arrived)
         decode_ms = (time.perf_counter() - started) * 1e3
@@ -215,9 +215,18 @@ async def _connect(state: ServerState, redis_settings: RedisSettings) -> None:
     )
 
 
+def _left(runner: Transport, timeout_ms: float | None, arrived: float) -> float:
+    """Seconds left of a request's deadline: the time its body has to arrive in."""
+    return runner.deadline(timeout_ms, arrived) - runner.clock()
+
+
 def _authorise(state: ServerState, request: Request) -> None:
     token = state.settings.api_token
-    if token and request.headers.get("authorization") != f"Bearer {token}":
+    if not token:
+        return
+    sent = request.headers.get("authorization", "").encode("utf-8", "surrogateescape")
+    # Constant time: how long the comparison takes must not say how much of a guess was right.
+    if not hmac.compare_digest(sent, f"Bearer {token}".encode("utf-8", "surrogateescape")):
         raise ApiError(
             401, "missing or wrong bearer token", {"WWW-Authenticate": "Bearer"}, "Unauthorized"
         )
@@ -256,34 +265,20 @@ async def _predict_many(
     state: ServerState, request: Request, runner: Transport, timeout: float | None, arrived: float
 ) -> Response:
     masks = _mask_format(request)  # a bad parameter costs no upload
-    limits = state.limits
-    try:
-        form = await request.form(
-            max_files=state.settings.max_files, max_part_size=limits.max_bytes
-        )
-    except HTTPException as exc:  # Starlette's multipart limits
-        raise ApiError(413 if "size" in str(exc.detail) else 400, str(exc.detail)) from None
-    files = [(name, v) for name, v in form.multi_items() if isinstance(v, UploadFile)]
-    if not files:
-        raise ApiError(400, "multipart body has no file parts")
+    settings = state.settings
+    limits = UploadLimits(settings.max_request_bytes, state.limits.max_bytes, settings.max_files)
+    files = await read_multipart(request, limits, _left(runner, timeout, arrived))
 
-    async def one(upload: UploadFile) -> JSONDict:
+    async def one(upload: FilePart) -> JSONDict:
         started = time.perf_counter()
-        data = await upload.read()
-        if len(data) > limits.max_bytes:
-            raise ApiError(
-                413,
-                f"image too large: {len(data)} bytes exceeds {limits.max_bytes}",
-                error_type="ImageTooLarge",
-            )
-        image = await state.decode(data, runner, timeout, arrived)
+        image = await state.decode(upload.data, runner, timeout, arrived)
         decode_ms = (time.perf_counter() - started) * 1e3
         item = await state.infer(request, runner, image, timeout, arrived)
         return {"file": upload.filename, **_v1_body(runner, item, decode_ms, started, masks)}
 
-    answers = await asyncio.gather(*(one(u) for _, u in files), return_exceptions=True)
+    answers = await asyncio.gather(*(one(u) for u in files), return_exceptions=True)
     predictions: list[JSONDict] = []
-    for (_, upload), answer in zip(files, answers, strict=True):
+    for upload, answer in zip(files, answers, strict=True):
         if isinstance(answer, ClientGone):
             raise answer
         if isinstance(answer, BaseException):

@@ -32,8 +32,9 @@ from starlette.responses import JSONResponse, Response
 
 from visionloop import __version__
 from visionloop.serving.runner import ItemResult
-from visionloop.serving.state import ApiError, ServerState, read_body, timeout_from
+from visionloop.serving.state import ApiError, ServerState, timeout_from
 from visionloop.serving.transport.base import ModelInfo, Transport
+from visionloop.serving.uploads import read_body, too_large
 
 HEADER_LENGTH = "inference-header-content-length"
 _NUMPY_TO_V2 = {
@@ -222,45 +223,92 @@ def stats(runner: Transport) -> dict[str, Any]:
 
 async def _infer(state: ServerState, runner: Transport, request: Request) -> Response:
     arrived = runner.clock()
-    body = await read_body(request, state.limits.max_bytes * state.settings.max_files)
-    parsed, binary = _split(body, request.headers.get(HEADER_LENGTH))
-    tensor = _single_input(parsed)
+    settings = state.settings
+    header_ms = timeout_from(request.headers.get("x-timeout-ms"), "X-Timeout-Ms")
+    runner.admit(header_ms, arrived)  # an overloaded server refuses before reading the body
+    within = runner.deadline(header_ms, arrived) - runner.clock()
+    body = await read_body(request, settings.max_request_bytes, within)
+    header_length = _header_length(request.headers.get(HEADER_LENGTH), len(body))
+    if header_length > settings.max_json_bytes:
+        raise too_large(
+            f"JSON part too large: {header_length} bytes exceeds the limit of "
+            f"{settings.max_json_bytes} bytes (send tensors with the binary extension)"
+        )
+    model = runner.model
+    # Parsing JSON and converting tensors is CPU work: done off the event loop, in the bounded
+    # decode pool, so a large request neither stalls other clients nor multiplies its memory.
+    loop = asyncio.get_running_loop()
+    parsed, payload = await loop.run_in_executor(
+        state.decode_pool, _parse, body, header_length, settings.max_files, model
+    )
+    del body
     timeout_us = timeout_from(parsed.parameters.get("timeout"), "parameters.timeout")
     timeout_ms = timeout_us / 1000 if timeout_us is not None else None
-    header_ms = timeout_from(request.headers.get("x-timeout-ms"), "X-Timeout-Ms")
     if header_ms is not None:
         timeout_ms = header_ms if timeout_ms is None else min(timeout_ms, header_ms)
-    model = runner.model
-    if tensor.datatype == "BYTES":
-        encoded = _bytes_elements(tensor, binary)
-        if len(encoded) > state.settings.max_files:
-            raise ApiError(413, f"too many images: {len(encoded)} > {state.settings.max_files}")
-        decoding = (state.decode(e, runner, timeout_ms, arrived) for e in encoded)
+    if payload.encoded is not None:
+        decoding = (state.decode(e, runner, timeout_ms, arrived) for e in payload.encoded)
         images = list(await asyncio.gather(*decoding))
     else:
         runner.admit(timeout_ms, arrived)
-        images = _pixel_tensor(tensor, binary, model)
+        images = payload.pixels
     items = await asyncio.gather(
         *(state.infer(request, runner, image, timeout_ms, arrived) for image in images)
     )
     return _response(parsed, model, list(items))
 
 
-def _split(body: bytes, header_length: str | None) -> tuple[InferRequest, bytes]:
-    if header_length is None:
-        header, binary = body, b""
+class _Payload:
+    """One request's images: encoded files (BYTES) or ready pixels (UINT8 / FP32)."""
+
+    def __init__(
+        self,
+        encoded: list[bytes] | None = None,
+        pixels: list[npt.NDArray[np.uint8]] | None = None,
+    ) -> None:
+        self.encoded = encoded
+        self.pixels = pixels or []
+
+
+def _parse(
+    body: bytes, header_length: int, max_images: int, model: ModelInfo
+) -> tuple[InferRequest, _Payload]:
+    """Runs in a decode thread: JSON header -> request, its one input -> images."""
+    parsed, binary = _split(body, header_length)
+    tensor = _single_input(parsed)
+    count = tensor.shape[0] if tensor.shape else 0
+    if count > max_images:
+        raise ApiError(413, f"too many images: {count} > {max_images}", error_type="ImageTooLarge")
+    if tensor.datatype == "BYTES":
+        payload = _Payload(encoded=_bytes_elements(tensor, binary))
     else:
-        if not header_length.isdigit() or int(header_length) > len(body):
-            raise ApiError(
-                400,
-                f"Inference-Header-Content-Length {header_length!r} is not a "
-                f"length within the {len(body)}-byte body",
-            )
-        header, binary = body[: int(header_length)], body[int(header_length) :]
+        payload = _Payload(pixels=_pixel_tensor(tensor, binary, model))
+    tensor.data = None  # the parsed JSON lists can be freed while the images wait for the model
+    return parsed, payload
+
+
+def _header_length(value: str | None, body_length: int) -> int:
+    if value is None:
+        return body_length
+    if not value.isdigit() or int(value) > body_length:
+        raise ApiError(
+            400,
+            f"Inference-Header-Content-Length {value!r} is not a "
+            f"length within the {body_length}-byte body",
+        )
+    return int(value)
+
+
+def _split(body: bytes, header_length: int) -> tuple[InferRequest, bytes]:
+    header, binary = body[:header_length], body[header_length:]
     try:
         return InferRequest.model_validate(json.loads(header)), binary
     except json.JSONDecodeError as exc:
         raise ApiError(400, f"request header is not valid JSON: {exc}") from None
+    except UnicodeDecodeError as exc:
+        raise ApiError(400, f"request header is not UTF-8 JSON: {exc}") from None
+    except RecursionError:
+        raise ApiError(400, "request header is nested too deeply") from None
     except ValidationError as exc:
         raise ApiError(400, f"invalid inference request: {exc.errors(include_url=False)}") from None
 
@@ -293,31 +341,42 @@ def _raw_input(tensor: TensorIn, binary: bytes) -> bytes | None:
 
 
 def _bytes_elements(tensor: TensorIn, binary: bytes) -> list[bytes]:
-    count = math.prod(tensor.shape)
     if len(tensor.shape) not in (1, 2) or (len(tensor.shape) == 2 and tensor.shape[1] != 1):
         raise ApiError(400, f"BYTES input shape must be [N] or [N, 1], got {tensor.shape}")
-    raw = _raw_input(tensor, binary)
-    if raw is None:
-        try:
-            elements = [base64.b64decode(str(e), validate=True) for e in _flatten(tensor.data)]
-        except (binascii.Error, ValueError):
-            raise ApiError(400, "BYTES data in JSON must be base64 strings") from None
-    else:
-        elements, offset = [], 0
-        while offset < len(raw):
-            if offset + 4 > len(raw):
-                raise ApiError(400, "BYTES binary data ends inside a 4-byte length prefix")
-            (length,) = struct.unpack_from("<I", raw, offset)
-            elements.append(raw[offset + 4 : offset + 4 + length])
-            offset += 4 + length
-            if offset > len(raw):
-                raise ApiError(400, "BYTES binary data is shorter than its length prefixes say")
-    if len(elements) != count:
-        raise ApiError(
-            400, f"BYTES input has {len(elements)} elements, shape {tensor.shape} says {count}"
-        )
+    count = math.prod(tensor.shape)
     if count == 0:
         raise ApiError(400, "BYTES input has no images")
+    raw = _raw_input(tensor, binary)
+    if raw is None:
+        items = _flatten(tensor.data)
+        if len(items) == count:
+            try:
+                return [base64.b64decode(str(e), validate=True) for e in items]
+            except (binascii.Error, ValueError):
+                raise ApiError(400, "BYTES data in JSON must be base64 strings") from None
+        found = len(items)
+    else:
+        elements = _length_prefixed(raw, count)
+        if len(elements) == count:
+            return elements
+        found = len(elements)
+    raise ApiError(400, f"BYTES input has {found} elements, shape {tensor.shape} says {count}")
+
+
+def _length_prefixed(raw: bytes, count: int) -> list[bytes]:
+    """The binary extension's BYTES: each element a 4-byte little-endian length + its bytes."""
+    elements: list[bytes] = []
+    offset = 0
+    while offset < len(raw):
+        if offset + 4 > len(raw):
+            raise ApiError(400, "BYTES binary data ends inside a 4-byte length prefix")
+        if len(elements) == count:
+            raise ApiError(400, f"BYTES binary data holds more than the {count} elements")
+        (length,) = struct.unpack_from("<I", raw, offset)
+        if offset + 4 + length > len(raw):
+            raise ApiError(400, "BYTES binary data is shorter than its length prefixes say")
+        elements.append(raw[offset + 4 : offset + 4 + length])
+        offset += 4 + length
     return elements
 
 
@@ -330,19 +389,28 @@ def _pixel_tensor(tensor: TensorIn, binary: bytes, model: ModelInfo) -> list[npt
             f"got {tensor.shape}",
         )
     dtype = np.dtype("<f4") if tensor.datatype == "FP32" else np.dtype(np.uint8)
+    count = math.prod(tensor.shape)
     raw = _raw_input(tensor, binary)
     try:
         if raw is None:
-            array = np.asarray(_flatten(tensor.data), dtype=np.float64)
+            # Straight to 4-byte floats (exact for 0-255): no float64 copy, no flattened list.
+            array = np.asarray(tensor.data, dtype=np.float32)
         else:
+            if len(raw) != count * dtype.itemsize:
+                raise ValueError(f"{len(raw)} bytes, {count * dtype.itemsize} expected")
             array = np.frombuffer(raw, dtype=dtype)
+        if array.size != count:
+            raise ValueError(f"{array.size} values, {count} expected")
         array = array.reshape(tensor.shape)
-    except (ValueError, TypeError) as exc:
+    except (ValueError, TypeError, OverflowError) as exc:
         raise ApiError(400, f"input data does not fit shape {tensor.shape}: {exc}") from None
-    if not np.all(np.isfinite(array)) or array.min() < 0 or array.max() > 255:
-        raise ApiError(400, "pixel values must be finite and within 0-255")
-    pixels = np.rint(array).astype(np.uint8) if array.dtype != np.uint8 else array
-    return [np.ascontiguousarray(p) for p in pixels]
+    if array.dtype != np.uint8:
+        if not np.all(np.isfinite(array)) or array.min() < 0 or array.max() > 255:
+            raise ApiError(400, "pixel values must be finite and within 0-255")
+        if tensor.datatype == "UINT8" and not np.array_equal(array, np.rint(array)):
+            raise ApiError(400, "UINT8 pixel values must be whole numbers 0-255")
+        array = np.rint(array).astype(np.uint8)
+    return [np.ascontiguousarray(p) for p in array]
 
 
 def _flatten(data: Any) -> list[Any]:

@@ -171,26 +171,6 @@ async def _disconnected(request: Request) -> None:
         pass
 
 
-async def read_body(request: Request, limit: int) -> bytes:
-    """The whole body, refused with 413 as soon as it passes ``limit`` bytes."""
-    declared = request.headers.get("content-length")
-    if declared and declared.isdigit() and int(declared) > limit:
-        raise ApiError(
-            413,
-            f"body too large: {declared} bytes exceeds the limit of {limit} bytes",
-            error_type="ImageTooLarge",
-        )
-    chunks, size = [], 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            raise ApiError(
-                413, f"body too large: more than {limit} bytes", error_type="ImageTooLarge"
-            )
-        chunks.append(chunk)
-    return b"".join(chunks)
-
-
 def timeout_from(value: Any, source: str) -> float | None:
     """Parse a client's requested deadline in ms (it may only shorten the server's)."""
     if value is None or value == "":
