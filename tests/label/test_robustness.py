@@ -1,9 +1,13 @@
 """Inputs that must not corrupt the store, lose work silently or crash the CLI: bad COCO
-pieces, bad lead times, stray files, short RLE strings, EXIF-rotated photos, name clashes."""
+pieces, bad lead times, stray files, short RLE strings, EXIF-rotated photos, name clashes,
+decompression bombs, and masks that claim a size they do not have."""
 
 from __future__ import annotations
 
+import io
 import json
+import tracemalloc
+from collections.abc import Callable
 
 import numpy as np
 import pytest
@@ -11,11 +15,27 @@ from PIL import Image
 from sqlalchemy import func, select
 from typer.testing import CliRunner
 
+from tests.test_imaging import png_header_only
 from visionloop.cli import app
+from visionloop.imaging import ImageTooLarge
 from visionloop.label import loop
-from visionloop.label.masks import coco_decode, coco_encode, png_decode, png_encode
+from visionloop.label.masks import (
+    _pack,
+    brush_decode,
+    coco_decode,
+    coco_encode,
+    png_decode,
+    png_encode,
+)
+from visionloop.label.prelabel import square_input
 from visionloop.label.quality import Rules, Sub, assess
+from visionloop.label.report import write_report
 from visionloop.label.store import Submission, Task, open_store
+
+# 64 M pixels declared in a ~60-byte file: over our 50 M default, under Pillow's own guard
+# (which only warns below 2 x 89 M), so only our check can refuse it before decoding.
+BOMB = png_header_only(8_000, 8_000)
+TOO_LARGE = "8000 x 8000 exceeds 50000000 pixels"
 
 runner = CliRunner()
 
@@ -137,11 +157,226 @@ def test_a_short_compressed_rle_is_refused_not_filled_with_garbage():
         coco_decode({"size": [300, 400], "counts": ""})
 
 
-def test_a_decompression_bomb_mask_is_a_clear_error(monkeypatch):
-    data = png_encode(np.zeros((30, 30), bool))
-    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 100)
-    with pytest.raises(ValueError, match="not a readable mask"):
-        png_decode(data)
+def test_a_decompression_bomb_mask_is_a_clear_error():
+    with pytest.raises(
+        ValueError, match=f"not a readable mask image: image too large: {TOO_LARGE}"
+    ):
+        png_decode(BOMB)
+
+
+def test_a_bomb_in_a_png_submission_rejects_that_submission_only(tmp_path):
+    store = two_class_store(tmp_path, [picture(tmp_path / "p.png"), picture(tmp_path / "q.png")])
+    with store.session() as s:
+        first, second = sorted(s.scalars(select(Task.id)))
+    person = tmp_path / "subs" / "ann"
+    for c in ("cat", "animal"):
+        (person / c).mkdir(parents=True)
+        for task in (first, second):
+            (person / c / f"{task}.png").write_bytes(png_encode(np.zeros((30, 40), bool)))
+    (person / "animal" / f"{second}.png").write_bytes(BOMB)  # cat of that task is fine
+    report = loop.ingest(store, tmp_path / "subs", "png")
+    assert report.added == 1
+    (error,) = report.errors
+    assert f"animal/{second}.png: not a readable mask image: image too large: {TOO_LARGE}" in error
+    with store.session() as s:  # nothing of the bad submission, not even its good cat mask
+        assert list(s.scalars(select(Submission.task_id))) == [first]
+    again = runner.invoke(
+        app, ["label", "ingest", str(tmp_path / "subs"), "--format", "png",
+              "--db", f"sqlite:///{tmp_path / 'labels.db'}"],
+    )  # fmt: skip
+    assert again.exit_code == 1  # nothing new, one row skipped
+    assert "Traceback" not in again.output
+    assert TOO_LARGE in " ".join(again.output.split())
+    assert count(store) == 1
+
+
+def test_a_bomb_in_the_pool_folder_is_skipped_with_the_reason(tmp_path):
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    picture(folder / "a.png")
+    (folder / "bomb.png").write_bytes(BOMB)
+    store = open_store(f"sqlite:///{tmp_path / 'labels.db'}")
+    added, errors = loop.add_images(store, folder)
+    assert added == 1
+    (error,) = errors
+    assert "bomb.png" in error
+    assert TOO_LARGE in error
+    with pytest.raises(ImageTooLarge, match=f"bomb.png: image too large: {TOO_LARGE}"):
+        square_input(folder / "bomb.png", 64)  # pre-labels and selection read through this
+
+
+def test_a_bomb_gold_mask_is_a_clear_error_and_adds_nothing(tmp_path):
+    from visionloop.train.synth import synthesize
+
+    synthesize(tmp_path / "gold", 4, size=32, seed=0)
+    (tmp_path / "gold" / "masks" / "cat" / "000002.png").write_bytes(BOMB)
+    store = open_store(f"sqlite:///{tmp_path / 'labels.db'}")
+    with pytest.raises(ValueError, match=f"000002.png: image too large: {TOO_LARGE}"):
+        loop.add_gold(store, tmp_path / "gold")
+    assert loop.status(store)["images"] == 0
+    result = runner.invoke(
+        app,
+        ["label", "add-gold", str(tmp_path / "gold"), "--db", f"sqlite:///{tmp_path / 'cli.db'}"],
+    )
+    assert result.exit_code == 2
+    assert "Traceback" not in result.output
+    assert TOO_LARGE in " ".join(result.output.split())
+
+
+def test_a_corrupt_gold_mask_found_late_adds_no_gold_at_all(tmp_path):
+    from visionloop.train.synth import synthesize
+
+    synthesize(tmp_path / "gold", 4, size=32, seed=0)
+    mask = tmp_path / "gold" / "masks" / "animal" / "000003.png"
+    mask.write_bytes(mask.read_bytes()[:60])  # its header is fine, its pixels are cut off
+    store = open_store(f"sqlite:///{tmp_path / 'labels.db'}")
+    with pytest.raises(ValueError, match="not a readable mask image") as error:
+        loop.add_gold(store, tmp_path / "gold")
+    assert loop.status(store)["gold"] == 0  # not the three before it either
+    assert "000003.png: not a readable mask image" in str(error.value)
+
+
+def test_a_pool_image_that_became_a_bomb_stops_the_dataset_before_anything_is_written(tmp_path):
+    store = two_class_store(tmp_path, [picture(tmp_path / "p.png"), picture(tmp_path / "q.png")])
+    loop.export_batch(store, "b", "label-studio", tmp_path / "t.json")
+    tasks = json.loads((tmp_path / "t.json").read_text())
+    for task in tasks:
+        task["annotations"] = [{"completed_by": 1, "result": task["predictions"][0]["result"]}]
+    (tmp_path / "e.json").write_text(json.dumps(tasks))
+    assert loop.ingest(store, tmp_path / "e.json", "label-studio").added == 2
+    qc, subs = loop.run_qc(store, Rules())
+    (tmp_path / "q.png").write_bytes(BOMB)  # replaced on disk after it was added
+    with pytest.raises(ValueError, match=f"no dataset written: .*q.png: .*{TOO_LARGE}"):
+        loop.write_dataset(store, tmp_path / "ds", qc, subs)
+    assert not (tmp_path / "ds").exists()
+
+
+def test_the_report_shows_an_unreadable_image_grey_with_the_reason(tmp_path):
+    (tmp_path / "bomb.png").write_bytes(BOMB)
+    store = open_store(f"sqlite:///{tmp_path / 'labels.db'}")
+    image = store.add_image(str(tmp_path / "bomb.png"), 40, 30)  # a file replaced since
+    gold = {"cat": np.zeros((30, 40), bool)}
+    shown = {"cat": np.ones((30, 40), bool)}
+    with store.session() as s:
+        task = Task(image_id=image, batch="b", kind="honeypot", prelabel=coco_json(shown),
+                    gold=coco_json(gold), spoil={"kind": "add_blob"})  # fmt: skip
+        s.add(task)
+        s.flush()
+        task_id = task.id
+    subs = [Sub(task_id, "lazy", "honeypot", shown, shown, gold)]
+    result = assess(subs, Rules())
+    write_report(tmp_path / "qc.html", store, result, subs)
+    html = (tmp_path / "qc.html").read_text()
+    assert f"image not shown: bomb.png: image too large: {TOO_LARGE}" in html
+
+
+def coco_json(label):
+    return {c: coco_encode(m) for c, m in label.items()}
+
+
+def peak_bytes(call: Callable[[], object]) -> int:
+    """Bytes allocated at the peak of ``call`` (numpy and pycocotools arrays included), over
+    what was allocated before it."""
+    was_tracing = tracemalloc.is_tracing()
+    if not was_tracing:
+        tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        tracemalloc.reset_peak()
+        call()
+        return tracemalloc.get_traced_memory()[1] - before
+    finally:
+        if not was_tracing:
+            tracemalloc.stop()
+
+
+# 20000 x 20000 would have allocated ~0.4-1.6 GB before it was refused; 100000 x 100000 tens
+# of GB. A few kilobytes of JSON must cost no more than a few megabytes.
+HUGE = [(20_000, 20_000), (100_000, 100_000)]
+ALLOWED = 32 * 1024 * 1024
+
+
+@pytest.mark.parametrize(("height", "width"), HUGE)
+def test_a_tiny_coco_file_claiming_a_huge_mask_is_refused_before_allocating(
+    tmp_path, height, width
+):
+    store = two_class_store(tmp_path, [picture(tmp_path / "p.png")])
+    with store.session() as s:
+        (task,) = s.scalars(select(Task.id))
+    rle = {"size": [height, width], "counts": [height * width]}  # one run of zeros
+    data = {
+        "categories": [{"id": 1, "name": "cat"}],
+        "annotations": [
+            {"image_id": task, "category_id": 1, "segmentation": rle, "annotator": "ann"}
+        ],
+    }
+    (tmp_path / "c.json").write_text(json.dumps(data))
+    reports = []
+    used = peak_bytes(lambda: reports.append(loop.ingest(store, tmp_path / "c.json", "coco")))
+    assert used < ALLOWED
+    (report,) = reports
+    assert report.added == 0
+    (error,) = report.errors
+    assert f"the mask is {width}x{height}, the image is 40x30" in error
+    assert count(store) == 0
+
+
+def brush_header(height: int, width: int) -> list[int]:
+    """The first bytes of a brush RLE for a height x width image: the value count, the word
+    and field sizes, and one run, then it stops (nothing more is needed to allocate)."""
+    return _pack([(height * width * 4 % 2**32, 32), (7, 5), (2, 4), (3, 4), (7, 4), (15, 4),
+                  (1, 1), (3, 2), (2**16 - 1, 16), (0, 8)])  # fmt: skip
+
+
+@pytest.mark.parametrize(("height", "width"), HUGE)
+def test_a_tiny_label_studio_file_claiming_a_huge_mask_is_refused_before_allocating(
+    tmp_path, height, width
+):
+    store = two_class_store(tmp_path, [picture(tmp_path / "p.png")])
+    loop.export_batch(store, "b", "label-studio", tmp_path / "t.json")
+    (task,) = json.loads((tmp_path / "t.json").read_text())
+    result = {
+        "type": "brushlabels", "from_name": "tag", "to_name": "image",
+        "original_width": width, "original_height": height,
+        "value": {"format": "rle", "rle": brush_header(height, width), "brushlabels": ["cat"]},
+    }  # fmt: skip
+    task["annotations"] = [{"completed_by": 1, "result": [result]}]
+    (tmp_path / "e.json").write_text(json.dumps([task]))
+    reports = []
+    used = peak_bytes(
+        lambda: reports.append(loop.ingest(store, tmp_path / "e.json", "label-studio"))
+    )
+    assert used < ALLOWED
+    (report,) = reports
+    assert report.added == 0
+    (error,) = report.errors
+    assert f"the mask is {width}x{height}, the image is 40x30" in error
+    assert count(store) == 0
+
+
+def test_a_png_mask_of_the_wrong_size_is_refused_from_its_header(tmp_path):
+    store = two_class_store(tmp_path, [picture(tmp_path / "p.png")])
+    with store.session() as s:
+        (task,) = s.scalars(select(Task.id))
+    person = tmp_path / "subs" / "ann"
+    big = io.BytesIO()
+    Image.new("L", (7_000, 7_000)).save(big, format="PNG")  # 49 M pixels: under the limit
+    for c in ("cat", "animal"):
+        (person / c).mkdir(parents=True)
+        (person / c / f"{task}.png").write_bytes(big.getvalue())
+    reports = []
+    used = peak_bytes(lambda: reports.append(loop.ingest(store, tmp_path / "subs", "png")))
+    assert used < ALLOWED
+    (error,) = reports[0].errors
+    assert f"cat/{task}.png: the mask is 7000x7000, the image is 40x30" in error
+    assert count(store) == 0
+
+
+def test_a_mask_over_the_pixel_limit_is_refused_whatever_it_is_checked_against():
+    with pytest.raises(ValueError, match="over 50000000 pixels"):
+        coco_decode({"size": [10_000, 10_000], "counts": [100_000_000]})
+    with pytest.raises(ValueError, match="over 50000000 pixels"):
+        brush_decode(brush_header(10_000, 10_000), 10_000, 10_000)
 
 
 def test_submissions_on_a_retired_bait_are_not_judged_against_its_gold():

@@ -21,10 +21,11 @@ from visionloop.label.masks import (
     Label,
     brush_decode,
     brush_encode,
+    check_size,
     coco_decode,
     coco_encode,
-    png_decode,
     png_encode,
+    png_read,
 )
 
 __all__ = [
@@ -108,9 +109,14 @@ def write_label_studio(tasks: Sequence[ExportTask], out: Path, model_version: st
     out.write_text(json.dumps(rows))
 
 
-def read_label_studio(path: Path, classes: dict[int, tuple[str, ...]]) -> Iterator[Row]:
+def read_label_studio(
+    path: Path,
+    classes: dict[int, tuple[str, ...]],
+    sizes: dict[int, tuple[int, int]] | None = None,
+) -> Iterator[Row]:
     """Submissions from a Label Studio JSON export: one per (task, annotation). ``classes``:
-    each known task's classes (a class with no brush stroke is an empty mask)."""
+    each known task's classes (a class with no brush stroke is an empty mask); ``sizes``: each
+    task's image (height, width), which a brush result must declare before it is decoded."""
     try:
         tasks = json.loads(path.read_text())
     except (OSError, ValueError) as exc:
@@ -126,7 +132,8 @@ def read_label_studio(path: Path, classes: dict[int, tuple[str, ...]]) -> Iterat
             yield Row(where, error=task)
             continue
         for k, annotation in enumerate(item.get("annotations") or []):
-            yield _ls_annotation(f"{where} annotation[{k}]", task, classes[task], annotation)
+            size = sizes.get(task) if sizes is not None else None
+            yield _ls_annotation(f"{where} annotation[{k}]", task, classes[task], annotation, size)
 
 
 def _task_id(item: Any, classes: dict[int, tuple[str, ...]]) -> int | str:
@@ -139,7 +146,13 @@ def _task_id(item: Any, classes: dict[int, tuple[str, ...]]) -> int | str:
     return task
 
 
-def _ls_annotation(where: str, task: int, classes: tuple[str, ...], annotation: Any) -> Row:
+def _ls_annotation(
+    where: str,
+    task: int,
+    classes: tuple[str, ...],
+    annotation: Any,
+    size: tuple[int, int] | None = None,
+) -> Row:
     if not isinstance(annotation, dict):
         return Row(where, task, error="an annotation must be an object")
     if annotation.get("was_cancelled"):
@@ -150,7 +163,7 @@ def _ls_annotation(where: str, task: int, classes: tuple[str, ...], annotation: 
     if who in (None, ""):
         return Row(where, task, error="no completed_by: whose work is this?")
     try:
-        label = brush_label(annotation.get("result") or [], classes)
+        label = brush_label(annotation.get("result") or [], classes, size)
     except (KeyError, TypeError, ValueError, AttributeError) as exc:
         return Row(where, task, str(who), error=f"bad brush result: {exc}")
     seconds = annotation.get("lead_time")
@@ -159,7 +172,11 @@ def _ls_annotation(where: str, task: int, classes: tuple[str, ...], annotation: 
     return Row(where, task, str(who), label, _seconds(seconds))
 
 
-def brush_label(results: list[Any], classes: tuple[str, ...]) -> Label:
+def brush_label(
+    results: list[Any], classes: tuple[str, ...], size: tuple[int, int] | None = None
+) -> Label:
+    """The label in Label Studio brush results. Each result's declared size is checked against
+    ``size`` (the image's height, width), when given, before its RLE is decoded."""
     label: Label = {}
     for result in results:
         if result.get("type") != "brushlabels":
@@ -168,6 +185,7 @@ def brush_label(results: list[Any], classes: tuple[str, ...]) -> Label:
         if value.get("format", "rle") != "rle":
             raise ValueError(f"brush format {value.get('format')!r}, only rle is read")
         height, width = int(result["original_height"]), int(result["original_width"])
+        check_size(height, width, size)
         mask = brush_decode(value["rle"], height, width)
         for name in value.get("brushlabels") or []:
             if name not in classes:
@@ -212,11 +230,15 @@ def _coco_annotation(number: int, task: int, category: int, mask: np.ndarray) ->
 
 
 def read_coco(
-    path: Path, classes: dict[int, tuple[str, ...]], annotator: str | None = None
+    path: Path,
+    classes: dict[int, tuple[str, ...]],
+    annotator: str | None = None,
+    sizes: dict[int, tuple[int, int]] | None = None,
 ) -> Iterator[Row]:
     """Submissions from COCO RLE JSON: annotations grouped per (image id = task, annotator).
     The annotator is the annotation's ``annotator`` field, else ``annotator``; seconds from
-    ``images[].seconds`` when present."""
+    ``images[].seconds`` when present. ``sizes``: each task's image (height, width), which an
+    RLE must declare before it is decoded."""
     try:
         data = json.loads(path.read_text())
         categories = {int(c["id"]): str(c["name"]) for c in data["categories"]}
@@ -246,7 +268,7 @@ def read_coco(
             name = categories[int(a["category_id"])]
             if name not in classes[task]:
                 raise ValueError(f"class {name!r} is not one of this task's {list(classes[task])}")
-            mask = coco_decode(a["segmentation"])
+            mask = coco_decode(a["segmentation"], sizes.get(task) if sizes is not None else None)
             if name in row.label and row.label[name].shape != mask.shape:
                 raise ValueError(f"{name} masks of different sizes for task {task}")
         except (KeyError, TypeError, ValueError) as exc:
@@ -326,14 +348,12 @@ def _png_row(
             files = [f for f in (person / name).glob(f"{task}.*") if f.suffix.lower() == ".png"]
             if not files:
                 raise ValueError(f"{name}/{task}.png is missing: every class is needed")
-            mask = png_decode(files[0].read_bytes())
-            height, width = sizes[task]
-            if mask.shape != (height, width):
-                raise ValueError(
-                    f"{name}/{task}.png is {mask.shape[1]}x{mask.shape[0]}, "
-                    f"the image is {width}x{height}"
-                )
-            label[name] = mask
+            # the header's size is checked against the image's before a pixel is decoded;
+            # png_read's errors (unreadable file, too large, corrupt) start with the file name
+            try:
+                label[name] = png_read(files[0], sizes[task])
+            except ValueError as exc:
+                raise ValueError(f"{name}/{exc}") from None
     except ValueError as exc:
         return Row(where, task, person.name, error=str(exc))
     return Row(where, task, person.name, label, times.get(task))

@@ -11,15 +11,15 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from PIL import Image as PILImage
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
+from visionloop import imaging
 from visionloop.label import formats
 from visionloop.label.masks import (
     label_from_json,
     label_to_json,
-    png_decode,
+    png_read,
 )
 from visionloop.label.prelabel import Prelabeler
 
@@ -46,8 +46,9 @@ IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif"}
 
 
 def _size(path: Path) -> tuple[int, int]:
-    """Width and height as shown (EXIF rotation applied, as browsers and tools do)."""
-    with PILImage.open(path) as image:
+    """Width and height as shown (EXIF rotation applied, as browsers and tools do), from the
+    header, after the byte, format and pixel checks (:func:`visionloop.imaging.open_path`)."""
+    with imaging.open_path(path, imaging.ImageLimits()) as image:
         width, height = image.size
         if image.getexif().get(0x0112, 1) in (5, 6, 7, 8):  # a quarter turn
             return height, width
@@ -69,7 +70,7 @@ def add_images(store: Store, folder: Path) -> tuple[int, list[str]]:
     for path in _images(folder):
         try:
             width, height = _size(path)
-        except (OSError, ValueError, PILImage.DecompressionBombError) as exc:
+        except (OSError, ValueError) as exc:  # imaging.ImageError is a ValueError
             errors.append(f"{path}: not a readable image: {exc}")
             continue
         store.add_image(str(path.resolve()), width, height)
@@ -108,17 +109,27 @@ def status(store: Store) -> dict[str, int]:
 
 def add_gold(store: Store, dataset: Path) -> int:
     """Trusted labels from a dataset folder (training format): honeypot material. Only the
-    classes ``labels.csv`` marks annotated are gold."""
-    from visionloop.train.data import SegDataset
+    classes ``labels.csv`` marks annotated are gold. Every image and mask is read and checked
+    before the store is touched: a bad file adds nothing."""
+    from visionloop.train.data import DatasetError, SegDataset
 
     data = SegDataset(dataset)
+    golds = []
     for sample in data.samples:
         width, height = _size(sample.image)
-        gold = {c: png_decode(path.read_bytes()) for c, path in sample.masks.items()}
-        image = store.add_image(str(sample.image.resolve()), width, height)
+        gold = {}
+        for c, mask in sample.masks.items():
+            try:
+                gold[c] = png_read(mask, (height, width))
+            except ValueError as exc:
+                reason = str(exc).removeprefix(f"{mask.name}: ")
+                raise DatasetError(f"{mask}: {reason}") from None
+        golds.append((str(sample.image.resolve()), width, height, label_to_json(gold)))
+    for path, width, height, gold_json in golds:
+        image = store.add_image(path, width, height)
         with store.session() as s:
-            s.get_one(Image, image).gold = label_to_json(gold)
-    return len(data.samples)
+            s.get_one(Image, image).gold = gold_json
+    return len(golds)
 
 
 def prelabel(store: Store, model: Prelabeler, everything: bool = False, batch: int = 16) -> int:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import io
 from collections.abc import Iterator, Mapping
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -17,12 +18,16 @@ import numpy.typing as npt
 from PIL import Image
 from pycocotools import mask as coco_mask
 
+from visionloop import imaging
+
 __all__ = [
+    "MAX_MASK_PIXELS",
     "BoolMask",
     "Label",
     "StoredLabel",
     "brush_decode",
     "brush_encode",
+    "check_size",
     "coco_decode",
     "coco_encode",
     "iou",
@@ -30,10 +35,28 @@ __all__ = [
     "label_to_json",
     "png_decode",
     "png_encode",
+    "png_read",
 ]
 
 BoolMask = npt.NDArray[np.bool_]
 Label = dict[str, BoolMask]
+
+# Masks are drawn on pool images, which are at most this large (the default
+# ImageLimits, checked when an image is added): a mask that claims more is refused before
+# anything is allocated for it, whatever its RLE or header says.
+MASK_LIMITS = imaging.ImageLimits()
+MAX_MASK_PIXELS = MASK_LIMITS.max_pixels
+
+
+def check_size(height: int, width: int, expected: tuple[int, int] | None = None) -> None:
+    """Refuse a declared mask size before it is allocated: over :data:`MAX_MASK_PIXELS`, or
+    not ``expected`` (height, width: the image's). Sizes in messages are width x height."""
+    if height < 0 or width < 0:
+        raise ValueError(f"mask size must be positive, got {width}x{height}")
+    if expected is not None and (height, width) != tuple(expected):
+        raise ValueError(f"the mask is {width}x{height}, the image is {expected[1]}x{expected[0]}")
+    if height * width > MAX_MASK_PIXELS:
+        raise ValueError(f"the mask is {width}x{height}, over {MAX_MASK_PIXELS} pixels")
 
 
 def coco_encode(mask: BoolMask) -> dict[str, Any]:
@@ -42,8 +65,10 @@ def coco_encode(mask: BoolMask) -> dict[str, Any]:
     return {"size": [int(v) for v in encoded["size"]], "counts": encoded["counts"].decode()}
 
 
-def coco_decode(rle: Mapping[str, Any]) -> BoolMask:
-    """A COCO RLE, compressed (``counts`` a string) or uncompressed (a list of run lengths)."""
+def coco_decode(rle: Mapping[str, Any], expected: tuple[int, int] | None = None) -> BoolMask:
+    """A COCO RLE, compressed (``counts`` a string) or uncompressed (a list of run lengths).
+    Its ``size`` is checked (:func:`check_size`, against ``expected`` (height, width) when
+    given) before anything is decoded."""
     try:
         height, width = (int(v) for v in rle["size"])
         counts = rle["counts"]
@@ -51,6 +76,7 @@ def coco_decode(rle: Mapping[str, Any]) -> BoolMask:
         raise ValueError(f"not a COCO RLE (needs size [h, w] and counts): {exc}") from None
     if min(height, width) < 0:
         raise ValueError(f"RLE size must be positive, got {height}x{width}")
+    check_size(height, width, expected)
     runs = _coco_counts(counts) if isinstance(counts, str) else counts
     # pycocotools does not check: a short RLE decodes to uninitialised memory
     if isinstance(runs, list) and (
@@ -179,7 +205,9 @@ def _pack(fields: list[tuple[int, int]]) -> list[int]:
 
 def brush_decode(rle: list[int], height: int, width: int) -> BoolMask:
     """A brush RLE back to a bool mask (the alpha channel, as Label Studio's converter reads
-    it). Raises ValueError when the stream is malformed or does not hold ``height x width``."""
+    it). Raises ValueError when the stream is malformed or does not hold ``height x width``,
+    or that is over :data:`MAX_MASK_PIXELS` (checked before anything is allocated)."""
+    check_size(height, width)
     try:
         data = np.asarray(rle, dtype=np.int64)
         if data.ndim != 1 or data.size < 7 or (data < 0).any() or (data > 255).any():
@@ -230,10 +258,33 @@ def png_encode(mask: BoolMask) -> bytes:
     return buffer.getvalue()
 
 
-def png_decode(data: bytes) -> BoolMask:
-    """Non-zero pixels of a PNG (any mode, converted to L) are the class."""
+def png_decode(data: bytes, expected: tuple[int, int] | None = None) -> BoolMask:
+    """Non-zero pixels of a mask image (any mode, converted to L) are the class.
+
+    The guards of :func:`visionloop.imaging.open_image` (bytes, format from magic bytes,
+    pixels from the header) apply, and the header's size is checked against ``expected``
+    (height, width), when given, before a pixel is decoded."""
     try:
-        with Image.open(io.BytesIO(data)) as image:
-            return np.asarray(image.convert("L")) > 0
-    except (OSError, Image.DecompressionBombError) as exc:
+        image = imaging.open_image(data, MASK_LIMITS)
+    except imaging.ImageError as exc:
         raise ValueError(f"not a readable mask image: {exc}") from None
+    with image:
+        width, height = image.size
+        check_size(height, width, expected)
+        try:
+            return np.asarray(image.convert("L")) > 0
+        except (OSError, EOFError, SyntaxError, ValueError) as exc:
+            raise ValueError(f"not a readable mask image: {exc}") from None
+
+
+def png_read(path: Path, expected: tuple[int, int] | None = None) -> BoolMask:
+    """:func:`png_decode` of a file, read only if it is within the byte limit; errors name it."""
+    try:
+        return png_decode(imaging.read_file(path, MASK_LIMITS.max_bytes), expected)
+    except OSError as exc:
+        raise ValueError(f"{path.name}: not readable: {exc.strerror or exc}") from None
+    except ValueError as exc:
+        message = str(exc)
+        raise ValueError(
+            message if message.startswith(f"{path.name}:") else f"{path.name}: {message}"
+        ) from None

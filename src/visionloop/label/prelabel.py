@@ -16,21 +16,36 @@ import numpy as np
 import torch
 from PIL import Image
 
-from visionloop.imaging import ImageLimits, decode
+from visionloop.imaging import ImageError, ImageLimits, decode, read_file
 from visionloop.label.masks import Label, coco_decode
 from visionloop.models.catseg import CatSeg
 
-__all__ = ["LibraryPrelabeler", "Prelabeler", "ServerPrelabeler", "square_input"]
+__all__ = ["LibraryPrelabeler", "Prelabeler", "ServerPrelabeler", "read_photo", "square_input"]
 
 
 class Prelabeler(Protocol):
     def __call__(self, paths: Sequence[Path]) -> list[Label]: ...
 
 
+def read_photo(
+    path: Path, limits: ImageLimits | None = None, min_short_side: int | None = None
+) -> Image.Image:
+    """A pool photo as the server reads an upload (:func:`visionloop.imaging.decode`: guards,
+    EXIF upright, any mode to RGB), its byte limit checked on disk first; errors name it."""
+    limits = limits or ImageLimits()
+    try:
+        return decode(read_file(path, limits.max_bytes), limits, min_short_side=min_short_side)
+    except ImageError as exc:
+        message = str(exc)
+        if not message.startswith(f"{path.name}:"):
+            message = f"{path.name}: {message}"
+        raise type(exc)(message) from None
+
+
 def square_input(path: Path, size: int) -> tuple[Image.Image, tuple[int, int]]:
-    """The photo as the server reads it (:func:`visionloop.imaging.decode`: guards, EXIF
-    upright, any mode to RGB), squashed to ``size x size``; and its upright size."""
-    image = decode(path.read_bytes(), ImageLimits())
+    """The photo as the server reads it (:func:`read_photo`), squashed to ``size x size``; and
+    its upright size."""
+    image = read_photo(path)
     return image.resize((size, size), Image.Resampling.BILINEAR), image.size
 
 

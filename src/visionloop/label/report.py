@@ -17,6 +17,7 @@ from PIL import Image as PILImage
 from PIL import ImageOps
 from sqlalchemy import select
 
+from visionloop import imaging
 from visionloop.label.masks import BoolMask
 from visionloop.label.quality import QCResult, Sub
 from visionloop.label.store import Image, Store, Task
@@ -129,14 +130,16 @@ def _failures(store: Store, result: QCResult, subs: Sequence[Sub], worst: int) -
     blocks = []
     for check in failed:
         sub = by_key[check.task, check.annotator]
+        unreadable = ""
         try:
-            with PILImage.open(paths[check.task]) as raw:
+            with imaging.load_path(paths[check.task], imaging.ImageLimits()) as raw:
                 photo = ImageOps.exif_transpose(raw).convert("RGB")
-        except OSError:
+        except (OSError, imaging.ImageError) as exc:  # shown grey, with the reason
             photo = PILImage.new("RGB", next(iter(sub.prelabel.values())).shape[::-1], "grey")
+            unreadable = f" (image not shown: {html.escape(str(exc))})"
         caption = (
             f"task {check.task}, {html.escape(check.annotator)}: IoU {check.iou:.2f}, "
-            f"spoiling {check.fixed:.0%} fixed"
+            f"spoiling {check.fixed:.0%} fixed{unreadable}"
         )
         figures = [
             _figure(photo, None, "image"),

@@ -16,6 +16,7 @@ from PIL import Image as PILImage
 from PIL import ImageOps
 from sqlalchemy import select, update
 
+from visionloop import imaging
 from visionloop.label import formats
 from visionloop.label.masks import (
     BoolMask,
@@ -45,9 +46,9 @@ def ingest(store: Store, path: Path, fmt: str, annotator: str | None = None) -> 
     classes = {t: c for t, (c, _) in known.items()}
     sizes = {t: hw for t, (_, hw) in known.items()}
     if fmt == "label-studio":
-        rows = formats.read_label_studio(path, classes)
+        rows = formats.read_label_studio(path, classes, sizes)
     elif fmt == "coco":
-        rows = formats.read_coco(path, classes, annotator)
+        rows = formats.read_coco(path, classes, annotator, sizes)
     elif fmt == "png":
         rows = formats.read_png(path, classes, sizes)
     else:
@@ -89,16 +90,30 @@ def _write_masks(folder: Path, stem: str, labels: Sequence[Mapping[str, BoolMask
 def _copy_upright(source: Path, folder: Path, stem: str) -> str:
     """Copy the image; one with an EXIF rotation is written upright (the masks are drawn on
     the upright image), so that nobody downstream has to know about EXIF."""
-    with PILImage.open(source) as image:
+    with imaging.open_path(source, imaging.ImageLimits()) as image:
         rotated = image.getexif().get(0x0112, 1) not in (1, None)
         if rotated:
-            upright = ImageOps.exif_transpose(image)
+            upright = ImageOps.exif_transpose(imaging.load_path(source, imaging.ImageLimits()))
             name = f"{stem}.png"
             upright.save(folder / name)
             return name
     name = f"{stem}{source.suffix}"
     shutil.copyfile(source, folder / name)
     return name
+
+
+def _check_images(paths: Sequence[Path]) -> None:
+    """Every image the dataset will copy passes the byte, format and pixel checks, before
+    anything is written: a bad one stops the write with nothing half-made."""
+    limits, bad = imaging.ImageLimits(), []
+    for path in paths:
+        try:
+            imaging.open_path(path, limits).close()
+        except (OSError, imaging.ImageError) as exc:
+            bad.append(f"{path}: {exc}")
+    if bad:
+        more = f" (and {len(bad) - 1} more)" if len(bad) > 1 else ""
+        raise ValueError(f"no dataset written: {bad[0]}{more}")
 
 
 def load_subs(store: Store) -> tuple[list[Sub], dict[str, str], set[int]]:
@@ -180,6 +195,7 @@ def write_dataset(
                 sources[t.image_id].append(StoredLabel(t.gold))
         if not sources:
             raise ValueError("no accepted labels yet: ingest submissions and run qc first")
+        _check_images([Path(images[i].path) for i in sorted(sources)])
         classes = sorted({c for group in sources.values() for label in group for c in label})
         for c in classes:
             (out / "masks" / c).mkdir(parents=True, exist_ok=True)

@@ -19,8 +19,8 @@ import numpy as np
 import numpy.typing as npt
 import torch
 
-from visionloop.imaging import ImageLimits, prepare
-from visionloop.label.prelabel import square_input
+from visionloop.imaging import ImageLimits, center_crop
+from visionloop.label.prelabel import read_photo, square_input
 from visionloop.models.base import VisionModel
 from visionloop.models.catseg import CatSeg
 
@@ -162,7 +162,7 @@ def mine_scores(
     scores = []
     for start in range(0, len(paths), batch_size):
         chunk = paths[start : start + batch_size]
-        batch = np.stack([prepare(p.read_bytes(), crop, limits) for p in chunk])
+        batch = np.stack([center_crop(read_photo(p, limits, crop.short_side), crop) for p in chunk])
         probabilities = model.forward(torch.from_numpy(batch))["probabilities"].float()
         score = probabilities[:, list(wanted)].sum(1)
         if exclude:
