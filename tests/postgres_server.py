@@ -1,13 +1,15 @@
 """Fixture plumbing: a throwaway PostgreSQL cluster on a free loopback port.
 
 ``.ci/run`` installs the Debian package and sets ``VISIONLOOP_REQUIRE_POSTGRES=1``, so in CI a
-missing server fails the tests instead of skipping them. PostgreSQL refuses to run as root:
-when the tests run as root, the cluster runs as the ``postgres`` system user.
+missing server, or a missing ``psycopg`` driver, fails the tests instead of skipping them.
+PostgreSQL refuses to run as root: when the tests run as root, the cluster runs as the
+``postgres`` system user.
 """
 
 from __future__ import annotations
 
 import glob
+import importlib
 import os
 import shutil
 import socket
@@ -16,6 +18,7 @@ import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import NoReturn
 
 import pytest
 
@@ -28,6 +31,20 @@ def _binaries() -> Path | None:
     return Path(initdb).parent if initdb else None
 
 
+def missing(what: str) -> NoReturn:
+    """Fail when CI requires PostgreSQL (``VISIONLOOP_REQUIRE_POSTGRES=1``), skip otherwise."""
+    if os.environ.get("VISIONLOOP_REQUIRE_POSTGRES") == "1":
+        pytest.fail(f"{what} (VISIONLOOP_REQUIRE_POSTGRES=1: required, not skipped)")
+    pytest.skip(what)
+
+
+def need_psycopg() -> None:
+    try:
+        importlib.import_module("psycopg")
+    except ImportError:
+        missing("psycopg is not installed (pip install 'psycopg[binary]')")
+
+
 def _free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -37,12 +54,10 @@ def _free_port() -> int:
 @pytest.fixture(scope="session")
 def postgres_url() -> Iterator[str]:
     """A SQLAlchemy URL of a fresh database on a private cluster (trust auth, loopback)."""
-    pytest.importorskip("psycopg")
+    need_psycopg()
     binaries = _binaries()
     if binaries is None:
-        if os.environ.get("VISIONLOOP_REQUIRE_POSTGRES") == "1":
-            pytest.fail("PostgreSQL is not installed (apt-get install -y postgresql)")
-        pytest.skip("PostgreSQL is not installed")
+        missing("PostgreSQL is not installed (apt-get install -y postgresql)")
     root = Path(tempfile.mkdtemp(prefix="vl_pg_"))
     data, port = root / "data", _free_port()
     as_user: list[str] = []

@@ -1,11 +1,14 @@
 """Fixture plumbing: a real ``redis-server`` on a free loopback port, no persistence.
 
 ``.ci/run`` installs the Debian package and sets ``VISIONLOOP_REQUIRE_REDIS=1``, so in CI a
-missing server fails the tests instead of skipping them; on a dev machine without one they skip.
+missing server, or a missing ``redis`` client package (the ``redis`` extra), fails the tests
+instead of skipping them; on a dev machine without them they skip. The client is imported when
+a test asks for a server, so that its absence cannot break the collection of every other test.
 """
 
 from __future__ import annotations
 
+import importlib
 import os
 import shutil
 import socket
@@ -13,9 +16,28 @@ import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING, NoReturn
 
 import pytest
-import redis
+
+if TYPE_CHECKING:
+    import redis
+
+
+def missing(what: str) -> NoReturn:
+    """Fail when CI requires Redis (``VISIONLOOP_REQUIRE_REDIS=1``), skip otherwise."""
+    if os.environ.get("VISIONLOOP_REQUIRE_REDIS") == "1":
+        pytest.fail(f"{what} (VISIONLOOP_REQUIRE_REDIS=1: required, not skipped)")
+    pytest.skip(what)
+
+
+def need_redis() -> None:
+    try:
+        importlib.import_module("redis")
+    except ImportError:
+        missing("the redis package is not installed (pip install 'visionloop[redis]')")
+    if shutil.which("redis-server") is None:
+        missing("redis-server is not installed (apt-get install -y redis-server)")
 
 
 def _free_port() -> int:
@@ -39,6 +61,8 @@ class RedisServer:
             "--save", "", "--appendonly", "no", "--dir", str(self.workdir),
         ]  # fmt: skip
         self.process = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        import redis
+
         client = redis.Redis.from_url(self.url, socket_connect_timeout=0.2)
         deadline = time.monotonic() + 20
         while True:
@@ -59,16 +83,15 @@ class RedisServer:
         self.process = None
 
     def client(self) -> redis.Redis:
+        import redis
+
         return redis.Redis.from_url(self.url)
 
 
 @pytest.fixture
 def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
     """A fresh redis-server for one test (so tests never see each other's keys)."""
-    if shutil.which("redis-server") is None:
-        if os.environ.get("VISIONLOOP_REQUIRE_REDIS") == "1":
-            pytest.fail("redis-server is not installed (apt-get install -y redis-server)")
-        pytest.skip("redis-server is not installed")
+    need_redis()
     server = RedisServer(tmp_path).start()
     try:
         yield server

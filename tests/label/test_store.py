@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
@@ -125,3 +126,44 @@ def test_postgresql_works_as_well_as_sqlite(postgres_url):
         ids = set(pool.map(lambda _: store.add_image("images/same.png", 4, 3), range(16)))
     assert len(ids) == 1
     assert open_store(postgres_url).version() == 2  # reopening migrates nothing
+
+
+def fixture_outcome(fixture, *args) -> tuple[str, str]:
+    """Run a generator fixture's setup: ``failed``, ``skipped`` or ``ran``, and the message."""
+    setup = fixture.__wrapped__(*args)
+    try:
+        next(setup)
+    except pytest.fail.Exception as exc:
+        return "failed", str(exc)
+    except pytest.skip.Exception as exc:
+        return "skipped", str(exc)
+    setup.close()  # it started a real server: stop it
+    return "ran", ""
+
+
+@pytest.mark.parametrize("required", [True, False])
+def test_ci_that_requires_postgresql_fails_without_the_driver(monkeypatch, required):
+    from tests import postgres_server
+
+    monkeypatch.setitem(sys.modules, "psycopg", None)  # import psycopg now raises ImportError
+    if required:
+        monkeypatch.setenv("VISIONLOOP_REQUIRE_POSTGRES", "1")
+    else:
+        monkeypatch.delenv("VISIONLOOP_REQUIRE_POSTGRES", raising=False)
+    outcome, message = fixture_outcome(postgres_server.postgres_url)
+    assert outcome == ("failed" if required else "skipped")
+    assert "psycopg is not installed" in message
+
+
+@pytest.mark.parametrize("required", [True, False])
+def test_ci_that_requires_redis_fails_without_the_client(monkeypatch, tmp_path, required):
+    from tests import redis_server
+
+    monkeypatch.setitem(sys.modules, "redis", None)
+    if required:
+        monkeypatch.setenv("VISIONLOOP_REQUIRE_REDIS", "1")
+    else:
+        monkeypatch.delenv("VISIONLOOP_REQUIRE_REDIS", raising=False)
+    outcome, message = fixture_outcome(redis_server.redis_server, tmp_path)
+    assert outcome == ("failed" if required else "skipped")
+    assert "redis package is not installed" in message
