@@ -105,9 +105,15 @@ def test_a_honeypot_trusted_annotators_fail_is_retired_and_forgiven():
     assert result.baits[99].trusted_fails == 3
     assert not result.baits[0].retired
     assert all(a.honeypots == 5 and a.passed == 5 for a in result.annotators.values())
-    # decided once, it stays retired
-    again = assess(subs[:5], rules, retired={99})
-    assert 99 not in again.baits or again.baits[99].retired
+    # decided once, it stays retired: with one attempt on it (a's), the data alone would not
+    # retire it again, the recorded decision does, and a is not judged against its gold
+    later = subs[:6]
+    assert [s.task for s in later] == [0, 1, 2, 3, 4, 99]
+    assert not assess(later, rules).baits[99].retired
+    again = assess(later, rules, retired={99})
+    assert again.baits[99].retired
+    assert again.verdicts[99, "a"] == ("accepted", "honeypot retired: not judged")
+    assert again.annotators["a"].honeypots == 5
 
 
 @pytest.mark.parametrize("method", ["mv", "em", "rasa"])

@@ -21,6 +21,7 @@ def gold_with_two_objects():
 @pytest.mark.parametrize("kind", SPOILINGS)
 def test_each_spoiling_changes_enough_and_is_recorded(kind):
     gold = gold_with_two_objects()
+    before = {c: m.copy() for c, m in gold.items()}
     spoiled, record = spoil(gold, np.random.default_rng(0), [kind])
     assert record["kind"] == kind
     changed = [c for c in gold if not np.array_equal(spoiled[c], gold[c])]
@@ -29,7 +30,10 @@ def test_each_spoiling_changes_enough_and_is_recorded(kind):
     )
     assert record["pixels"] == sum(int((spoiled[c] != gold[c]).sum()) for c in gold)
     assert min(iou(spoiled[c], gold[c]) for c in changed) <= 0.7
-    assert all(g.sum() > 0 for g in gold.values())  # the gold itself is untouched
+    # the gold itself is untouched, and the spoiled label shares no array with it
+    assert gold.keys() == before.keys()
+    assert all(np.array_equal(gold[c], before[c]) for c in gold)
+    assert not any(np.shares_memory(spoiled[c], gold[c]) for c in gold)
 
 
 def test_an_empty_image_still_makes_a_honeypot():
