@@ -83,12 +83,17 @@ def test_bn_recalibrate_writes_weights_that_serve_and_lower_drift(tmp_path):
         app, ["bn", "drift", "--json", "--batch-size", "4", "--weights", str(out), str(DATA)]
     )
     assert json.loads(after.stdout)["score"] < json.loads(before.stdout)["score"]
-    served = runner.invoke(
-        app,
-        ["predict", "--json", str(DATA / "cat_chelsea.png")],
-        env={"VISIONLOOP_WEIGHTS": str(out)},
-    )
+    photo = str(DATA / "cat_chelsea.png")
+    served = runner.invoke(app, ["predict", "--json", photo], env={"VISIONLOOP_WEIGHTS": str(out)})
     assert served.exit_code == 0, served.output
+    shipped = runner.invoke(app, ["predict", "--json", photo])
+    assert shipped.exit_code == 0, shipped.output
+    (with_new,), (with_shipped,) = json.loads(served.stdout), json.loads(shipped.stdout)
+    # The recalibrated weights are the ones that answered: their scores differ from the shipped
+    # weights' (4 photos are too few statistics to keep the label; that is not the point here).
+    assert with_shipped["label"] == "cat"
+    assert with_new["scores"] != with_shipped["scores"]
+    assert abs(sum(with_new["scores"].values()) - 1) < 1e-4
 
 
 def test_bn_commands_refuse_bad_weights_and_empty_input(tmp_path):

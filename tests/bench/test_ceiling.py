@@ -23,8 +23,15 @@ def test_cli_ceiling_prints_fused_and_unfused_rows():
         app, ["bench", "ceiling", "--batch-sizes", "1", "--min-run-time", "0.05"]
     )
     assert result.exit_code == 0, result.output
-    assert "fused" in result.stdout
-    assert "unfused" in result.stdout
+    rows = [
+        [cell.strip() for cell in line.strip().strip("│").split("│")]
+        for line in result.stdout.splitlines()
+        if line.strip().startswith("│")
+    ]
+    # One row per variant ("fused" alone, not as part of "unfused"), each with its figures.
+    assert [row[:2] for row in rows] == [["fused", "1"], ["unfused", "1"]]
+    for row in rows:
+        assert all(float(cell) > 0 for cell in row[2:]), row
 
 
 def test_cli_ceiling_rejects_a_zero_batch_size():

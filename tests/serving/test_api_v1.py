@@ -138,9 +138,16 @@ def hold_the_model(server, model) -> threading.Thread:
     return busy
 
 
-def wait_until_queued(server, count: int) -> None:
-    while len(server.state.runner.batcher) < count:
+def eventually(condition, what: str, timeout_s: float = 30.0) -> None:
+    """Wait for ``condition``; a hang becomes a failure naming what never happened."""
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
         time.sleep(0.005)
+
+
+def wait_until_queued(server, count: int) -> None:
+    eventually(lambda: len(server.state.runner.batcher) >= count, f"{count} queued")
 
 
 def test_deadline_passed_in_the_queue_is_504_and_never_reaches_the_model(serve):
@@ -181,8 +188,8 @@ def test_a_client_that_disconnects_is_dropped_before_inference(serve):
     client_thread.start()
     wait_until_queued(server, 1)
     client_thread.join()  # the client gave up and closed its connection
-    while len(server.state.runner.batcher):
-        time.sleep(0.005)  # the server noticed and took it out of the queue
+    # The server notices and takes it out of the queue.
+    eventually(lambda: len(server.state.runner.batcher) == 0, "the queue to empty")
     model.probe.gate.set()
     busy.join()
     with client(server) as c:
@@ -252,8 +259,7 @@ def test_not_ready_is_503_until_warm_up_ends(serve):
         assert refused.status_code == 503
         assert refused.headers["Retry-After"] == "1"
         model.probe.gate.set()
-        while c.get("/v2/health/ready").status_code != 200:
-            pass
+        eventually(lambda: c.get("/v2/health/ready").status_code == 200, "ready")
         assert c.post("/v1/models/fake/predict", content=solid_png(20)).status_code == 200
 
 
@@ -334,8 +340,7 @@ def test_uploads_waiting_for_a_decode_thread_are_bounded(serve):
     first: dict[str, httpx.Response] = {}
     thread = threading.Thread(target=lambda: first.update(r=httpx.post(url, content=solid_png(50))))
     thread.start()
-    while server.state._decoding < 1:
-        time.sleep(0.005)
+    eventually(lambda: server.state._decoding >= 1, "an upload in decode")
     refused = httpx.post(url, content=solid_png(51))
     gate.set()
     thread.join()
@@ -353,13 +358,11 @@ def test_a_deadline_that_passes_while_waiting_for_decode_is_504_without_decoding
         target=lambda: results.update(a=httpx.post(url, content=solid_png(52)))
     )
     first.start()
-    while server.state._decoding < 1:
-        time.sleep(0.005)
+    eventually(lambda: server.state._decoding >= 1, "an upload in decode")
     late = threading.Thread(target=lambda: results.update(
         b=httpx.post(url, content=solid_png(53), headers={"X-Timeout-Ms": "50"})))  # fmt: skip
     late.start()
-    while server.state._decoding < 2:
-        time.sleep(0.005)
+    eventually(lambda: server.state._decoding >= 2, "two uploads in decode")
     time.sleep(0.1)
     gate.set()
     first.join()
