@@ -7,10 +7,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from tests.live_server import client
-from visionloop.label.prelabel import LibraryPrelabeler, ServerPrelabeler
+from visionloop.label.prelabel import LibraryPrelabeler, ServerPrelabeler, _resize, square_input
 from visionloop.label.select import group_indices, kcenter, mine_scores, pick, pool_scores
 from visionloop.models import registry
 from visionloop.models.catseg import CatSeg
@@ -84,6 +85,12 @@ def test_pool_scores_give_entropy_and_unit_embeddings(catseg, photos):
     np.testing.assert_allclose(np.linalg.norm(embeddings, axis=1), 1.0, rtol=1e-5)
 
 
+# How far from the threshold a pixel's probability may be and still come out differently
+# through the server: its batches differ from the library's, so the float sums do (measured:
+# at most 7e-7 apart on CPU). Every other pixel must agree exactly.
+AT_THE_THRESHOLD = 1e-5
+
+
 def test_server_and_library_prelabels_agree_at_the_image_size(serve, catseg, photos):
     library = LibraryPrelabeler(catseg)(photos)
     server = serve(model=catseg)
@@ -93,9 +100,16 @@ def test_server_and_library_prelabels_agree_at_the_image_size(serve, catseg, pho
         with Image.open(path) as image:
             size = image.size[::-1]
         assert set(a) == set(b) == {"cat", "animal"}
-        for c in a:
+        square, original = square_input(path, 64)
+        with torch.inference_mode():
+            batch = torch.from_numpy(np.array(square)[None])
+            probabilities = catseg.forward(batch)["probabilities"][0].numpy()
+        for i, c in enumerate(catseg.classes):
             assert a[c].shape == b[c].shape == size
-            assert (a[c] == b[c]).mean() > 0.995  # float noise at the threshold, at most
+            near = np.abs(probabilities[i] - catseg.threshold) < AT_THE_THRESHOLD
+            may_differ = _resize(near, original)  # as the masks are scaled back
+            assert may_differ.mean() < 0.01  # the exception stays an exception
+            assert not ((a[c] != b[c]) & ~may_differ).any()
 
 
 def test_a_server_error_names_the_image(serve, catseg, photos):
