@@ -7,6 +7,7 @@ from typing import Annotated
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 train_app = typer.Typer(help="Train models: multi-label segmentation from partial labels.")
 data_app = typer.Typer(help="Make datasets in the training format.")
@@ -57,9 +58,18 @@ def seg(
 
         best = train_seg(config, on_epoch=report)
     except (DatasetError, ValueError) as exc:
-        err_console.print(f"[red]error:[/red] {exc}")
+        err_console.print(f"[red]error:[/red] {escape(_one_line(exc))}")
         raise typer.Exit(2) from None
     console.print(f"best: {best}; weights: {out / 'best.pt'}")
+
+
+def _one_line(exc: Exception) -> str:
+    """The error itself: a DataLoader worker's error arrives as the worker's whole traceback,
+    whose last line is the exception and its message."""
+    lines = [line for line in str(exc).splitlines() if line.strip()]
+    if len(lines) > 1 and lines[1].startswith("Original Traceback"):
+        return lines[-1].split(": ", 1)[-1]
+    return lines[0] if lines else type(exc).__name__
 
 
 @data_app.command("synth")

@@ -176,3 +176,17 @@ def test_class_names_cannot_leave_the_masks_folder(synth, tmp_path):
     labels.write_text("\n".join(rows) + "\n")
     with pytest.raises(DatasetError, match=r"class names are folder names under masks/"):
         SegDataset(root, size=32)
+
+
+@pytest.mark.parametrize("workers", [0, 1])
+def test_training_on_a_truncated_image_says_which_in_one_line(synth, tmp_path, workers):
+    root = copy_of(synth, tmp_path)
+    image = root / "images" / "000005.png"
+    image.write_bytes(image.read_bytes()[:80])  # passes the header checks, fails to decode
+    result = CliRunner().invoke(
+        app, ["train", "seg", "--data", str(root), "--out", str(tmp_path / "run"), "--size", "32",
+              "--epochs", "1", "--batch-size", "8", "--workers", str(workers)],
+    )  # fmt: skip
+    assert result.exit_code == 2
+    assert "Traceback" not in result.output
+    assert f"{image}: corrupt PNG" in "".join(result.output.split("\n"))
