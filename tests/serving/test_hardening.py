@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from tests.live_server import client
-from tests.serving.fakes import solid_png
+from tests.serving.fakes import FakeModel, solid_png
 from visionloop.settings import ImagingSettings
 
 BOUNDARY = "visionloopboundary"
@@ -373,3 +373,30 @@ def test_normal_clients_are_served_while_slow_ones_hold_connections(serve):
     finally:
         for sock in held:
             sock.close()
+
+
+# --- deadlines -----------------------------------------------------------------------------
+
+
+def test_a_request_whose_batch_runs_past_its_deadline_is_504_at_the_deadline(serve):
+    """The client stops waiting at its deadline: a 200 after it would go to nobody."""
+    model = FakeModel()
+    server = serve(model=model, max_batch_size=1, max_delay_ms=0)
+    model.probe.gate = threading.Event()
+    url = f"{server.url}/v1/models/fake/predict"
+    answer: dict[str, httpx.Response] = {}
+    slow = threading.Thread(
+        target=lambda: answer.update(
+            r=httpx.post(url, content=solid_png(41), headers={"X-Timeout-Ms": "300"}, timeout=30)
+        )
+    )
+    slow.start()
+    assert model.probe.entered.wait(timeout=30)  # its batch is running, held by the gate
+    slow.join(timeout=30)  # answered while the batch is still held
+    assert not slow.is_alive()
+    model.probe.gate.set()
+    assert answer["r"].status_code == 504
+    assert answer["r"].json()["error"].startswith("deadline passed while its batch ran")
+    assert server.metric('visionloop_refusals_total{model="fake",reason="deadline_in_batch"}') == 1
+    with client(server) as c:  # the executor finished the batch and serves on
+        assert c.post("/v1/models/fake/predict", content=solid_png(42)).json()["label"] == "42"

@@ -344,18 +344,25 @@ class Runner:
         self._queue_changed()
         try:
             # Executors only look at the queue when they are free; the deadline must not wait
-            # for that. At the deadline, a job still queued is taken out and answered 504; one
-            # already in a batch gets its result.
+            # for that. At the deadline the answer is 504, whether the job is still queued (it
+            # is taken out) or in a batch that has not finished (its result, when it comes, is
+            # dropped): the client said it stops waiting then, so a later 200 would go to nobody.
             with contextlib.suppress(TimeoutError):
                 return await asyncio.wait_for(
                     asyncio.shield(future), timeout=max(0.0, job.deadline - self.clock())
                 )
+            if future.done():  # settled in the same instant
+                return future.result()
+            waited_ms = (self.clock() - job.enqueued_at) * 1e3
             if self.batcher.cancel(job.id):
                 self._refuse("deadline")
                 self._queue_changed()
-                waited_ms = (self.clock() - job.enqueued_at) * 1e3
                 raise DeadlineExceeded(f"deadline passed after {waited_ms:.0f} ms in the queue")
-            return await future
+            self._refuse("deadline_in_batch")
+            _settle(future, exc=DeadlineExceeded("deadline passed while its batch ran"))
+            raise DeadlineExceeded(
+                f"deadline passed while its batch ran ({waited_ms:.0f} ms after it was queued)"
+            )
         except asyncio.CancelledError:
             if self.batcher.cancel(job.id):
                 self._refuse("cancelled")
