@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import base64
 import json
+import logging
 import socket
 import threading
 import time
@@ -400,3 +401,26 @@ def test_a_request_whose_batch_runs_past_its_deadline_is_504_at_the_deadline(ser
     assert server.metric('visionloop_refusals_total{model="fake",reason="deadline_in_batch"}') == 1
     with client(server) as c:  # the executor finished the batch and serves on
         assert c.post("/v1/models/fake/predict", content=solid_png(42)).json()["label"] == "42"
+
+
+def test_a_sender_that_leaves_mid_body_is_dropped_quietly(serve):
+    """No traceback, no 500: the request is counted as 499 (client gone) and nothing else."""
+    server = serve()
+    errors: list[logging.LogRecord] = []
+    handler = logging.Handler(logging.ERROR)
+    handler.emit = errors.append  # type: ignore[method-assign]
+    logging.getLogger("uvicorn.error").addHandler(handler)  # uvicorn's does not propagate
+    sock = socket.create_connection(("127.0.0.1", server.port), timeout=30)
+    head = "POST /v1/models/fake/predict HTTP/1.1\r\nHost: x\r\nContent-Length: 1000\r\n\r\n"
+    sock.sendall(head.encode() + b"\x89PNG")
+    time.sleep(0.2)  # the route is reading the body
+    sock.close()
+    deadline = time.monotonic() + 30
+    gone = 'visionloop_requests_total{endpoint="v1_predict",model="fake",status="499"}'
+    while server.metric(gone) < 1:
+        assert time.monotonic() < deadline, "the server never noticed the sender left"
+        time.sleep(0.02)
+    logging.getLogger("uvicorn.error").removeHandler(handler)
+    assert not errors, [r.getMessage() for r in errors]
+    with client(server) as c:
+        assert c.post("/v1/models/fake/predict", content=solid_png(20)).status_code == 200

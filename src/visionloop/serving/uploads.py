@@ -16,9 +16,9 @@ from dataclasses import dataclass, field
 
 from python_multipart.exceptions import MultipartParseError
 from python_multipart.multipart import MultipartParser, parse_options_header
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 
-from visionloop.serving.state import ApiError
+from visionloop.serving.state import ApiError, ClientGone
 
 # Form fields that are not files are ignored by every route; they may not cost much either.
 MAX_FIELDS = 16
@@ -72,6 +72,8 @@ async def _stream(
                 if size > limit:
                     raise too_large(f"body too large: more than {limit} bytes")
                 sink(chunk)
+    except ClientDisconnect:  # the sender went away mid-body: nobody to answer
+        raise ClientGone() from None
     except TimeoutError:
         raise ApiError(
             408,
