@@ -249,3 +249,22 @@ def test_a_request_that_cannot_finish_even_alone_is_dropped_before_running(clock
     decision = batcher.poll()
     assert ids(decision.expired) == ["a"]
     assert decision.batch == []
+
+
+def test_a_request_with_just_enough_time_for_nothing_is_refused_not_queued_and_dropped(clock):
+    batcher = adaptive(clock)  # s(1) = 25 ms: ending exactly at the deadline is too late
+    with pytest.raises(DeadlineUnreachable):
+        batcher.submit(job(clock, "a", timeout_ms=25))
+    assert len(batcher) == 0
+
+
+def test_admission_costs_a_batch_padded_to_its_bucket(clock):
+    batcher: Batcher[str] = Batcher(
+        BatchPolicy(kind="adaptive", max_batch_size=8, buckets=(4, 8)), clock
+    )
+    batcher.service_times = table(20, 5, sizes=(4, 8))  # warmed up at the buckets only
+    # Alone it still runs padded to 4 (40 ms); unpadded it would be costed at ~25 ms.
+    with pytest.raises(DeadlineUnreachable, match="need ~40 ms"):
+        batcher.submit(job(clock, "a", timeout_ms=30))
+    batcher.submit(job(clock, "b", timeout_ms=45))
+    assert ids(batcher.poll().batch) == ["b"]

@@ -177,21 +177,23 @@ def projected_finish(
     executors: int,
     times: ServiceTimes,
     busy_until: list[float] | None = None,
+    buckets: tuple[int, ...] = (),
 ) -> float | None:
     """Expected finish time of a request arriving behind ``position - 1`` others: each
     executor first ends the batch it is running (``busy_until``), then the full batches ahead
     go to whichever executor frees first, then the request's own batch. That batch is only as
     small as the queue ahead when an executor is free for it now; if it has to wait, later
-    arrivals fill it, so it is costed as a full one. None before calibration."""
-    full = times.estimate(max_batch_size)
-    if full is None:
+    arrivals fill it, so it is costed as a full one. Batches are costed padded to their bucket,
+    as they run. None before calibration."""
+    if not times.calibrated:
         return None
+    full = batch_cost(max_batch_size, times, buckets)
     free = sorted(max(now, t) for t in (busy_until or [])[:executors])
     free += [now] * (executors - len(free))
     batches = math.ceil(position / max_batch_size)
     partial = position - (batches - 1) * max_batch_size
     must_wait = batches > executors or free[0] > now
-    own = full if must_wait else (times.estimate(partial) or full)
+    own = full if must_wait else batch_cost(partial, times, buckets)
     finish = now
     for index in range(batches):
         start = free.pop(0)

@@ -127,9 +127,10 @@ class Batcher(Generic[P]):
             p = self.policy
             finish = adaptive.projected_finish(
                 now, len(self._queue) + 1, p.max_batch_size, p.executors,
-                self.service_times, self._busy_until,
+                self.service_times, self._busy_until, p.buckets,
             )  # fmt: skip
-            if finish is not None and finish > deadline:
+            # The same test as expiry's, so nothing admitted is expired at the same instant.
+            if finish is not None and finish + _EPSILON >= deadline:
                 raise DeadlineUnreachable(
                     f"cannot answer within the deadline: {len(self._queue)} requests ahead "
                     f"need ~{(finish - now) * 1e3:.0f} ms"
