@@ -227,8 +227,11 @@ async def _infer(state: ServerState, runner: Transport, request: Request) -> Res
     header_ms = timeout_from(request.headers.get("x-timeout-ms"), "X-Timeout-Ms")
     runner.admit(header_ms, arrived)  # an overloaded server refuses before reading the body
     within = runner.deadline(header_ms, arrived) - runner.clock()
-    body = await read_body(request, settings.max_request_bytes, within)
-    header_length = _header_length(request.headers.get(HEADER_LENGTH), len(body))
+    declared = request.headers.get(HEADER_LENGTH)
+    # A body without the binary extension is all JSON: it stops at the JSON limit as it streams.
+    limit = settings.max_request_bytes if declared else settings.max_json_bytes
+    body = await read_body(request, limit, within)
+    header_length = _header_length(declared, len(body))
     if header_length > settings.max_json_bytes:
         raise too_large(
             f"JSON part too large: {header_length} bytes exceeds the limit of "

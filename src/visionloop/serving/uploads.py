@@ -43,7 +43,10 @@ class FilePart:
 
 
 def too_large(message: str) -> ApiError:
-    return ApiError(413, message, error_type="ImageTooLarge")
+    """413, and the connection closes after it: the rest of the body is never read (without
+    ``Connection: close`` the server would drain it to reuse the connection: a 1 GB upload
+    would still cost its gigabyte of reading)."""
+    return ApiError(413, message, {"Connection": "close"}, "ImageTooLarge")
 
 
 def _check_declared(request: Request, limit: int) -> None:
