@@ -4,6 +4,7 @@
         --out benchmarks/results/slow_clients.json
     .venv/bin/python benchmarks/reliability.py soak --minutes 10 \\
         --out benchmarks/results/soak.json
+    .venv/bin/python benchmarks/reliability.py uploads --out benchmarks/results/uploads.json
 
 Both start ``visionloop serve`` (the built-in catdog model, default settings unless a flag says
 otherwise) as a subprocess on a free loopback port, and measure it from outside: its RSS and
@@ -14,8 +15,10 @@ other load tests), Poisson arrivals, each request carrying ``X-Timeout-Ms: --dea
 slow-clients: normal traffic at ``--rate`` alone, then beside ``--slow`` connections of which
 half trickle their headers (slowloris: a header byte every ``--trickle-s``) and half their body
 (slow POST: a declared 1.5 MB upload, a byte every ``--trickle-s``), each reopened when the
-server closes it; alternated ``--rounds`` times. Reports normal traffic's p50/p99 in each phase
-and their ratio, and how the slow connections ended (the server's 408s).
+server closes it; alternated ``--rounds`` times. By default the slow connections open together,
+so they time out and come back together (the worst case); ``--stagger-s`` spreads them out.
+Reports normal traffic's p50/p99 in each phase and their ratio, and how the slow connections
+ended (the server's 408s).
 
 soak: measures capacity first (closed loop, ``--clients`` clients, ``--capacity-s``), then
 offers ``--load`` x that for ``--minutes``, with ``--bad`` of the requests bad inputs
@@ -23,6 +26,9 @@ offers ``--load`` x that for ``--minutes``, with ``--bad`` of the requests bad i
 model). Checks: no 500 (503 with Retry-After and 504 are the server's designed refusals at
 overload and are counted apart), every 200 within its deadline, every bad input a 4xx, RSS
 growth after the warm-up, file descriptors flat. One sample of RSS and fds every 5 s.
+
+uploads: a 1 GB chunked upload (multipart, raw, v2) each: how much the server read before it
+answered 413 and closed, and its RSS before and at peak (VmHWM, reset before each upload).
 """
 
 from __future__ import annotations
@@ -254,7 +260,8 @@ async def capacity(server: Server, requests: list[Any], clients: int, seconds: f
 
 
 async def slow_connection(port: int, body: bool, trickle_s: float, stop: asyncio.Event,
-                          ends: Counter[str]) -> None:  # fmt: skip
+                          ends: Counter[str], start_within_s: float) -> None:  # fmt: skip
+    await asyncio.sleep(random.uniform(0, start_within_s))
     while not stop.is_set():
         try:
             reader, writer = await asyncio.open_connection("127.0.0.1", port)
@@ -300,9 +307,11 @@ async def slow_clients(args: argparse.Namespace) -> dict[str, Any]:
                 holders = []
                 if with_slow:
                     holders = [asyncio.create_task(slow_connection(server.port, i % 2 == 1,
-                                                                   args.trickle_s, stop, ends))
+                                                                   args.trickle_s, stop, ends,
+                                                                   args.stagger_s))
                                for i in range(args.slow)]  # fmt: skip
-                    await asyncio.sleep(args.trickle_s * 2)  # they are all connected and sending
+                    # They are all connected and sending.
+                    await asyncio.sleep(args.stagger_s + args.trickle_s * 2)
                 before = server.sample()
                 traffic = Traffic(server, args.deadline_ms)
                 await traffic.run(requests, args.rate, args.seconds, seed=round_)
@@ -320,6 +329,67 @@ async def slow_clients(args: argparse.Namespace) -> dict[str, Any]:
         beside = [p for p in phases if p["slow_connections"]]
         ratios = [b["ok_p99_ms"] / a["ok_p99_ms"] for a, b in zip(alone, beside, strict=True)]
         return {"phases": phases, "p99_ratio_per_round": [round(r, 3) for r in ratios]}
+    finally:
+        server.stop()
+
+
+# --- large uploads ------------------------------------------------------------------------------
+
+
+def send_chunked(
+    port: int, path: str, content_type: str, head: bytes, total: int
+) -> dict[str, Any]:
+    """POST ``head`` then zeros, ``total`` bytes in all, chunked, until the server stops us."""
+    sock = socket.create_connection(("127.0.0.1", port), timeout=60)
+    request = (f"POST {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nTransfer-Encoding: chunked\r\n"
+               f"Content-Type: {content_type}\r\n\r\n")  # fmt: skip
+    sock.sendall(request.encode())
+    chunk, sent, started = b"\0" * (1 << 20), 0, time.perf_counter()
+    try:
+        for piece in [head] + [chunk] * ((total - len(head)) >> 20):
+            sock.sendall(b"%x\r\n%s\r\n" % (len(piece), piece))
+            sent += len(piece)
+        sock.sendall(b"0\r\n\r\n")
+    except OSError:
+        pass
+    try:
+        answer = sock.recv(4096).split(b"\r\n", 1)[0].decode()
+    except OSError as exc:
+        answer = f"connection {type(exc).__name__}"
+    sock.close()
+    return {"offered_bytes": total, "sent_before_cut_bytes": sent, "answer": answer or "closed",
+            "seconds": round(time.perf_counter() - started, 3)}  # fmt: skip
+
+
+def uploads(args: argparse.Namespace) -> dict[str, Any]:
+    server = Server({}, args.server_cpus)
+    server.wait_ready()
+    pid = server.process.pid
+    boundary = "visionloopbench"
+    disposition = 'Content-Disposition: form-data; name="file"; filename="big.jpg"'
+    multipart_head = f"--{boundary}\r\n{disposition}\r\nContent-Type: image/jpeg\r\n\r\n".encode()
+    cases = [
+        ("v1 multipart, one 1 GB file part", "/v1/models/catdog/predict",
+         f"multipart/form-data; boundary={boundary}", multipart_head + b"\xff\xd8\xff"),
+        ("v1 raw body, 1 GB", "/v1/models/catdog/predict", "image/jpeg", b"\xff\xd8\xff"),
+        ("v2 body, 1 GB", "/v2/models/catdog/infer", "application/json", b"{"),
+    ]  # fmt: skip
+    try:
+        results = []
+        for name, path, content_type, head in cases:
+            idle = server.sample()["rss_mb"]
+            with open(f"/proc/{pid}/clear_refs", "w") as f:
+                f.write("5")  # reset the peak RSS (VmHWM) to the current RSS
+            outcome = send_chunked(server.port, path, content_type, head, args.upload_mb << 20)
+            time.sleep(0.5)
+            with open(f"/proc/{pid}/status") as f:
+                peak_kb = next(int(line.split()[1]) for line in f if line.startswith("VmHWM:"))
+            results.append({"case": name, **outcome, "rss_idle_mb": idle,
+                            "rss_peak_mb": round(peak_kb / 1024, 1),
+                            "rss_peak_over_idle_mb": round(peak_kb / 1024 - idle, 1),
+                            "rss_after_mb": server.sample()["rss_mb"]})  # fmt: skip
+            print(json.dumps(results[-1]), flush=True)
+        return {"uploads": results}
     finally:
         server.stop()
 
@@ -370,7 +440,7 @@ async def soak(args: argparse.Namespace) -> dict[str, Any]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("what", choices=["slow-clients", "soak"])
+    parser.add_argument("what", choices=["slow-clients", "soak", "uploads"])
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--megapixels", type=float, default=1.5)
     parser.add_argument("--deadline-ms", type=float, default=1000)
@@ -381,15 +451,21 @@ def main() -> None:
     parser.add_argument("--slow", type=int, default=200)
     parser.add_argument("--trickle-s", type=float, default=1.0)
     parser.add_argument("--header-timeout-s", type=float, default=10.0)
+    parser.add_argument("--stagger-s", type=float, default=0.0,
+                        help="slow-clients: each opens at a random time within this (0: all at "
+                        "once, so their timeouts and reconnects come in bursts)")  # fmt: skip
     parser.add_argument("--minutes", type=float, default=10, help="soak: length")
     parser.add_argument("--load", type=float, default=1.5, help="soak: x capacity")
     parser.add_argument("--bad", type=float, default=0.10, help="soak: share of bad inputs")
     parser.add_argument("--clients", type=int, default=16, help="soak: for capacity")
     parser.add_argument("--capacity-s", type=float, default=20)
     parser.add_argument("--warmup-s", type=float, default=60)
+    parser.add_argument("--upload-mb", type=int, default=1024, help="uploads: size offered")
     args = parser.parse_args()
-    runner = slow_clients if args.what == "slow-clients" else soak
-    result = asyncio.run(runner(args))
+    if args.what == "uploads":
+        result = uploads(args)
+    else:
+        result = asyncio.run(slow_clients(args) if args.what == "slow-clients" else soak(args))
     result = {
         "what": args.what,
         "command": " ".join(["python", *sys.argv]),
