@@ -31,9 +31,8 @@ from pydantic import BaseModel, Field, ValidationError
 from starlette.responses import JSONResponse, Response
 
 from visionloop import __version__
-from visionloop.serving.runner import ItemResult
 from visionloop.serving.state import ApiError, ServerState, timeout_from
-from visionloop.serving.transport.base import ModelInfo, Transport
+from visionloop.serving.transport.base import ItemResult, ModelInfo, Transport
 from visionloop.serving.uploads import read_body, too_large
 
 HEADER_LENGTH = "inference-header-content-length"

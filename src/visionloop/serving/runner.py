@@ -32,6 +32,13 @@ from visionloop.models.base import JSONDict, VisionModel
 from visionloop.serving.batcher import Batcher, BatchPolicy, DeadlineUnreachable, Job, QueueFull
 from visionloop.serving.drift import DriftTap
 from visionloop.serving.metrics import Metrics
+from visionloop.serving.transport.base import (
+    DeadlineExceeded,
+    ItemResult,
+    ModelFailed,
+    ModelStats,
+    NotReady,
+)
 
 __all__ = [
     "DeadlineExceeded",
@@ -44,23 +51,6 @@ __all__ = [
 ]
 
 Image = npt.NDArray[np.uint8]
-
-
-class NotReady(Exception):
-    """The model is still loading or warming up, or the server is shutting down."""
-
-
-class DeadlineExceeded(Exception):
-    """The request's deadline passed while it was queued; it never reached the model."""
-
-
-class ModelFailed(Exception):
-    """The forward pass of this request's batch raised. Carries the error as data."""
-
-    def __init__(self, error_type: str, message: str) -> None:
-        super().__init__(f"{error_type}: {message}")
-        self.error_type = error_type
-        self.message = message
 
 
 @dataclass(frozen=True)
@@ -88,39 +78,9 @@ class RunnerConfig:
 
 
 @dataclass(frozen=True)
-class ItemResult:
-    """One image's answer: raw per-image tensors, the model's JSON, and where time went."""
-
-    outputs: dict[str, npt.NDArray[Any]]
-    result: JSONDict
-    queue_ms: float
-    compute_ms: float
-    batch_size: int
-
-
-@dataclass(frozen=True)
 class _Request:
     image: Image
     future: asyncio.Future[ItemResult]
-
-
-@dataclass
-class ModelStats:
-    """Counters for the v2 statistics endpoint (Triton's names)."""
-
-    inference_count: int = 0
-    execution_count: int = 0
-    success_count: int = 0
-    success_ns: int = 0
-    fail_count: int = 0
-    fail_ns: int = 0
-    queue_ns: int = 0
-    input_ns: int = 0
-    infer_ns: int = 0
-    output_ns: int = 0
-    last_inference_ms: int = 0
-    # batch size -> [executions, input ns, infer ns, output ns]
-    batches: dict[int, list[int]] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)

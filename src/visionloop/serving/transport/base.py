@@ -13,7 +13,7 @@ transport raised them; across Redis they travel as ``(kind, message)`` data (:fu
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Any, Protocol
 
 import numpy as np
 import numpy.typing as npt
@@ -22,15 +22,71 @@ import torch
 from visionloop.imaging import CenterCrop
 from visionloop.models.base import InputSpec, JSONDict, OutputSpec, describe
 from visionloop.serving.batcher import DeadlineUnreachable, QueueFull
-from visionloop.serving.runner import (
-    DeadlineExceeded,
-    ItemResult,
-    ModelFailed,
-    ModelStats,
-    NotReady,
-)
 
-__all__ = ["BadJob", "ModelCard", "ModelInfo", "Transport", "error_from", "error_kind"]
+__all__ = [
+    "BadJob",
+    "DeadlineExceeded",
+    "ItemResult",
+    "ModelCard",
+    "ModelFailed",
+    "ModelInfo",
+    "ModelStats",
+    "NotReady",
+    "Transport",
+    "error_from",
+    "error_kind",
+]
+
+# What every transport answers with, whichever runs the model: defined by the interface, not
+# by one implementation of it (the runner imports them from here).
+
+
+class NotReady(Exception):
+    """The model is still loading or warming up, or the server is shutting down."""
+
+
+class DeadlineExceeded(Exception):
+    """The request's deadline passed while it was queued (it never reached the model) or while
+    its batch ran (the late result is dropped)."""
+
+
+class ModelFailed(Exception):
+    """The forward pass of this request's batch raised. Carries the error as data."""
+
+    def __init__(self, error_type: str, message: str) -> None:
+        super().__init__(f"{error_type}: {message}")
+        self.error_type = error_type
+        self.message = message
+
+
+@dataclass(frozen=True)
+class ItemResult:
+    """One image's answer: raw per-image tensors, the model's JSON, and where time went."""
+
+    outputs: dict[str, npt.NDArray[Any]]
+    result: JSONDict
+    queue_ms: float
+    compute_ms: float
+    batch_size: int
+
+
+@dataclass
+class ModelStats:
+    """Counters for the v2 statistics endpoint (Triton's names)."""
+
+    inference_count: int = 0
+    execution_count: int = 0
+    success_count: int = 0
+    success_ns: int = 0
+    fail_count: int = 0
+    fail_ns: int = 0
+    queue_ns: int = 0
+    input_ns: int = 0
+    infer_ns: int = 0
+    output_ns: int = 0
+    last_inference_ms: int = 0
+    # batch size -> [executions, input ns, infer ns, output ns]
+    batches: dict[int, list[int]] = field(default_factory=dict)
 
 
 class BadJob(ValueError):

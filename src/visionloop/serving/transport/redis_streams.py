@@ -48,14 +48,16 @@ from redis.typing import EncodableT, FieldT
 
 from visionloop.serving.batcher import QueueFull
 from visionloop.serving.metrics import Metrics
-from visionloop.serving.runner import (
+from visionloop.serving.runner import deadline_for
+from visionloop.serving.transport.base import (
+    BadJob,
     DeadlineExceeded,
     ItemResult,
+    ModelCard,
     ModelStats,
     NotReady,
-    deadline_for,
+    error_from,
 )
-from visionloop.serving.transport.base import BadJob, ModelCard, error_from
 from visionloop.settings import RedisSettings
 
 __all__ = ["GROUP", "Keys", "RedisTransport", "connect"]
