@@ -429,3 +429,21 @@ def test_a_sender_that_leaves_mid_body_is_dropped_quietly(serve):
     assert not errors, [r.getMessage() for r in errors]
     with client(server) as c:
         assert c.post("/v1/models/fake/predict", content=solid_png(20)).status_code == 200
+
+
+def test_the_deadline_counts_from_the_first_byte_not_from_the_route(serve):
+    """Headers that take longer than the deadline to arrive: the route starts late, and the
+    request is already out of time (it used to get a fresh deadline there)."""
+    model = FakeModel()
+    server = serve(model=model)
+    png = solid_png(20)
+    sock = socket.create_connection(("127.0.0.1", server.port), timeout=30)
+    sock.sendall(b"POST /v1/models/fake/predict HTTP/1.1\r\n")
+    time.sleep(0.4)
+    rest = f"Host: x\r\nX-Timeout-Ms: 200\r\nContent-Length: {len(png)}\r\n\r\n".encode()
+    sock.sendall(rest + png)
+    answer = _read_all(sock)
+    sock.close()
+    assert answer.startswith(b"HTTP/1.1 504"), answer[:200]
+    assert b"deadline passed before the body was read" in answer
+    assert model.probe.seen == []

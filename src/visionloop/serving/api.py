@@ -42,6 +42,7 @@ from visionloop.serving.state import (
     ApiError,
     ClientGone,
     ServerState,
+    arrived_at,
     error_response,
     timeout_from,
 )
@@ -122,7 +123,7 @@ def create_app(
         """Classify one image (raw body) or several (multipart, one part per file)."""
         _authorise(state, request)
         runner = state.runner_for(model)
-        arrived = runner.clock()  # the deadline counts from here: body and decode included
+        arrived = arrived_at(request, runner)  # the deadline counts from here: all included
         timeout = timeout_from(request.headers.get("x-timeout-ms"), "X-Timeout-Ms")
         if request.headers.get("content-type", "").startswith("multipart/form-data"):
             return await _predict_many(state, request, runner, timeout, arrived)

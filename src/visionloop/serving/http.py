@@ -15,6 +15,7 @@ was no faster here: ``benchmarks/results/http_stack_ab.json``).
 from __future__ import annotations
 
 import asyncio
+import time
 from typing import Any
 
 import h11
@@ -28,17 +29,33 @@ _TIMEOUT_RESPONSE = (
 )
 
 
+ARRIVED = "visionloop.first_byte"  # scope key: time.monotonic() of the request's first byte
+
+
 class HeaderDeadlineProtocol(H11Protocol):
-    """h11 with a deadline on each request's headers (set by :func:`protocol`)."""
+    """h11 with a deadline on each request's headers (set by :func:`protocol`), and the time
+    each request's first byte arrived in its scope (:data:`ARRIVED`), so that its deadline
+    counts from then, not from when a busy event loop got round to the route."""
 
     header_timeout_s: float = 10.0
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
+        self._first_byte: float | None = None
+        self._stamped: dict[str, Any] | None = None
         self._waiting_since = self.loop.time()
         self._header_timer: asyncio.TimerHandle | None = self.loop.call_later(
             self.header_timeout_s, self._check_headers
         )
+
+    def data_received(self, data: bytes) -> None:
+        if self._first_byte is None and self.conn.their_state is h11.IDLE:
+            self._first_byte = time.monotonic()
+        super().data_received(data)
+        scope: Any = self.scope
+        if scope is not None and scope is not self._stamped and self._first_byte is not None:
+            scope[ARRIVED] = self._first_byte  # a new request's scope: stamp it once
+            self._stamped, self._first_byte = scope, None
 
     def on_response_complete(self) -> None:
         self._waiting_since = self.loop.time()  # the next request's headers are due from now

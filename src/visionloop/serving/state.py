@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
@@ -169,6 +170,17 @@ async def _disconnected(request: Request) -> None:
     # The body has been read in full, so the next ASGI message is the disconnect.
     while (await request.receive())["type"] != "http.disconnect":
         pass
+
+
+def arrived_at(request: Request, runner: Transport) -> float:
+    """When the request reached the server, on the runner's clock: its first byte, as the
+    HTTP protocol stamped it (:mod:`visionloop.serving.http`), else now. Its deadline counts
+    from here, so time spent waiting for a busy event loop is the client's time too."""
+    now = runner.clock()
+    first_byte = request.scope.get("visionloop.first_byte")
+    if not isinstance(first_byte, float):
+        return now
+    return now - max(time.monotonic() - first_byte, 0.0)
 
 
 def timeout_from(value: Any, source: str) -> float | None:

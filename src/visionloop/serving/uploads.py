@@ -67,6 +67,10 @@ async def _stream(
     wake-up per byte and nothing more.
     """
     _check_declared(request, limit)
+    if within_s is not None and within_s <= 0:
+        raise ApiError(
+            504, "deadline passed before the body was read", error_type="DeadlineExceeded"
+        )
     size = 0
     try:
         async with asyncio.timeout(None if within_s is None else max(within_s, 0.0)):
