@@ -274,3 +274,31 @@ def test_limits_are_validated(kwargs):
 def test_crop_larger_than_short_side_is_rejected():
     with pytest.raises(ValueError, match="short_side must be >= the crop size"):
         CenterCrop(short_side=200, height=224, width=224)
+
+
+def test_an_unreadable_exif_block_leaves_the_photo_as_stored():
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    # With a JFIF density unit, Pillow does not parse the EXIF block while opening the file
+    # (where it would swallow the error), so it fails later, in exif_transpose.
+    data = encode(halves(), "JPEG", quality=95, exif=exif.tobytes(), dpi=(96, 96))
+    broken = data.replace(b"Exif\x00\x00MM", b"Exif\x00\x00M\xca", 1)  # not a TIFF header
+    assert broken != data
+    image = imaging.decode(broken, LIMITS)  # Pillow's SyntaxError escaped from here
+    assert image.size == (200, 100)  # orientation unknown: not rotated
+    assert imaging.prepare(broken, CROP, LIMITS).shape == (224, 224, 3)
+
+
+def test_exif_that_pillow_cannot_rewrite_still_rotates_the_photo():
+    # Orientation 6, and Make (an ASCII tag) stored as a RATIONAL: Pillow reads it, rotates,
+    # then fails to write the block back without the orientation (AttributeError).
+    entries = [(0x010F, 5, 1, struct.pack(">I", 38)), (0x0112, 3, 1, struct.pack(">HH", 6, 0))]
+    ifd = struct.pack(">H", len(entries))
+    ifd += b"".join(
+        struct.pack(">HHI", tag, kind, count) + value for tag, kind, count, value in entries
+    )
+    tiff = b"MM\x00*" + struct.pack(">I", 8) + ifd + struct.pack(">I", 0) + struct.pack(">II", 1, 2)
+    data = encode(halves(), "JPEG", quality=95, exif=b"Exif\x00\x00" + tiff)
+    image = imaging.decode(data, LIMITS)
+    assert image.size == (100, 200)
+    assert image.getpixel((50, 10))[0] > 200

@@ -18,6 +18,7 @@ who sent the file.
 
 from __future__ import annotations
 
+import contextlib
 import io
 import math
 import os
@@ -251,8 +252,18 @@ def decode(data: bytes, limits: ImageLimits, *, min_short_side: int | None = Non
                 f"truncated {fmt}: the file ends before the image data does"
             ) from None
         raise CorruptImage(f"corrupt {fmt}: {message}") from None
-    ImageOps.exif_transpose(image, in_place=True)
+    _upright(image)
     return to_rgb(image)
+
+
+def _upright(image: Image.Image) -> None:
+    """Apply the EXIF orientation in place. A corrupt EXIF block in an otherwise good photo does
+    not fail the upload: if Pillow cannot parse it, the image stays as stored (as browsers show
+    it); if Pillow rotates and then cannot write the block back without the orientation tag,
+    the rotation stands (the block is not needed: only pixels leave this module)."""
+    # Pillow's EXIF code raises SyntaxError, TypeError, AttributeError, struct.error, ...
+    with contextlib.suppress(Exception):
+        ImageOps.exif_transpose(image, in_place=True)
 
 
 def _draft(image: Image.Image, min_short_side: int) -> None:
