@@ -302,3 +302,18 @@ def test_exif_that_pillow_cannot_rewrite_still_rotates_the_photo():
     image = imaging.decode(data, LIMITS)
     assert image.size == (100, 200)
     assert image.getpixel((50, 10))[0] > 200
+
+
+def test_upright_keeps_a_photo_with_unreadable_exif_for_datasets_and_reports(tmp_path):
+    """The label and train paths keep the image (not only its pixels) and go through
+    upright(): a corrupt EXIF block must not fail them either."""
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    data = encode(halves(), "JPEG", quality=95, exif=exif.tobytes(), dpi=(96, 96))
+    broken = data.replace(b"Exif\x00\x00MM", b"Exif\x00\x00M\xca", 1)
+    path = tmp_path / "broken.jpg"
+    path.write_bytes(broken)
+    assert imaging.upright(imaging.load_path(path, LIMITS)).size == (200, 100)
+    rotated = tmp_path / "rotated.jpg"
+    rotated.write_bytes(encode(halves(), "JPEG", quality=95, exif=exif.tobytes()))
+    assert imaging.upright(imaging.load_path(rotated, LIMITS)).size == (100, 200)

@@ -266,6 +266,15 @@ def _upright(image: Image.Image) -> None:
         ImageOps.exif_transpose(image, in_place=True)
 
 
+def upright(image: Image.Image) -> Image.Image:
+    """A copy turned by the image's EXIF orientation, for code that keeps the image (datasets,
+    reports); a corrupt EXIF block leaves it as stored, as in :func:`decode`."""
+    try:
+        return ImageOps.exif_transpose(image)
+    except Exception:  # Pillow's EXIF code raises SyntaxError, TypeError, struct.error, ...
+        return image.copy()
+
+
 def _draft(image: Image.Image, min_short_side: int) -> None:
     width, height = image.size
     scale = min_short_side / min(width, height)

@@ -14,7 +14,6 @@ from pathlib import Path
 
 import numpy as np
 from PIL import Image as PILImage
-from PIL import ImageOps
 from sqlalchemy import select
 
 from visionloop import imaging
@@ -133,7 +132,7 @@ def _failures(store: Store, result: QCResult, subs: Sequence[Sub], worst: int) -
         unreadable = ""
         try:
             with imaging.load_path(paths[check.task], imaging.ImageLimits()) as raw:
-                photo = ImageOps.exif_transpose(raw).convert("RGB")
+                photo = imaging.upright(raw).convert("RGB")
         except (OSError, imaging.ImageError) as exc:  # shown grey, with the reason
             photo = PILImage.new("RGB", next(iter(sub.prelabel.values())).shape[::-1], "grey")
             unreadable = f" (image not shown: {html.escape(str(exc))})"

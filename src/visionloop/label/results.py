@@ -13,7 +13,6 @@ from pathlib import Path
 
 import numpy as np
 from PIL import Image as PILImage
-from PIL import ImageOps
 from sqlalchemy import select, update
 
 from visionloop import imaging
@@ -91,9 +90,12 @@ def _copy_upright(source: Path, folder: Path, stem: str) -> str:
     """Copy the image; one with an EXIF rotation is written upright (the masks are drawn on
     the upright image), so that nobody downstream has to know about EXIF."""
     with imaging.open_path(source, imaging.ImageLimits()) as image:
-        rotated = image.getexif().get(0x0112, 1) not in (1, None)
+        try:
+            rotated = image.getexif().get(0x0112, 1) not in (1, None)
+        except Exception:  # a corrupt EXIF block: the image is used as stored
+            rotated = False
         if rotated:
-            upright = ImageOps.exif_transpose(imaging.load_path(source, imaging.ImageLimits()))
+            upright = imaging.upright(imaging.load_path(source, imaging.ImageLimits()))
             name = f"{stem}.png"
             upright.save(folder / name)
             return name

@@ -124,7 +124,7 @@ class SegDataset(torch.utils.data.Dataset[tuple[torch.Tensor, torch.Tensor, torc
     def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         sample = self.samples[index]
         with _load(sample.image) as raw:
-            image = ImageOps.exif_transpose(raw).convert("RGB")
+            image = imaging.upright(raw).convert("RGB")
         masks = [_mask(sample.masks[c]) if c in sample.masks else None for c in self.classes]
         if self.augment is not None:
             rng = random.Random(hash((self.seed, self.epoch, index)))
