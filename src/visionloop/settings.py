@@ -150,6 +150,12 @@ class ServeSettings(BaseSettings):
         description="A connection that has not sent a request's headers within this is closed "
         "(408): slowloris. A body gets what is left of the request's deadline (timeout_ms).",
     )
+    lag_reserve: bool = Field(
+        default=True,
+        description="Take twice the event loop's recent lateness off each request's deadline "
+        "(the time to read it and to write its answer, which no server clock sees), so that "
+        "an answer that could only arrive late is refused with 504 instead of sent as a 200.",
+    )
     drain_timeout_s: float = Field(default=30.0, ge=0, description="Graceful shutdown budget.")
     api_token: str | None = Field(
         default=None, description="If set, every route but health needs 'Authorization: Bearer'."

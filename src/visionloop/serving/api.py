@@ -94,6 +94,7 @@ def create_app(
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        state.lag.start()
         if settings.transport == "redis":
             loading = asyncio.create_task(_connect(state, redis_settings or RedisSettings()))
         else:
@@ -106,6 +107,7 @@ def create_app(
                 log.info("draining: %d queued", state.runner.queued())
                 await state.runner.stop(settings.drain_timeout_s)
             state.decode_pool.shutdown(wait=False, cancel_futures=True)
+            await state.lag.stop()
 
     app = FastAPI(
         title="visionloop",
@@ -123,7 +125,7 @@ def create_app(
         """Classify one image (raw body) or several (multipart, one part per file)."""
         _authorise(state, request)
         runner = state.runner_for(model)
-        arrived = arrived_at(request, runner)  # the deadline counts from here: all included
+        arrived = arrived_at(request, runner, state.reserve())  # the deadline counts from here
         timeout = timeout_from(request.headers.get("x-timeout-ms"), "X-Timeout-Ms")
         if request.headers.get("content-type", "").startswith("multipart/form-data"):
             return await _predict_many(state, request, runner, timeout, arrived)

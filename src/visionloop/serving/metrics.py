@@ -30,6 +30,12 @@ class Metrics:
         self.queue_depth = Gauge(
             "visionloop_queue_depth", "Requests waiting for a batch.", ["model"], registry=r
         )
+        self.loop_lag = Gauge(
+            "visionloop_event_loop_lag_seconds",
+            "Worst lateness of the event loop's timer over the last second; twice this is "
+            "taken off each new request's deadline (one delay to read it, one to answer).",
+            registry=r,
+        )
         self.batch_size = Histogram(
             "visionloop_batch_size",
             "Images per forward pass (before bucket padding).",

@@ -221,7 +221,7 @@ def stats(runner: Transport) -> dict[str, Any]:
 
 
 async def _infer(state: ServerState, runner: Transport, request: Request) -> Response:
-    arrived = arrived_at(request, runner)
+    arrived = arrived_at(request, runner, state.reserve())
     settings = state.settings
     header_ms = timeout_from(request.headers.get("x-timeout-ms"), "X-Timeout-Ms")
     runner.admit(header_ms, arrived)  # an overloaded server refuses before reading the body

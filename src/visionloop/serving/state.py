@@ -20,6 +20,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 
 from visionloop import imaging
+from visionloop.serving.lag import LoopLag
 from visionloop.serving.metrics import Metrics
 from visionloop.serving.runner import (
     DeadlineExceeded,
@@ -72,6 +73,7 @@ class ServerState:
     model_settings: ModelSettings
     limits: imaging.ImageLimits
     metrics: Metrics = field(default_factory=Metrics)
+    lag: LoopLag = field(default_factory=LoopLag)
     runner: Transport | None = None
     load_error: str | None = None
     decode_pool: ThreadPoolExecutor = field(init=False)
@@ -85,6 +87,12 @@ class ServerState:
     @property
     def model_name(self) -> str:
         return self.runner.name if self.runner else self.model_settings.model
+
+    def reserve(self) -> float:
+        """Seconds taken off a new request's deadline for the loop's lateness (0 if off)."""
+        worst = self.lag.worst()
+        self.metrics.loop_lag.set(worst)
+        return LoopLag.DELAYS * worst if self.settings.lag_reserve else 0.0
 
     def runner_for(self, name: str) -> Transport:
         """The runner serving ``name``: 404 if we serve no such model, 503 if not ready."""
@@ -172,15 +180,19 @@ async def _disconnected(request: Request) -> None:
         pass
 
 
-def arrived_at(request: Request, runner: Transport) -> float:
+def arrived_at(request: Request, runner: Transport, reserve_s: float = 0.0) -> float:
     """When the request reached the server, on the runner's clock: its first byte, as the
     HTTP protocol stamped it (:mod:`visionloop.serving.http`), else now. Its deadline counts
-    from here, so time spent waiting for a busy event loop is the client's time too."""
+    from here, so time spent waiting for a busy event loop is the client's time too.
+
+    ``reserve_s`` moves that start earlier, so the whole deadline comes sooner by as much: the
+    time the loop is late to read a request and to write its answer, which no server clock
+    sees (:meth:`visionloop.serving.lag.LoopLag.reserve`).
+    """
     now = runner.clock()
     first_byte = request.scope.get("visionloop.first_byte")
-    if not isinstance(first_byte, float):
-        return now
-    return now - max(time.monotonic() - first_byte, 0.0)
+    waited = max(time.monotonic() - first_byte, 0.0) if isinstance(first_byte, float) else 0.0
+    return now - waited - max(reserve_s, 0.0)
 
 
 def timeout_from(value: Any, source: str) -> float | None:

@@ -1,0 +1,70 @@
+"""How late the event loop runs, and the share of a deadline that reserves.
+
+A request's clock starts at its first byte (:mod:`visionloop.serving.http`), but two stretches
+of its life are not on that clock: the time its bytes wait in the socket until a busy event loop
+reads them, and the time its answer waits for the loop to write it. When the server is
+overloaded on few cores both grow (decode threads and the model compete with the loop), and an
+answer computed just before its deadline reaches the client after it.
+
+:class:`LoopLag` measures the loop's lateness the only way it can be seen from inside: a timer
+asks to wake every ``interval_s`` and records how much later than asked it ran. The worst of the
+last ``window_s`` is :meth:`reserve`'d twice from every new request's deadline (once for the
+read, once for the write), so that an answer the server can only deliver late is refused (504)
+instead of sent as a 200 the client has stopped waiting for. On an idle server the reserve is
+about a millisecond; it grows only when the loop really runs late.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections import deque
+
+
+class LoopLag:
+    """Timer lateness of the running event loop over a sliding window (seconds)."""
+
+    DELAYS = 2  # a request meets the loop's lateness twice: to be read, and to be answered
+
+    def __init__(self, interval_s: float = 0.02, window_s: float = 1.0) -> None:
+        if interval_s <= 0 or window_s < interval_s:
+            raise ValueError("need 0 < interval_s <= window_s")
+        self.interval_s = interval_s
+        self.window_s = window_s
+        self._samples: deque[tuple[float, float]] = deque()  # (when, lateness)
+        self._task: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        """Begin sampling on the running loop (idempotent)."""
+        if self._task is None or self._task.done():
+            self._task = asyncio.get_running_loop().create_task(self._run())
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+
+    async def _run(self) -> None:
+        while True:
+            asked = time.monotonic()
+            await asyncio.sleep(self.interval_s)
+            woke = time.monotonic()
+            self.record(woke, max(0.0, woke - asked - self.interval_s))
+
+    def record(self, when: float, lateness: float) -> None:
+        self._samples.append((when, lateness))
+        while self._samples and self._samples[0][0] < when - self.window_s:
+            self._samples.popleft()
+
+    def worst(self, now: float | None = None) -> float:
+        """The largest lateness seen in the last ``window_s`` (0 if none)."""
+        now = time.monotonic() if now is None else now
+        return max((lag for when, lag in self._samples if when >= now - self.window_s), default=0.0)
+
+    def reserve(self, now: float | None = None) -> float:
+        """Seconds to take off a new request's deadline: one loop delay to read it, one to
+        write its answer."""
+        return self.DELAYS * self.worst(now)

@@ -1,0 +1,100 @@
+"""The event loop's lateness is measured and reserved from each deadline, so that an answer the
+loop could only deliver late is refused instead of sent as a 200 nobody waits for."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import pytest
+
+from tests.live_server import client
+from tests.serving.fakes import FakeModel, solid_png
+from visionloop.serving.lag import LoopLag
+
+
+def test_worst_is_the_largest_lateness_inside_the_window():
+    lag = LoopLag(interval_s=0.01, window_s=1.0)
+    lag.record(100.0, 0.30)
+    lag.record(100.5, 0.05)
+    assert lag.worst(now=100.6) == pytest.approx(0.30)
+    assert lag.reserve(now=100.6) == pytest.approx(2 * 0.30)
+    assert lag.worst(now=101.2) == pytest.approx(0.05)  # the 0.30 has left the window
+    lag.record(102.0, 0.0)  # recording prunes what left the window
+    assert lag.worst(now=102.0) == 0.0
+
+
+def test_bad_windows_are_refused():
+    with pytest.raises(ValueError):
+        LoopLag(interval_s=0.0)
+    with pytest.raises(ValueError):
+        LoopLag(interval_s=1.0, window_s=0.5)
+
+
+def test_the_probe_sees_a_blocked_loop():
+    async def main() -> tuple[float, float]:
+        lag = LoopLag(interval_s=0.01, window_s=5.0)
+        lag.start()
+        await asyncio.sleep(0.05)
+        before = lag.worst()
+        time.sleep(0.3)  # the loop is blocked: the probe's timer fires late
+        await asyncio.sleep(0.05)
+        after = lag.worst()
+        await lag.stop()
+        return before, after
+
+    before, after = asyncio.run(main())
+    assert after >= 0.25
+    assert after > before
+
+
+def _late_loop(server, seconds: float) -> None:
+    lag = server.app.state.visionloop.lag
+    lag.window_s = 600.0  # keep the recorded lateness in view for the whole test
+    lag.record(time.monotonic(), seconds)
+
+
+def test_a_request_the_late_loop_could_only_answer_late_is_refused(serve):
+    model = FakeModel()
+    server = serve(model=model)
+    _late_loop(server, 0.6)  # reserve 1.2 s: more than the request's 1 s
+    with client(server) as c:
+        r = c.post(
+            "/v1/models/fake/predict", content=solid_png(20), headers={"X-Timeout-Ms": "1000"}
+        )
+        v2 = c.post(
+            "/v2/models/fake/infer",
+            json={
+                "inputs": [
+                    {
+                        "name": "image",
+                        "shape": [1],
+                        "datatype": "BYTES",
+                        "data": ["not base64 but never read"],
+                    }
+                ]
+            },  # fmt: skip
+            headers={"X-Timeout-Ms": "1000"},
+        )
+    assert r.status_code in (503, 504), r.text
+    assert v2.status_code in (503, 504), v2.text
+    assert model.probe.seen == []  # refused before anything reached the model
+    assert server.metric("visionloop_event_loop_lag_seconds") == pytest.approx(0.6)
+
+
+def test_a_request_with_time_to_spare_is_served_despite_the_reserve(serve):
+    server = serve()
+    _late_loop(server, 0.05)  # reserve 0.1 s of a 5 s default deadline
+    with client(server) as c:
+        r = c.post("/v1/models/fake/predict", content=solid_png(20))
+    assert r.status_code == 200, r.text
+
+
+def test_the_reserve_can_be_switched_off(serve):
+    server = serve(lag_reserve=False)
+    _late_loop(server, 0.6)
+    with client(server) as c:
+        r = c.post(
+            "/v1/models/fake/predict", content=solid_png(20), headers={"X-Timeout-Ms": "1000"}
+        )
+    assert r.status_code == 200, r.text
