@@ -71,6 +71,11 @@ def serve() -> Iterator[ServerFactory]:
 
     def start(model=None, wait_ready=True, imaging=None, **settings) -> LiveServer:
         model = model if model is not None else FakeModel()
+        # Tests of the deadline's mechanics use deadlines of tens of ms; the event loop of a
+        # test process (shared with the test's threads) may run that late now and then, and
+        # the reserve would then refuse what the test means to queue. tests/serving/test_lag.py
+        # turns it on.
+        settings.setdefault("lag_reserve", False)
         app = create_app(
             ServeSettings(**settings),
             ModelSettings(model=model.name),

@@ -373,6 +373,9 @@ async def _run_worker(
 
         tap = await asyncio.to_thread(build_tap, model_settings, settings.drift_sample, metrics)
     node = RedisWorker(model, config, redis_settings, metrics=metrics, name=name, tap=tap)
+    from visionloop.serving.lag import freeze_heap
+
+    log.info("%d objects frozen out of garbage collection", freeze_heap())
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):

@@ -25,9 +25,9 @@ def test_worst_is_the_largest_lateness_inside_the_window():
 
 
 def test_bad_windows_are_refused():
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="interval_s"):
         LoopLag(interval_s=0.0)
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="window_s"):
         LoopLag(interval_s=1.0, window_s=0.5)
 
 
@@ -56,7 +56,7 @@ def _late_loop(server, seconds: float) -> None:
 
 def test_a_request_the_late_loop_could_only_answer_late_is_refused(serve):
     model = FakeModel()
-    server = serve(model=model)
+    server = serve(model=model, lag_reserve=True)
     _late_loop(server, 0.6)  # reserve 1.2 s: more than the request's 1 s
     with client(server) as c:
         r = c.post(
@@ -73,7 +73,7 @@ def test_a_request_the_late_loop_could_only_answer_late_is_refused(serve):
                         "data": ["not base64 but never read"],
                     }
                 ]
-            },  # fmt: skip
+            },
             headers={"X-Timeout-Ms": "1000"},
         )
     assert r.status_code in (503, 504), r.text
@@ -83,7 +83,7 @@ def test_a_request_the_late_loop_could_only_answer_late_is_refused(serve):
 
 
 def test_a_request_with_time_to_spare_is_served_despite_the_reserve(serve):
-    server = serve()
+    server = serve(lag_reserve=True)
     _late_loop(server, 0.05)  # reserve 0.1 s of a 5 s default deadline
     with client(server) as c:
         r = c.post("/v1/models/fake/predict", content=solid_png(20))
@@ -98,3 +98,21 @@ def test_the_reserve_can_be_switched_off(serve):
             "/v1/models/fake/predict", content=solid_png(20), headers={"X-Timeout-Ms": "1000"}
         )
     assert r.status_code == 200, r.text
+
+
+def test_an_overdue_probe_counts_before_it_has_recorded():
+    """Right after a stall, a request may be handled before the probe's task runs: the probe's
+    overdue wake-up is lateness already."""
+    lag = LoopLag(interval_s=0.02, window_s=1.0)
+    lag._due = 50.0
+    assert lag.worst(now=50.4) == pytest.approx(0.4)
+    assert lag.worst(now=49.0) == 0.0  # not yet due
+
+
+def test_a_ready_server_has_frozen_its_heap_and_thaws_it_at_shutdown(serve):
+    import gc
+
+    server = serve()
+    assert gc.get_freeze_count() > 0
+    server.stop()
+    assert gc.get_freeze_count() == 0

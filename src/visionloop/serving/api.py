@@ -29,6 +29,7 @@ from visionloop.models.catseg import MASK_FORMATS, encode_masks
 from visionloop.serving import protocol_v2
 from visionloop.serving.batcher import BatchPolicy
 from visionloop.serving.drift import build_tap
+from visionloop.serving.lag import freeze_heap, thaw_heap
 from visionloop.serving.runner import (
     DeadlineExceeded,
     ItemResult,
@@ -94,7 +95,6 @@ def create_app(
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        state.lag.start()
         if settings.transport == "redis":
             loading = asyncio.create_task(_connect(state, redis_settings or RedisSettings()))
         else:
@@ -108,6 +108,7 @@ def create_app(
                 await state.runner.stop(settings.drain_timeout_s)
             state.decode_pool.shutdown(wait=False, cancel_futures=True)
             await state.lag.stop()
+            thaw_heap()
 
     app = FastAPI(
         title="visionloop",
@@ -188,11 +189,14 @@ async def _load(state: ServerState, model: VisionModel | None) -> None:
     )
     log.info("engine: %s", getattr(model, "engine_info", dict)())
     log.info(
-        "warmed up batch sizes %s in %.1f s (padding to buckets: %s); ready",
+        "warmed up batch sizes %s in %.1f s (padding to buckets: %s); %d objects frozen out of "
+        "garbage collection; ready",
         ",".join(map(str, sizes)),
         time.perf_counter() - started,
         settings.pad_to_buckets,
+        freeze_heap(),
     )
+    state.lag.start()  # after the freeze: its one-off collection is not the loop's lateness
 
 
 async def _connect(state: ServerState, redis_settings: RedisSettings) -> None:
@@ -209,6 +213,7 @@ async def _connect(state: ServerState, redis_settings: RedisSettings) -> None:
     )
     await transport.start()
     state.runner = transport
+    state.lag.start()
     log.info(
         "API replica %s for model %s: jobs go to %s on %s",
         transport.replica,
