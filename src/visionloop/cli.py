@@ -329,59 +329,9 @@ def worker(
     logging.basicConfig(
         level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
-    asyncio.run(_run_worker(settings, model_settings, redis_settings, name, metrics_port))
+    from visionloop.serving.worker import run_worker
 
-
-async def _run_worker(
-    settings: Any, model_settings: Any, redis_settings: Any, name: str | None, port: int | None
-) -> None:
-    import asyncio
-    import logging
-    import signal
-
-    from visionloop.models import registry
-    from visionloop.serving.batcher import BatchPolicy
-    from visionloop.serving.metrics import Metrics
-    from visionloop.serving.runner import RunnerConfig
-    from visionloop.serving.transport.redis_worker import RedisWorker
-
-    log = logging.getLogger("visionloop.worker")
-    log.info("loading %s on %s", model_settings.model, model_settings.device)
-    model = await asyncio.to_thread(registry.load, model_settings)
-    log.info("engine: %s", model.engine_info())
-    capacity = settings.max_batch_size * (settings.instances + 1)
-    config = RunnerConfig(
-        policy=BatchPolicy(
-            settings.max_batch_size,
-            settings.max_delay_ms,
-            max(capacity, settings.max_queue),
-            settings.policy,
-        ),
-        instances=settings.instances,
-        pad_to_buckets=settings.pad_to_buckets,
-        timeout_ms=24 * 3600 * 1e3,  # each job carries its own deadline
-        threads=model_settings.threads,
-    )
-    metrics = Metrics()
-    if port is not None:
-        from prometheus_client import start_http_server
-
-        start_http_server(port, addr="127.0.0.1", registry=metrics.registry)
-    tap = None
-    if settings.drift_sample > 0:
-        from visionloop.serving.drift import build_tap
-
-        tap = await asyncio.to_thread(build_tap, model_settings, settings.drift_sample, metrics)
-    node = RedisWorker(model, config, redis_settings, metrics=metrics, name=name, tap=tap)
-    from visionloop.serving.lag import freeze_heap
-
-    log.info("%d objects frozen out of garbage collection", freeze_heap())
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
-    await node.run(stop)
-    log.info("worker %s stopped: %s", node.name, node.counts)
+    asyncio.run(run_worker(settings, model_settings, redis_settings, name, metrics_port))
 
 
 def _add_bn_commands() -> None:

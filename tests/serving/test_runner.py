@@ -137,3 +137,31 @@ async def test_cuda_runner_matches_cpu_answers(catdog, sample_bytes):
     await runner.stop()
     cpu = catdog.postprocess(catdog.forward(__import__("torch").from_numpy(np.stack(pixels))))
     assert [r.result["label"] for r in results] == [c["label"] for c in cpu]
+
+
+def test_serve_and_worker_build_their_runner_config_by_one_rule():
+    from visionloop.serving.runner import WORKER_TIMEOUT_MS
+    from visionloop.settings import ServeSettings
+
+    settings = ServeSettings(
+        max_batch_size=4, max_delay_ms=3, max_queue=5, policy="adaptive", instances=2,
+        pad_to_buckets=True, timeout_ms=700,
+    )  # fmt: skip
+    config = RunnerConfig.from_settings(settings, threads=3)
+    assert config.policy.max_batch_size == 4
+    assert config.policy.max_delay_ms == 3
+    assert config.policy.max_queue == 5
+    assert config.policy.kind == "adaptive"
+    assert (config.instances, config.pad_to_buckets, config.timeout_ms, config.threads) == (
+        2, True, 700, 3,
+    )  # fmt: skip
+    worker = config.for_worker()
+    # A worker never refuses what its executors can hold at once plus a batch waiting...
+    assert worker.policy.max_queue == 4 * (2 + 1)
+    # ...and each job brings its own deadline.
+    assert worker.timeout_ms == WORKER_TIMEOUT_MS
+    assert worker.policy.kind == "adaptive"
+    assert worker.instances == 2
+    assert (
+        RunnerConfig.from_settings(ServeSettings(max_queue=64)).for_worker().policy.max_queue == 64
+    )

@@ -30,6 +30,16 @@ from visionloop.settings import ModelSettings
 __all__ = ["DriftTap", "build_tap"]
 
 
+async def tap_from_settings(
+    settings: ModelSettings, fraction: float, metrics: Metrics
+) -> DriftTap | None:
+    """The drift tap ``serve`` and ``worker`` attach when ``drift_sample`` > 0, built off the
+    event loop (it loads a second copy of the model); None when sampling is off."""
+    if fraction <= 0:
+        return None
+    return await asyncio.to_thread(build_tap, settings, fraction, metrics)
+
+
 def build_tap(settings: ModelSettings, fraction: float, metrics: Metrics) -> DriftTap:
     """A tap on an unfused CPU copy of the model the settings name (same weights)."""
     model = registry.create(settings.model, settings.weights)

@@ -19,7 +19,7 @@ import dataclasses
 import itertools
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
@@ -39,6 +39,7 @@ from visionloop.serving.transport.base import (
     ModelStats,
     NotReady,
 )
+from visionloop.settings import ServeSettings
 
 __all__ = [
     "DeadlineExceeded",
@@ -51,6 +52,7 @@ __all__ = [
 ]
 
 Image = npt.NDArray[np.uint8]
+WORKER_TIMEOUT_MS = 24 * 3600 * 1e3
 
 
 @dataclass(frozen=True)
@@ -68,6 +70,27 @@ class RunnerConfig:
             raise ValueError(f"instances must be >= 1, got {self.instances}")
         if self.timeout_ms <= 0:
             raise ValueError(f"timeout_ms must be > 0, got {self.timeout_ms}")
+
+    @classmethod
+    def from_settings(cls, settings: ServeSettings, threads: int = 0) -> RunnerConfig:
+        """The one rule from the server's settings to its runner (``serve`` and ``worker``)."""
+        return cls(
+            policy=BatchPolicy(
+                settings.max_batch_size, settings.max_delay_ms, settings.max_queue, settings.policy
+            ),
+            instances=settings.instances,
+            pad_to_buckets=settings.pad_to_buckets,
+            timeout_ms=settings.timeout_ms,
+            threads=threads,
+        )
+
+    def for_worker(self) -> RunnerConfig:
+        """A Redis worker's: each job carries its own deadline (the runner's timeout only
+        bounds it), and its queue holds at least what its executors take at once plus a batch
+        in waiting, so that it never refuses jobs it has claimed from the stream."""
+        capacity = self.policy.max_batch_size * (self.instances + 1)
+        policy = dataclasses.replace(self.policy, max_queue=max(capacity, self.policy.max_queue))
+        return dataclasses.replace(self, policy=policy, timeout_ms=WORKER_TIMEOUT_MS)
 
     @property
     def buckets(self) -> tuple[int, ...]:
@@ -247,15 +270,9 @@ class Runner:
         Raises:
             NotReady, QueueFull (or its DeadlineUnreachable): as :meth:`infer` would.
         """
-        if not self._accepting:
-            self._refuse("not_ready" if not self.ready else "shutting_down")
-            raise NotReady("model is not ready" if not self.ready else "server is shutting down")
-        try:
+        self._check_accepting()
+        with self._counting_refusals():
             self.batcher.admit(self.clock(), self.deadline(timeout_ms, arrived_at))
-        except QueueFull as exc:
-            unreachable = isinstance(exc, DeadlineUnreachable)
-            self._refuse("deadline_unreachable" if unreachable else "queue_full")
-            raise
 
     def deadline(self, timeout_ms: float | None = None, arrived_at: float | None = None) -> float:
         """When a request that arrived at ``arrived_at`` (default: now) must be answered by.
@@ -279,9 +296,7 @@ class Runner:
             DeadlineExceeded: the deadline passed before a batch took it.
             ModelFailed: its batch's forward pass raised.
         """
-        if not self._accepting:
-            self._refuse("not_ready" if not self.ready else "shutting_down")
-            raise NotReady("model is not ready" if not self.ready else "server is shutting down")
+        self._check_accepting()
         expected = self.model.input_spec.shape
         if image.dtype != np.uint8 or image.shape != expected:
             raise ValueError(
@@ -295,12 +310,8 @@ class Runner:
             deadline=self.deadline(timeout_ms, arrived_at),
             payload=_Request(image, future),
         )
-        try:
+        with self._counting_refusals():
             self.batcher.submit(job)
-        except QueueFull as exc:
-            unreachable = isinstance(exc, DeadlineUnreachable)
-            self._refuse("deadline_unreachable" if unreachable else "queue_full")
-            raise
         self._queue_changed()
         try:
             # Executors only look at the queue when they are free; the deadline must not wait
@@ -402,6 +413,22 @@ class Runner:
     def _queue_changed(self) -> None:
         self.metrics.queue_depth.labels(**self._labels).set(len(self.batcher))
         self._wakeup.set()
+
+    def _check_accepting(self) -> None:
+        """Raises NotReady (counted) while warming up or shutting down."""
+        if not self._accepting:
+            self._refuse("not_ready" if not self.ready else "shutting_down")
+            raise NotReady("model is not ready" if not self.ready else "server is shutting down")
+
+    @contextlib.contextmanager
+    def _counting_refusals(self) -> Iterator[None]:
+        """Count a QueueFull from the batcher (or its DeadlineUnreachable) by its reason."""
+        try:
+            yield
+        except QueueFull as exc:
+            unreachable = isinstance(exc, DeadlineUnreachable)
+            self._refuse("deadline_unreachable" if unreachable else "queue_full")
+            raise
 
     def _refuse(self, reason: str, count: int = 1) -> None:
         self.metrics.refusals.labels(reason=reason, **self._labels).inc(count)
