@@ -317,3 +317,32 @@ def test_upright_keeps_a_photo_with_unreadable_exif_for_datasets_and_reports(tmp
     rotated = tmp_path / "rotated.jpg"
     rotated.write_bytes(encode(halves(), "JPEG", quality=95, exif=exif.tobytes()))
     assert imaging.upright(imaging.load_path(rotated, LIMITS)).size == (100, 200)
+
+
+def _broken_exif_jpeg() -> bytes:
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    data = encode(halves(), "JPEG", quality=95, exif=exif.tobytes(), dpi=(96, 96))
+    return data.replace(b"Exif\x00\x00MM", b"Exif\x00\x00M\xca", 1)
+
+
+@pytest.mark.parametrize(("tag", "shown"), [(None, (200, 100)), (1, (200, 100)), (3, (200, 100)),
+                                             (6, (100, 200)), (8, (100, 200))])  # fmt: skip
+def test_the_size_as_shown_applies_a_quarter_turn_only(tmp_path, tag, shown):
+    exif = Image.Exif()
+    if tag is not None:
+        exif[0x0112] = tag
+    path = tmp_path / "photo.jpg"
+    path.write_bytes(encode(halves(), "JPEG", quality=95, exif=exif.tobytes()))
+    with imaging.open_path(path, LIMITS) as image:
+        assert imaging.orientation(image) == (tag or 1)
+        assert imaging.shown_size(image) == shown
+
+
+def test_the_size_as_shown_of_a_photo_with_unreadable_exif_is_as_stored(tmp_path):
+    """The label loop sizes tasks from the header: a corrupt EXIF block used to raise there."""
+    path = tmp_path / "photo.jpg"
+    path.write_bytes(_broken_exif_jpeg())
+    with imaging.open_path(path, LIMITS) as image:
+        assert imaging.orientation(image) == 1
+        assert imaging.shown_size(image) == (200, 100)

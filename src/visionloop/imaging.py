@@ -256,6 +256,9 @@ def decode(data: bytes, limits: ImageLimits, *, min_short_side: int | None = Non
     return to_rgb(image)
 
 
+_ORIENTATION = 0x0112  # the EXIF tag
+
+
 def _upright(image: Image.Image) -> None:
     """Apply the EXIF orientation in place. A corrupt EXIF block in an otherwise good photo does
     not fail the upload: if Pillow cannot parse it, the image stays as stored (as browsers show
@@ -264,6 +267,23 @@ def _upright(image: Image.Image) -> None:
     # Pillow's EXIF code raises SyntaxError, TypeError, AttributeError, struct.error, ...
     with contextlib.suppress(Exception):
         ImageOps.exif_transpose(image, in_place=True)
+
+
+def orientation(image: Image.Image) -> int:
+    """The image's EXIF orientation (1-8, 1 = as stored); 1 when absent, out of range or
+    unreadable (a corrupt EXIF block: the image is used as stored, as in :func:`decode`)."""
+    try:
+        value = image.getexif().get(_ORIENTATION, 1)
+    except Exception:  # Pillow's EXIF code raises SyntaxError, TypeError, struct.error, ...
+        return 1
+    return value if isinstance(value, int) and 1 <= value <= 8 else 1
+
+
+def shown_size(image: Image.Image) -> tuple[int, int]:
+    """Width and height as shown, the EXIF rotation applied (as browsers and tools do), read
+    from the header without decoding."""
+    width, height = image.size
+    return (height, width) if orientation(image) in (5, 6, 7, 8) else (width, height)
 
 
 def upright(image: Image.Image) -> Image.Image:

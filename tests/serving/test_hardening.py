@@ -447,3 +447,20 @@ def test_the_deadline_counts_from_the_first_byte_not_from_the_route(serve):
     assert answer.startswith(b"HTTP/1.1 504"), answer[:200]
     assert b"deadline passed before the body was read" in answer
     assert model.probe.seen == []
+
+
+@pytest.mark.parametrize("content_type", ["image/png", f"multipart/form-data; boundary={BOUNDARY}"])
+def test_a_declared_length_over_the_limit_is_413_before_any_body_is_read(serve, content_type):
+    """Only the headers are sent: had the server waited for the body, the answer would be the
+    deadline's 408, not 413."""
+    server = serve()
+    sock = socket.create_connection(("127.0.0.1", server.port), timeout=30)
+    head = (
+        "POST /v1/models/fake/predict HTTP/1.1\r\nHost: x\r\n"
+        f"Content-Type: {content_type}\r\nContent-Length: {1 << 30}\r\nX-Timeout-Ms: 3000\r\n\r\n"
+    )
+    sock.sendall(head.encode())
+    answer = _read_all(sock)
+    sock.close()
+    assert answer.startswith(b"HTTP/1.1 413"), answer[:200]
+    assert b"connection: close" in answer.lower()

@@ -90,11 +90,7 @@ def _copy_upright(source: Path, folder: Path, stem: str) -> str:
     """Copy the image; one with an EXIF rotation is written upright (the masks are drawn on
     the upright image), so that nobody downstream has to know about EXIF."""
     with imaging.open_path(source, imaging.ImageLimits()) as image:
-        try:
-            rotated = image.getexif().get(0x0112, 1) not in (1, None)
-        except Exception:  # a corrupt EXIF block: the image is used as stored
-            rotated = False
-        if rotated:
+        if imaging.orientation(image) != 1:
             upright = imaging.upright(imaging.load_path(source, imaging.ImageLimits()))
             name = f"{stem}.png"
             upright.save(folder / name)
