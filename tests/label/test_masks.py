@@ -17,7 +17,7 @@ from visionloop.label.masks import (
     png_decode,
     png_encode,
 )
-from visionloop.models.catseg import rle_encode
+from visionloop.models.masks import rle_encode
 
 
 def masks():

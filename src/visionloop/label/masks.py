@@ -1,24 +1,35 @@
-"""Mask codecs for the labelling loop: COCO RLE, Label Studio brush RLE and PNG.
+"""Masks in the labelling loop: labels (class -> mask) as stored, Label Studio's brush RLE,
+and annotators' PNG files.
 
-A label is ``{class: bool mask (H, W)}``. The store keeps COCO compressed RLE (pycocotools'
-encoder, the ecosystem's format); Label Studio exports and imports its own brush RLE, encoded
-here bit for bit as label-studio-sdk's ``mask2rle`` does (tests prove it against the SDK), so
-the SDK, with its 60 dependencies, is needed only to test.
+A label is ``{class: bool mask (H, W)}``. The store keeps COCO compressed RLE; the COCO and PNG
+codecs, and the size guards their decoders apply, are :mod:`visionloop.models.masks`, shared
+with the server (whose ``?masks=rle`` answers :func:`coco_decode` reads). What is only the
+labelling loop's is here: Label Studio exports and imports its own brush RLE, encoded here bit
+for bit as label-studio-sdk's ``mask2rle`` does (tests prove it against the SDK), so the SDK,
+with its 60 dependencies, is needed only to test; and annotators' mask files are read with
+the byte limit checked on disk first.
 """
 
 from __future__ import annotations
 
-import io
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import numpy.typing as npt
-from PIL import Image
-from pycocotools import mask as coco_mask
 
 from visionloop import imaging
+from visionloop.models.masks import (
+    MASK_LIMITS,
+    MAX_MASK_PIXELS,
+    BoolMask,
+    check_size,
+    coco_decode,
+    coco_encode,
+    png_decode,
+    png_encode,
+)
 
 __all__ = [
     "MAX_MASK_PIXELS",
@@ -38,88 +49,7 @@ __all__ = [
     "png_read",
 ]
 
-BoolMask = npt.NDArray[np.bool_]
 Label = dict[str, BoolMask]
-
-# Masks are drawn on pool images, which are at most this large (the default
-# ImageLimits, checked when an image is added): a mask that claims more is refused before
-# anything is allocated for it, whatever its RLE or header says.
-MASK_LIMITS = imaging.ImageLimits()
-MAX_MASK_PIXELS = MASK_LIMITS.max_pixels
-
-
-def check_size(height: int, width: int, expected: tuple[int, int] | None = None) -> None:
-    """Refuse a declared mask size before it is allocated: over :data:`MAX_MASK_PIXELS`, or
-    not ``expected`` (height, width: the image's). Sizes in messages are width x height."""
-    if height < 0 or width < 0:
-        raise ValueError(f"mask size must be positive, got {width}x{height}")
-    if expected is not None and (height, width) != tuple(expected):
-        raise ValueError(f"the mask is {width}x{height}, the image is {expected[1]}x{expected[0]}")
-    if height * width > MAX_MASK_PIXELS:
-        raise ValueError(f"the mask is {width}x{height}, over {MAX_MASK_PIXELS} pixels")
-
-
-def coco_encode(mask: BoolMask) -> dict[str, Any]:
-    """COCO compressed RLE (``{"size": [h, w], "counts": str}``), by pycocotools."""
-    encoded = coco_mask.encode(np.asfortranarray(np.asarray(mask, dtype=np.uint8)))
-    return {"size": [int(v) for v in encoded["size"]], "counts": encoded["counts"].decode()}
-
-
-def coco_decode(rle: Mapping[str, Any], expected: tuple[int, int] | None = None) -> BoolMask:
-    """A COCO RLE, compressed (``counts`` a string) or uncompressed (a list of run lengths).
-    Its ``size`` is checked (:func:`check_size`, against ``expected`` (height, width) when
-    given) before anything is decoded."""
-    try:
-        height, width = (int(v) for v in rle["size"])
-        counts = rle["counts"]
-    except (KeyError, TypeError, ValueError) as exc:
-        raise ValueError(f"not a COCO RLE (needs size [h, w] and counts): {exc}") from None
-    if min(height, width) < 0:
-        raise ValueError(f"RLE size must be positive, got {height}x{width}")
-    check_size(height, width, expected)
-    runs = _coco_counts(counts) if isinstance(counts, str) else counts
-    # pycocotools does not check: a short RLE decodes to uninitialised memory
-    if isinstance(runs, list) and (
-        any(int(c) < 0 for c in runs) or sum(int(c) for c in runs) != height * width
-    ):
-        raise ValueError(f"RLE counts sum to {sum(runs)}, size is {height}x{width}")
-    if isinstance(counts, list):
-        compressed = coco_mask.frPyObjects(
-            {"size": [height, width], "counts": counts}, height, width
-        )
-    elif isinstance(counts, str):
-        compressed = {"size": [height, width], "counts": counts.encode()}
-    else:
-        raise ValueError(f"RLE counts must be a string or a list, got {type(counts).__name__}")
-    decoded = coco_mask.decode(compressed)
-    if decoded.shape != (height, width):
-        raise ValueError(f"RLE decodes to {decoded.shape}, size says {height}x{width}")
-    return np.asarray(decoded, dtype=bool)
-
-
-def _coco_counts(text: str) -> list[int]:
-    """Run lengths of COCO's compressed counts string: 5 bits per character (+48), a
-    continuation bit, a sign bit on the last chunk, and runs after the second stored as the
-    difference from the run two before."""
-    counts: list[int] = []
-    at = 0
-    while at < len(text):
-        value, shift, more = 0, 0, True
-        while more:
-            if at >= len(text):
-                raise ValueError("RLE counts string ends inside a number")
-            chunk = ord(text[at]) - 48
-            if not 0 <= chunk < 64:
-                raise ValueError(f"RLE counts string has a bad character {text[at]!r}")
-            value |= (chunk & 0x1F) << shift
-            more = bool(chunk & 0x20)
-            at, shift = at + 1, shift + 5
-            if not more and chunk & 0x10:
-                value |= -1 << shift
-        if len(counts) > 2:
-            value += counts[-2]
-        counts.append(value)
-    return counts
 
 
 def label_to_json(label: Mapping[str, BoolMask]) -> dict[str, Any]:
@@ -250,31 +180,6 @@ class _Bits:
             value = (value << 1) | bit
         self.at += n
         return value
-
-
-def png_encode(mask: BoolMask) -> bytes:
-    buffer = io.BytesIO()
-    Image.fromarray(np.asarray(mask, dtype=np.uint8) * 255).save(buffer, format="PNG")
-    return buffer.getvalue()
-
-
-def png_decode(data: bytes, expected: tuple[int, int] | None = None) -> BoolMask:
-    """Non-zero pixels of a mask image (any mode, converted to L) are the class.
-
-    The guards of :func:`visionloop.imaging.open_image` (bytes, format from magic bytes,
-    pixels from the header) apply, and the header's size is checked against ``expected``
-    (height, width), when given, before a pixel is decoded."""
-    try:
-        image = imaging.open_image(data, MASK_LIMITS)
-    except imaging.ImageError as exc:
-        raise ValueError(f"not a readable mask image: {exc}") from None
-    with image:
-        width, height = image.size
-        check_size(height, width, expected)
-        try:
-            return np.asarray(image.convert("L")) > 0
-        except (OSError, EOFError, SyntaxError, ValueError) as exc:
-            raise ValueError(f"not a readable mask image: {exc}") from None
 
 
 def png_read(path: Path, expected: tuple[int, int] | None = None) -> BoolMask:
