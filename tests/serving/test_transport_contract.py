@@ -68,6 +68,7 @@ async def test_the_model_is_described_the_same_way(kind, url, fake):
         assert described.describe() == {
             "name": "fake",
             "description": "test double",
+            "classes": [],
             "input": {
                 "shape": [8, 8, 3], "dtype": "UINT8", "layout": "NHWC", "mean": [0.0, 0.0, 0.0],
                 "std": [1.0, 1.0, 1.0], "resize_short_side": 8, "resample": "bicubic",

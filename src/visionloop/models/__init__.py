@@ -1,6 +1,25 @@
-"""Servable models: the contract (:mod:`.base`), the registry and the built-ins."""
+"""Servable models: the contract (:mod:`.base`), the registry, the built-ins, and the mask
+codecs serving and labelling share (:mod:`.masks`)."""
 
-from visionloop.models.base import InputSpec, OutputSpec, VisionModel
+from visionloop.models.base import (
+    InputSpec,
+    OutputSpec,
+    Segmentation,
+    Segmenter,
+    VisionModel,
+    as_segmenter,
+)
 from visionloop.models.registry import UnknownModel, available, create, load
 
-__all__ = ["InputSpec", "OutputSpec", "UnknownModel", "VisionModel", "available", "create", "load"]
+__all__ = [
+    "InputSpec",
+    "OutputSpec",
+    "Segmentation",
+    "Segmenter",
+    "UnknownModel",
+    "VisionModel",
+    "as_segmenter",
+    "available",
+    "create",
+    "load",
+]

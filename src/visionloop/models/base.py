@@ -5,6 +5,10 @@ uint8 NHWC images (what :mod:`visionloop.imaging` produces, compact on the wire 
 and gets named output tensors back; ``postprocess`` turns one batch of outputs, on the CPU,
 into one JSON-ready dict per image. Normalisation happens inside ``forward``, on the model's
 device, so the host never materialises float images.
+
+Every model names its ``classes``. A model that segments declares an output named ``masks``
+(uint8, ``(len(classes), H, W)`` per image: the server encodes it by class name) and implements
+:class:`Segmenter`, all the labelling loop needs of it.
 """
 
 from __future__ import annotations
@@ -12,7 +16,7 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, Protocol, runtime_checkable
 
 import numpy as np
 import torch
@@ -79,9 +83,16 @@ class OutputSpec:
 class VisionModel(ABC):
     """A servable image model.
 
-    Subclasses set ``name``, ``description``, ``input_spec``, ``outputs``, ``classes`` (the
-    names a client sees, in output order) and ``network`` (an ``nn.Module`` taking normalised
-    float NCHW), and implement :meth:`outputs_from` and :meth:`postprocess`.
+    Subclasses set ``name``, ``description``, ``input_spec``, ``outputs``, ``classes`` and
+    ``network`` (an ``nn.Module`` taking normalised float NCHW), and implement
+    :meth:`outputs_from` and :meth:`postprocess`.
+
+    ``classes`` are the names of the classes the model tells apart, in output order: for a
+    classifier the labels it answers with (``catdog``: cat, dog, neither, the channels of its
+    ``scores``); for a segmenter the channels of its ``masks`` output (``catseg``: cat,
+    animal). A model with no class axis has none (``()``). Classes do not say whether a model
+    returns masks: its ``masks`` output does (:data:`MASKS`), and in process, being a
+    :class:`Segmenter`.
 
     ``network`` stays the source of truth (training, the BatchNorm tools, the drift tap). For
     serving, an :class:`~visionloop.engines.base.Engine` may run it instead (``engine``, set
@@ -92,7 +103,7 @@ class VisionModel(ABC):
     description: str
     input_spec: InputSpec
     outputs: tuple[OutputSpec, ...]
-    classes: tuple[str, ...] = ()
+    classes: tuple[str, ...] = ()  # see the class docstring: labels, or mask channels
     # True when ``network`` is a pure function of its input that ONNX export traces faithfully
     # (no data-dependent Python branches, no side effects): ``engine auto`` then converts it.
     # Any model can still be converted by naming the engine; the conversion is verified.
@@ -179,7 +190,7 @@ class VisionModel(ABC):
 
     def describe(self) -> JSONDict:
         """Metadata for listings and the v2 model endpoint, with the engine that runs it."""
-        info = describe(self.name, self.description, self.input_spec, self.outputs)
+        info = describe(self.name, self.description, self.input_spec, self.outputs, self.classes)
         info["engine"] = self.engine_info()
         return info
 
@@ -195,12 +206,17 @@ class VisionModel(ABC):
 
 
 def describe(
-    name: str, description: str, spec: InputSpec, outputs: Iterable[OutputSpec]
+    name: str,
+    description: str,
+    spec: InputSpec,
+    outputs: Iterable[OutputSpec],
+    classes: Iterable[str],
 ) -> JSONDict:
     """A model's metadata as JSON: what listings and the v2 model endpoint show."""
     return {
         "name": name,
         "description": description,
+        "classes": list(classes),
         "input": {
             "shape": list(spec.shape),
             "dtype": "UINT8",
@@ -212,3 +228,52 @@ def describe(
         },
         "outputs": [{"name": o.name, "shape": list(o.shape), "dtype": o.dtype} for o in outputs],
     }
+
+
+# -- segmenters ------------------------------------------------------------------------------
+
+MASKS = "masks"  # the output a model that segments declares: uint8 (len(classes), H, W)
+
+
+@dataclass(frozen=True)
+class Segmentation:
+    """One batch through a :class:`Segmenter`. Channel ``i`` is ``classes[i]``."""
+
+    probabilities: torch.Tensor  # (N, C, H, W) float32 in [0, 1], per class and pixel
+    masks: torch.Tensor  # (N, C, H, W) bool: the model's own decision (its threshold)
+    embeddings: torch.Tensor | None = None  # (N, D) float32, one per image, when asked for
+
+
+@runtime_checkable
+class Segmenter(Protocol):
+    """What the labelling loop needs of a segmentation model (``catseg`` is one): its classes,
+    the square input it takes, and per-class masks for a batch of images, with an embedding
+    per image from the same pass when asked (what diversity sampling compares).
+
+    Images are uint8 NHWC of ``input_spec.shape``, as :meth:`VisionModel.forward` takes them.
+    """
+
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def classes(self) -> tuple[str, ...]: ...
+
+    @property
+    def input_spec(self) -> InputSpec: ...
+
+    def segment(self, images: torch.Tensor, embed: bool = False) -> Segmentation:
+        """Probabilities and masks per class; ``embed``: also :attr:`Segmentation.embeddings`
+        (deep features, pooled over the image; not normalised)."""
+        ...
+
+
+def as_segmenter(model: VisionModel) -> Segmenter:
+    """``model`` as a :class:`Segmenter`, or a one-line ValueError that says it is not one."""
+    if isinstance(model, Segmenter):
+        return model
+    outputs = ", ".join(o.name for o in model.outputs) or "none"
+    raise ValueError(
+        f"model {model.name!r} is not a segmenter (its outputs: {outputs}; no per-class "
+        f"{MASKS}): selecting and pre-labelling need one, e.g. catseg"
+    )

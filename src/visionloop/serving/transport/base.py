@@ -106,6 +106,8 @@ class ModelInfo(Protocol):
     @property
     def outputs(self) -> tuple[OutputSpec, ...]: ...
     @property
+    def classes(self) -> tuple[str, ...]: ...
+    @property
     def device(self) -> torch.device: ...
     def describe(self) -> JSONDict: ...
 
@@ -185,7 +187,7 @@ class ModelCard:
     input_spec: InputSpec
     outputs: tuple[OutputSpec, ...]
     device_name: str = "cpu"
-    classes: tuple[str, ...] = ()  # channel names of a segmentation model
+    classes: tuple[str, ...] = ()  # VisionModel.classes: a classifier's labels or mask channels
     engine: JSONDict = field(default_factory=dict)  # what runs the forward pass, on the worker
 
     def engine_info(self) -> JSONDict:
@@ -203,7 +205,7 @@ class ModelCard:
             model.input_spec,
             model.outputs,
             str(model.device),
-            tuple(getattr(model, "classes", ())),
+            tuple(model.classes),
             dict(model.engine_info()) if hasattr(model, "engine_info") else {},
         )
 
@@ -253,7 +255,7 @@ class ModelCard:
             raise BadJob(f"not a model card: {type(exc).__name__}: {exc}") from None
 
     def describe(self) -> JSONDict:
-        info = describe(self.name, self.description, self.input_spec, self.outputs)
+        info = describe(self.name, self.description, self.input_spec, self.outputs, self.classes)
         info["engine"] = self.engine_info()
         return info
 
