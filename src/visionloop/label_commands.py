@@ -104,27 +104,39 @@ def add_gold(
         console.print(f"added {run(_store(db), dataset)} gold images")
 
 
+def _segmenter(name: str, weights: Path | None) -> Any:
+    """The model ``name`` (registry name or ``module:factory``), with ``weights``, as a
+    :class:`~visionloop.models.base.Segmenter`; a ValueError (one line) if it is unknown or
+    not a segmenter."""
+    from visionloop.models import UnknownModel, as_segmenter, registry
+
+    try:
+        return as_segmenter(registry.create(name, weights))
+    except UnknownModel as exc:
+        raise ValueError(str(exc)) from None
+
+
 @app.command("select")
 def select_images(
     k: Annotated[int, typer.Option(min=1, help="How many images to pick.")],
     method: Annotated[str, typer.Option(help="uncertainty, diversity or mix.")] = "mix",
+    model: Annotated[
+        str, typer.Option(help="The segmenter: a registry name or module:factory.")
+    ] = "catseg",
     weights: Annotated[
-        Path | None, typer.Option(help="catseg weights (train seg's best.pt).")
+        Path | None, typer.Option(help="The segmenter's weights (train seg's best.pt).")
     ] = None,
     db: Db = DEFAULT_DB,
 ) -> None:
     """Pick K pool images for annotation with the segmenter."""
     from visionloop.label.loop import select_images as run
     from visionloop.label.select import METHODS
-    from visionloop.models import registry
-    from visionloop.models.catseg import CatSeg
 
     with _errors():
         if method not in METHODS:
             raise ValueError(f"--method must be one of {', '.join(METHODS)}")
-        model = registry.create("catseg", weights)
-        assert isinstance(model, CatSeg)
-        picked, size = run(_store(db), model, k, method)
+        segmenter = _segmenter(model, weights)  # refused before the store is opened
+        picked, size = run(_store(db), segmenter, k, method)
         console.print(f"selected {picked} of {size} pool images by {method}")
 
 
@@ -162,10 +174,15 @@ def mine(
 @app.command("prelabel")
 def prelabel(
     weights: Annotated[
-        Path | None, typer.Option(help="catseg weights, run in this process.")
+        Path | None, typer.Option(help="The segmenter's weights, run in this process.")
     ] = None,
     server: Annotated[str | None, typer.Option(help="Or a running server's URL.")] = None,
-    model: Annotated[str, typer.Option(help="The server's model name.")] = "catseg",
+    model: Annotated[
+        str,
+        typer.Option(
+            help="The segmenter: a registry name or module:factory, or the server's model name."
+        ),
+    ] = "catseg",
     everything: Annotated[
         bool, typer.Option("--all", help="The whole pool, not the selected.")
     ] = False,
@@ -174,17 +191,13 @@ def prelabel(
     """Pre-label the selected images with the segmenter."""
     from visionloop.label.loop import prelabel as run
     from visionloop.label.prelabel import LibraryPrelabeler, Prelabeler, ServerPrelabeler
-    from visionloop.models import registry
-    from visionloop.models.catseg import CatSeg
 
     with _errors():
         labeler: Prelabeler
         if server:
             labeler = ServerPrelabeler(server, model)
         else:
-            network = registry.create("catseg", weights)
-            assert isinstance(network, CatSeg)
-            labeler = LibraryPrelabeler(network)
+            labeler = LibraryPrelabeler(_segmenter(model, weights))
         console.print(f"pre-labelled {run(_store(db), labeler, everything)} images")
 
 

@@ -11,7 +11,8 @@ import pytest
 from PIL import Image
 
 from tests.live_server import client
-from visionloop.models.catseg import CatSeg, rle_decode
+from visionloop.models.catseg import CatSeg
+from visionloop.models.masks import coco_decode
 from visionloop.settings import ModelSettings
 
 
@@ -50,7 +51,7 @@ def test_v1_masks_as_rle_and_png_match_v2(serve, catseg, sample_bytes):
     assert set(body["areas"]) == {"cat", "animal"}
     assert body["mask_format"] == "rle"
     for i, name in enumerate(("cat", "animal")):
-        assert np.array_equal(rle_decode(body["masks"][name]), expected[i].astype(bool))
+        assert np.array_equal(coco_decode(body["masks"][name]), expected[i].astype(bool))
         decoded = np.asarray(Image.open(io.BytesIO(base64.b64decode(png.json()["masks"][name]))))
         assert np.array_equal(decoded > 0, expected[i].astype(bool))
         assert body["areas"][name] == pytest.approx(expected[i].mean(), abs=1e-6)

@@ -18,7 +18,7 @@ from PIL import Image
 
 from visionloop.imaging import ImageError, ImageLimits, decode, read_file
 from visionloop.label.masks import Label, coco_decode
-from visionloop.models.catseg import CatSeg
+from visionloop.models.base import Segmenter
 
 __all__ = ["LibraryPrelabeler", "Prelabeler", "ServerPrelabeler", "read_photo", "square_input"]
 
@@ -55,9 +55,9 @@ def _resize(mask: np.ndarray, size: tuple[int, int]) -> np.ndarray:
 
 
 class LibraryPrelabeler:
-    """Runs a :class:`CatSeg` in this process."""
+    """Runs a :class:`~visionloop.models.base.Segmenter` (``catseg``) in this process."""
 
-    def __init__(self, model: CatSeg, batch_size: int = 8) -> None:
+    def __init__(self, model: Segmenter, batch_size: int = 8) -> None:
         self.model, self.batch_size = model, batch_size
 
     @torch.inference_mode()
@@ -67,7 +67,7 @@ class LibraryPrelabeler:
         for start in range(0, len(paths), self.batch_size):
             loaded = [square_input(p, size) for p in paths[start : start + self.batch_size]]
             batch = torch.from_numpy(np.stack([np.asarray(image) for image, _ in loaded]))
-            masks = self.model.forward(batch)["masks"].numpy()
+            masks = self.model.segment(batch).masks.numpy()
             for (_, original), planes in zip(loaded, masks, strict=True):
                 names = zip(self.model.classes, planes, strict=True)
                 out.append({c: _resize(m, original) for c, m in names})

@@ -2,8 +2,9 @@
 never learned.
 
 - ``uncertainty``: the segmenter's per-pixel binary entropy, averaged over classes and pixels.
-- ``diversity``: k-center greedy on the encoder's pooled deepest features: each pick is the
-  image farthest from everything picked (and everything already labelled) so far.
+- ``diversity``: k-center greedy on the segmenter's embeddings (catseg: its encoder's pooled
+  deepest features): each pick is the image farthest from everything picked (and everything
+  already labelled) so far.
 - ``mix``: half by uncertainty, the rest by k-center around those.
 - ``mine``: rank by the probability mass the ImageNet head of the ``catdog`` backbone puts on a
   group of ImageNet classes (e.g. all 398 animals), optionally minus another group (``cat``):
@@ -21,8 +22,7 @@ import torch
 
 from visionloop.imaging import ImageLimits, center_crop
 from visionloop.label.prelabel import read_photo, square_input
-from visionloop.models.base import VisionModel
-from visionloop.models.catseg import CatSeg
+from visionloop.models.base import Segmenter, VisionModel
 
 __all__ = ["GROUPS", "METHODS", "group_indices", "kcenter", "mine_scores", "pick", "pool_scores"]
 
@@ -62,31 +62,25 @@ def group_indices(spec: str) -> list[int]:
 
 @torch.inference_mode()
 def pool_scores(
-    model: CatSeg, paths: Sequence[Path], batch_size: int = 16
+    model: Segmenter, paths: Sequence[Path], batch_size: int = 16
 ) -> tuple[npt.NDArray[np.float64], npt.NDArray[np.float32]]:
     """Per image: mean per-pixel entropy (nats, over classes) and the L2-normalised
-    embedding (the encoder's deepest features, average-pooled)."""
-    network = model.network
-    captured: list[torch.Tensor] = []
-    hook = network.blocks[-1].register_forward_hook(  # type: ignore[union-attr,index]
-        lambda _m, _i, out: captured.append(out.mean(dim=(2, 3)))
-    )
+    embedding (the segmenter's, e.g. catseg's deepest encoder features, average-pooled)."""
     entropy, embeddings = [], []
-    try:
-        for start in range(0, len(paths), batch_size):
-            batch = np.stack(
-                [
-                    np.asarray(square_input(p, model.input_spec.height)[0])
-                    for p in paths[start : start + batch_size]
-                ]
-            )
-            captured.clear()
-            p = model.forward(torch.from_numpy(batch))["probabilities"].clamp(1e-6, 1 - 1e-6)
-            h = -(p * p.log() + (1 - p) * (1 - p).log())
-            entropy.append(h.mean(dim=(1, 2, 3)).double().numpy())
-            embeddings.append(torch.nn.functional.normalize(captured[0], dim=1).float().numpy())
-    finally:
-        hook.remove()
+    for start in range(0, len(paths), batch_size):
+        batch = np.stack(
+            [
+                np.asarray(square_input(p, model.input_spec.height)[0])
+                for p in paths[start : start + batch_size]
+            ]
+        )
+        out = model.segment(torch.from_numpy(batch), embed=True)
+        if out.embeddings is None:
+            raise ValueError(f"model {model.name!r} gave no embeddings for diversity sampling")
+        p = out.probabilities.clamp(1e-6, 1 - 1e-6)
+        h = -(p * p.log() + (1 - p) * (1 - p).log())
+        entropy.append(h.mean(dim=(1, 2, 3)).double().numpy())
+        embeddings.append(torch.nn.functional.normalize(out.embeddings, dim=1).float().numpy())
     return np.concatenate(entropy), np.concatenate(embeddings)
 
 

@@ -4,28 +4,32 @@ EfficientNet-Lite0 encoder (ImageNet weights, issue 2's implementation) with a l
 decoder: lateral 1x1 convs at strides 4, 8, 16 and 32, a top-down pathway, the four levels
 upsampled to stride 4 and summed, then a 3x3 conv and a 1x1 classifier, upsampled to the input.
 Trained by ``visionloop train seg``; serve a run's weights with ``--weights run/best.pt``.
+A :class:`~visionloop.models.base.Segmenter`: the labelling loop selects and pre-labels with it.
 """
 
 from __future__ import annotations
 
-import base64
-import io
 from collections.abc import Mapping, Sequence
+from typing import cast
 
-import numpy as np
 import torch
 import torch.nn.functional as F
-from PIL import Image
 from torch import nn
 
 from visionloop.imaging import CenterCrop
-from visionloop.models.base import InputSpec, JSONDict, OutputSpec, VisionModel
+from visionloop.models.base import (
+    MASKS,
+    InputSpec,
+    JSONDict,
+    OutputSpec,
+    Segmentation,
+    VisionModel,
+)
 from visionloop.models.efficientnet_lite import BN_EPS, EfficientNetLite, efficientnet_lite0
 
 CLASSES = ("cat", "animal")
 TAPS = (2, 4, 10, 15)  # last block at strides 4, 8, 16, 32 of Lite0
 TAP_CHANNELS = (24, 40, 112, 320)
-MASK_FORMATS = ("png", "rle", "none")
 
 
 class SegNet(nn.Module):
@@ -92,13 +96,34 @@ class CatSeg(VisionModel):
         shape = (len(self.classes), size, size)
         self.outputs = (
             OutputSpec("probabilities", shape, description="sigmoid per class"),
-            OutputSpec("masks", shape, dtype="UINT8", description="1 where p >= threshold"),
+            OutputSpec(MASKS, shape, dtype="UINT8", description="1 where p >= threshold"),
         )
         super().__init__(network if network is not None else SegNet(len(self.classes)))
 
     def outputs_from(self, raw: torch.Tensor) -> dict[str, torch.Tensor]:
         probabilities = raw.float().sigmoid()
-        return {"probabilities": probabilities, "masks": (probabilities >= self.threshold).byte()}
+        return {"probabilities": probabilities, MASKS: (probabilities >= self.threshold).byte()}
+
+    @torch.inference_mode()
+    def segment(self, images: torch.Tensor, embed: bool = False) -> Segmentation:
+        """Probabilities and masks for uint8 NHWC images; ``embed``: also the encoder's deepest
+        features (its last block), average-pooled, one row per image.
+
+        The embedding comes from the torch network, which an attached engine does not run:
+        with ``embed`` the batch goes through ``network`` whatever runs serving."""
+        if not embed:
+            out = self.forward(images)
+            return Segmentation(out["probabilities"], out[MASKS].bool())
+        captured: list[torch.Tensor] = []
+        last = cast(nn.Sequential, self.network.blocks)[-1]
+        hook = last.register_forward_hook(lambda _m, _i, out: captured.append(out.mean(dim=(2, 3))))
+        try:
+            out = self.forward(self.normalise(images))  # float input: always the network
+        finally:
+            hook.remove()
+        if len(captured) != 1:
+            raise RuntimeError(f"the encoder's last block ran {len(captured)} times, not once")
+        return Segmentation(out["probabilities"], out[MASKS].bool(), captured[0].float())
 
     def postprocess(self, outputs: Mapping[str, torch.Tensor]) -> list[JSONDict]:
         answers = []
@@ -111,50 +136,6 @@ class CatSeg(VisionModel):
             present = [c for c in self.classes if areas[c] > 0]
             answers.append({"label": present[0] if present else "none", "areas": areas})
         return answers
-
-
-def encode_masks(masks: np.ndarray, classes: Sequence[str], fmt: str) -> JSONDict:
-    """One image's binary masks (C, H, W), by class name: ``png`` (base64 PNG, 0/255) or
-    ``rle`` (COCO uncompressed RLE, column-major counts starting with zeros)."""
-    if fmt not in MASK_FORMATS:
-        raise ValueError(f"masks must be one of {', '.join(MASK_FORMATS)}, got {fmt!r}")
-    if fmt == "none":
-        return {}
-    names = (
-        list(classes) if len(classes) == len(masks) else [f"class_{i}" for i in range(len(masks))]
-    )
-    return {c: _encode(np.asarray(m) > 0, fmt) for c, m in zip(names, masks, strict=True)}
-
-
-def _encode(mask: np.ndarray, fmt: str) -> JSONDict | str:
-    if fmt == "png":
-        buffer = io.BytesIO()
-        Image.fromarray(mask.astype(np.uint8) * 255).save(buffer, format="PNG", optimize=True)
-        return base64.b64encode(buffer.getvalue()).decode()
-    return rle_encode(mask)
-
-
-def rle_encode(mask: np.ndarray) -> JSONDict:
-    """COCO's uncompressed RLE: run lengths over the column-major flattening, starting with a
-    run of zeros (possibly empty)."""
-    flat = np.asarray(mask, dtype=bool).flatten(order="F")
-    changes = np.flatnonzero(np.diff(flat.astype(np.int8))) + 1
-    bounds = np.concatenate(([0], changes, [flat.size]))
-    counts = np.diff(bounds).tolist()
-    if flat.size and flat[0]:
-        counts = [0, *counts]
-    return {"size": [int(mask.shape[0]), int(mask.shape[1])], "counts": counts}
-
-
-def rle_decode(rle: JSONDict) -> np.ndarray:
-    height, width = rle["size"]
-    flat = np.zeros(height * width, dtype=bool)
-    position, value = 0, False
-    for count in rle["counts"]:
-        flat[position : position + count] = value
-        position += count
-        value = not value
-    return flat.reshape((height, width), order="F")
 
 
 def build_catseg() -> CatSeg:
