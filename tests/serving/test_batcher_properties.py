@@ -62,6 +62,7 @@ from hypothesis import strategies as st
 from tests.hypothesis_profiles import budget
 from visionloop.serving.adaptive import padded
 from visionloop.serving.batcher import (
+    POLICIES,
     Batcher,
     BatchPolicy,
     DeadlineUnreachable,
@@ -220,7 +221,7 @@ class Simulation:
 
 @st.composite
 def policies(draw: st.DrawFn, kind: str | None = None) -> BatchPolicy:
-    kind = kind or draw(st.sampled_from(["fixed", "adaptive"]))
+    kind = kind or draw(st.sampled_from(list(POLICIES)))  # every policy in the table
     max_batch_size = draw(st.integers(1, 8))
     buckets: tuple[int, ...] = ()
     if kind == "adaptive" and draw(st.booleans()):  # padded, as the runner pads: up to the top
@@ -230,7 +231,7 @@ def policies(draw: st.DrawFn, kind: str | None = None) -> BatchPolicy:
         max_batch_size=max_batch_size,
         max_delay_ms=draw(st.sampled_from([0.0, 1.0, 5.0, 10.0, 30.0, 100.0])),
         max_queue=draw(st.integers(1, 12)),
-        kind=kind,  # type: ignore[arg-type]
+        kind=kind,
         executors=draw(st.integers(1, 3)),
         buckets=buckets,
     )

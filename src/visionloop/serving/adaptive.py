@@ -12,14 +12,28 @@ worth it; in overload the queue holds full batches and they go back to back.
 The same table answers "can this request still make its deadline?" on arrival, so hopeless
 requests are refused at once (503 + ``Retry-After`` from the measured drain rate) instead of
 timing out after occupying the queue.
+
+:class:`AdaptivePolicy` is the policy ``adaptive`` of :data:`visionloop.serving.batcher.POLICIES`:
+it applies the rule to a :class:`~visionloop.serving.batcher.Batcher`'s queue.
 """
 
 from __future__ import annotations
 
+import heapq
 import math
 import statistics
 from collections import deque
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, TypeVar
+
+if TYPE_CHECKING:
+    from visionloop.serving.batcher import Batcher, Job
+
+P = TypeVar("P")
+
+# Times are float seconds; a delay of 10 ms added to a clock reading may round a hair past the
+# same instant reached by advancing the clock. One nanosecond of slack keeps "exactly" exact.
+EPSILON = 1e-9
 
 
 class ServiceTimes:
@@ -137,7 +151,7 @@ def largest_in_time(
     return 0
 
 
-def plan(situation: Situation, times: ServiceTimes, arrivals: ArrivalRate) -> Plan:
+def decide(situation: Situation, times: ServiceTimes, arrivals: ArrivalRate) -> Plan:
     """The adaptive decision for a free executor facing a non-empty queue."""
     s = situation
     n = min(s.queued, s.max_batch_size)
@@ -208,3 +222,54 @@ def drain_rate(max_batch_size: int, executors: int, times: ServiceTimes) -> floa
     if not full:
         return None
     return executors * max_batch_size / full
+
+
+class AdaptivePolicy:
+    """Policy ``adaptive``: wait only while waiting buys throughput (:func:`decide`), refuse on
+    arrival what cannot make its deadline, and pick a batch's members by deadline, most urgent
+    first, as many as are predicted to finish before the earliest of their deadlines. A request
+    is expired when it could not finish in time even in a batch of its own sent now."""
+
+    def refuse(self, batcher: Batcher[Any], now: float, deadline: float) -> str | None:
+        p = batcher.policy
+        finish = projected_finish(
+            now, len(batcher) + 1, p.max_batch_size, p.executors,
+            batcher.service_times, batcher.busy_until, p.buckets,
+        )  # fmt: skip
+        # The same test as expiry's, so nothing admitted is expired at the same instant.
+        if finish is not None and finish + EPSILON >= deadline:
+            return (
+                f"cannot answer within the deadline: {len(batcher)} requests ahead "
+                f"need ~{(finish - now) * 1e3:.0f} ms"
+            )
+        return None
+
+    def margin(self, batcher: Batcher[Any]) -> float:
+        # Running a job that cannot finish in time even alone would only make others late.
+        return batch_cost(1, batcher.service_times, batcher.policy.buckets)
+
+    def plan(self, batcher: Batcher[Any], now: float) -> Plan:
+        p = batcher.policy
+        jobs = batcher.jobs
+        oldest = next(iter(jobs))
+        situation = Situation(
+            now=now,
+            queued=len(jobs),
+            oldest_age=now - oldest.enqueued_at + EPSILON,
+            earliest_deadline=min(job.deadline for job in jobs),
+            max_batch_size=p.max_batch_size,
+            max_delay=p.max_delay_ms / 1e3,
+            buckets=p.buckets,
+        )
+        return decide(situation, batcher.service_times, batcher.arrivals)
+
+    def choose(self, batcher: Batcher[P], now: float, count: int) -> list[Job[P]]:
+        """Up to ``count`` jobs, most urgent first, as many as are predicted to finish before
+        the earliest of their deadlines; returned in arrival order. The most urgent is always
+        among them: expiry (:meth:`margin`) has already removed any that could not go alone."""
+        urgent = heapq.nsmallest(count, batcher.jobs, key=lambda job: job.deadline)
+        size = largest_in_time(
+            count, now + EPSILON, urgent[0].deadline, batcher.service_times, batcher.policy.buckets
+        )
+        chosen = {job.id for job in urgent[:size]}
+        return [job for job in batcher.jobs if job.id in chosen]

@@ -4,8 +4,14 @@ No torch, no I/O, no asyncio: the clock is injected, so tests drive it by hand a
 decision is deterministic. The runner asks :meth:`Batcher.poll` whenever an executor is free
 and does what the returned :class:`Decision` says.
 
-Policy ``adaptive`` (:mod:`.adaptive`) replaces the fixed interval with a measured trade-off: wait
-only while waiting buys throughput, and refuse on arrival what cannot make its deadline.
+The :class:`Batcher` owns the queue (bound, expiry, timing of the next poll); the policy named
+by ``BatchPolicy.kind`` decides, through the small :class:`Policy` protocol. :data:`POLICIES`
+is the one table of them: a new policy is a class and a line there, and is then valid in
+``BatchPolicy``, ``ServeSettings.policy`` and ``--policy``.
+
+Policy ``adaptive`` (:class:`.adaptive.AdaptivePolicy`) replaces the fixed interval with a
+measured trade-off: wait only while waiting buys throughput, and refuse on arrival what cannot
+make its deadline.
 
 Policy ``fixed`` (the classic queue-and-interval design, done right):
 
@@ -23,20 +29,19 @@ batch of its own sent now; a full batch that would be late becomes a smaller one
 
 from __future__ import annotations
 
-import heapq
 from collections import OrderedDict
-from collections.abc import Callable, Hashable
+from collections.abc import Callable, Hashable, ValuesView
 from dataclasses import dataclass, field
-from typing import Generic, Literal, TypeVar
+from itertools import islice
+from typing import Any, Generic, Protocol, TypeVar
 
+from visionloop import plugins
 from visionloop.serving import adaptive
+from visionloop.serving.adaptive import EPSILON as _EPSILON
+from visionloop.serving.adaptive import AdaptivePolicy, Plan
 
 P = TypeVar("P")
 Clock = Callable[[], float]
-
-# Times are float seconds; a delay of 10 ms added to a clock reading may round a hair past the
-# same instant reached by advancing the clock. One nanosecond of slack keeps "exactly" exact.
-_EPSILON = 1e-9
 
 
 @dataclass(frozen=True)
@@ -56,13 +61,12 @@ class BatchPolicy:
     max_batch_size: int = 8
     max_delay_ms: float = 10.0
     max_queue: int = 64
-    kind: Literal["fixed", "adaptive"] = "fixed"
+    kind: str = "fixed"  # a name in POLICIES
     executors: int = 1
     buckets: tuple[int, ...] = ()
 
     def __post_init__(self) -> None:
-        if self.kind not in ("fixed", "adaptive"):
-            raise ValueError(f"kind must be 'fixed' or 'adaptive', got {self.kind!r}")
+        plugins.check(POLICIES, self.kind, "kind")
         if self.executors < 1:
             raise ValueError(f"executors must be >= 1, got {self.executors}")
         if list(self.buckets) != sorted(set(self.buckets)) or any(b < 1 for b in self.buckets):
@@ -90,22 +94,83 @@ class QueueFull(Exception):
 
 
 class DeadlineUnreachable(QueueFull):
-    """Adaptive policy: the work already queued ends after this request's deadline."""
+    """The policy refused the request (:meth:`Policy.refuse`); ``adaptive``: the work already
+    queued ends after this request's deadline."""
+
+
+class Policy(Protocol):
+    """What a batching policy decides; the :class:`Batcher` does the rest. One instance per
+    batcher (``POLICIES[kind]()``), so a policy may keep state of its own. Every method reads
+    the batcher: its knobs (``policy``), queue (``jobs``, never empty in :meth:`plan` and
+    :meth:`choose`), ``service_times``, ``arrivals`` and ``busy_until``."""
+
+    def refuse(self, batcher: Batcher[Any], now: float, deadline: float) -> str | None:
+        """Why a request arriving ``now`` with ``deadline`` is refused (raised as
+        :class:`DeadlineUnreachable`), or None to queue it. The queue has room."""
+        ...
+
+    def margin(self, batcher: Batcher[Any]) -> float:
+        """Seconds: a queued job with this long or less left before its deadline is expired
+        (0: once the deadline is reached)."""
+        ...
+
+    def plan(self, batcher: Batcher[Any], now: float) -> Plan:
+        """How many jobs go now (0: none yet), and within how long to ask again otherwise."""
+        ...
+
+    def choose(self, batcher: Batcher[P], now: float, count: int) -> list[Job[P]]:
+        """Which queued jobs go, ``count`` or fewer, in the order they run."""
+        ...
+
+
+class FixedPolicy:
+    """Policy ``fixed``: a full batch goes at once, otherwise when the oldest has waited
+    ``max_delay_ms``; oldest first; expiry at the deadline; no refusal but the queue bound."""
+
+    def refuse(self, batcher: Batcher[Any], now: float, deadline: float) -> str | None:
+        return None
+
+    def margin(self, batcher: Batcher[Any]) -> float:
+        return 0.0
+
+    def plan(self, batcher: Batcher[Any], now: float) -> Plan:
+        p = batcher.policy
+        queued = len(batcher)
+        due_at = next(iter(batcher.jobs)).enqueued_at + p.max_delay_ms / 1e3
+        if queued >= p.max_batch_size or now >= due_at - _EPSILON:
+            return Plan(take=min(queued, p.max_batch_size))
+        return Plan(take=0)
+
+    def choose(self, batcher: Batcher[P], now: float, count: int) -> list[Job[P]]:
+        return list(islice(batcher.jobs, count))
+
+
+POLICIES: dict[str, Callable[[], Policy]] = {
+    "fixed": FixedPolicy,
+    "adaptive": AdaptivePolicy,
+}
 
 
 class Batcher(Generic[P]):
-    """FIFO queue of jobs plus the ``fixed`` dispatch policy."""
+    """FIFO queue of jobs, dispatched as the policy ``policy.kind`` decides."""
 
     def __init__(self, policy: BatchPolicy, clock: Clock) -> None:
         self.policy = policy
         self.clock = clock
+        self.rule: Policy = plugins.lookup(POLICIES, policy.kind, "kind")()
         self._queue: OrderedDict[Hashable, Job[P]] = OrderedDict()
         self.service_times = adaptive.ServiceTimes()
         self.arrivals = adaptive.ArrivalRate()
-        self._busy_until: list[float] = []  # expected end of each batch handed out
+        # expected end of the batch each executor runs, from the measured service times
+        self.busy_until: list[float] = []
 
     def __len__(self) -> int:
         return len(self._queue)
+
+    @property
+    def jobs(self) -> ValuesView[Job[P]]:
+        """The queued jobs, oldest first (a live view: do not change the queue through it)."""
+        return self._queue.values()
 
     def submit(self, job: Job[P]) -> None:
         """Queue a job, or raise :class:`QueueFull`. Job ids must be unique while queued."""
@@ -123,25 +188,16 @@ class Batcher(Generic[P]):
         """
         if len(self._queue) >= self.policy.max_queue:
             raise QueueFull(f"queue full: {len(self._queue)} requests waiting")
-        if self.policy.kind == "adaptive":
-            p = self.policy
-            finish = adaptive.projected_finish(
-                now, len(self._queue) + 1, p.max_batch_size, p.executors,
-                self.service_times, self._busy_until, p.buckets,
-            )  # fmt: skip
-            # The same test as expiry's, so nothing admitted is expired at the same instant.
-            if finish is not None and finish + _EPSILON >= deadline:
-                raise DeadlineUnreachable(
-                    f"cannot answer within the deadline: {len(self._queue)} requests ahead "
-                    f"need ~{(finish - now) * 1e3:.0f} ms"
-                )
+        reason = self.rule.refuse(self, now, deadline)
+        if reason is not None:
+            raise DeadlineUnreachable(reason)
 
     def observe_service(self, size: int, seconds: float) -> None:
         """Record how long a batch of ``size`` (after padding) took; the adaptive policy and
         ``Retry-After`` estimates learn from it. Also marks one executor free again."""
         self.service_times.observe(size, seconds)
-        if self._busy_until:
-            self._busy_until.pop(0)
+        if self.busy_until:
+            self.busy_until.pop(0)
 
     def drain_seconds(self) -> float | None:
         """Measured time to work off the current queue; None before any measurement."""
@@ -166,74 +222,34 @@ class Batcher(Generic[P]):
         decision: Decision[P] = Decision(expired=self._take_expired(now))
         if not self._queue:
             return decision
-        take, hint = self._plan(now)
-        if take and self.policy.kind == "adaptive":
-            decision.batch = self._take_in_time(now, take)
+        plan = self.rule.plan(self, now)
+        hint = plan.wait
+        if plan.take:
+            decision.batch = self._take(self.rule.choose(self, now, plan.take))
             end = now + self._cost(len(decision.batch))
-            self._busy_until = sorted([*self._busy_until, end])[-self.policy.executors :]
-        elif take:
-            decision.batch = self._take(take)
+            self.busy_until = sorted([*self.busy_until, end])[-self.policy.executors :]
         if decision.batch:
             hint = None
         if self._queue:
             decision.wait = self._seconds_to_next_event(now, hint)
         return decision
 
-    def _plan(self, now: float) -> tuple[int, float | None]:
-        """How many to send now, and (adaptive) how long it chose to wait otherwise."""
-        p = self.policy
-        oldest = next(iter(self._queue.values()))
-        if p.kind == "fixed":
-            due_at = oldest.enqueued_at + p.max_delay_ms / 1e3
-            if len(self._queue) >= p.max_batch_size or now >= due_at - _EPSILON:
-                return min(len(self._queue), p.max_batch_size), None
-            return 0, None
-        situation = adaptive.Situation(
-            now=now,
-            queued=len(self._queue),
-            oldest_age=now - oldest.enqueued_at + _EPSILON,
-            earliest_deadline=min(job.deadline for job in self._queue.values()),
-            max_batch_size=p.max_batch_size,
-            max_delay=p.max_delay_ms / 1e3,
-            buckets=p.buckets,
-        )
-        chosen = adaptive.plan(situation, self.service_times, self.arrivals)
-        return chosen.take, chosen.wait
-
     def _cost(self, size: int) -> float:
         """Predicted seconds for a batch of ``size`` (padded to its bucket); 0 uncalibrated."""
         return adaptive.batch_cost(size, self.service_times, self.policy.buckets)
 
     def _take_expired(self, now: float) -> list[Job[P]]:
-        """Jobs past their deadline; for ``adaptive`` also those that could no longer finish in
-        time even in a batch of their own sent now (running them would only make others late).
-        """
-        horizon = now + _EPSILON
-        if self.policy.kind == "adaptive":
-            horizon += self._cost(1)
+        """Jobs past their deadline, or within the policy's margin of it."""
+        horizon = now + _EPSILON + self.rule.margin(self)
         expired = [job for job in self._queue.values() if job.deadline <= horizon]
         for job in expired:
             del self._queue[job.id]
         return expired
 
-    def _take_in_time(self, now: float, count: int) -> list[Job[P]]:
-        """Up to ``count`` jobs, most urgent first, as many as are predicted to finish before
-        the earliest of their deadlines; returned in arrival order. The most urgent is always
-        among them: :meth:`_take_expired` has already removed any that could not go alone."""
-        urgent = heapq.nsmallest(count, self._queue.values(), key=lambda job: job.deadline)
-        size = adaptive.largest_in_time(
-            count, now + _EPSILON, urgent[0].deadline, self.service_times, self.policy.buckets
-        )
-        chosen = {job.id for job in urgent[:size]}
-        batch = [job for job in self._queue.values() if job.id in chosen]
+    def _take(self, batch: list[Job[P]]) -> list[Job[P]]:
+        """Take the policy's choice out of the queue."""
         for job in batch:
             del self._queue[job.id]
-        return batch
-
-    def _take(self, count: int) -> list[Job[P]]:
-        batch: list[Job[P]] = []
-        while self._queue and len(batch) < count:
-            batch.append(self._queue.popitem(last=False)[1])
         return batch
 
     def _seconds_to_next_event(self, now: float, hint: float | None = None) -> float:
