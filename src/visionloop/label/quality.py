@@ -16,6 +16,9 @@ A honeypot is passed when the submission's IoU with the gold is at least ``iou_t
 (mean over the task's classes) AND the spoiling was fixed: on the pixels the spoiling changed
 (``gold XOR shown pre-label``) the submission agrees with the gold on at least
 ``fix_fraction`` of them. The IoU alone would let a lazy annotator pass a subtle spoiling.
+
+Aggregators are :class:`Aggregator` s in the one table :data:`AGGREGATORS`, by the name
+``Rules.aggregator`` and ``qc --aggregator`` take: a new one is a class and a line there.
 """
 
 from __future__ import annotations
@@ -24,14 +27,20 @@ import statistics
 from collections import defaultdict
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 from scipy.stats import beta
 
+from visionloop import plugins
 from visionloop.label.masks import BoolMask, Label, StoredLabel, iou
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 __all__ = [
     "AGGREGATORS",
+    "Aggregator",
     "AnnotatorScore",
     "Bait",
     "HoneypotCheck",
@@ -43,7 +52,73 @@ __all__ = [
     "check_honeypot",
 ]
 
-AGGREGATORS = ("mv", "em", "rasa")
+Vote = tuple[int, str, BoolMask]  # (task, annotator, mask)
+
+
+class Aggregator(Protocol):
+    """Merges several annotators' masks of one class into one mask per task."""
+
+    def merge(
+        self, votes: Sequence[Vote], skills: Mapping[str, float] | None
+    ) -> Mapping[int, BoolMask]:
+        """One mask per task in ``votes``; ``skills``: annotator -> honeypot pass rate (with
+        a prior), for an aggregator that weighs people by it."""
+        ...
+
+
+def _frame(votes: Sequence[Vote]) -> pd.DataFrame:
+    import pandas as pd
+
+    return pd.DataFrame(list(votes), columns=["task", "worker", "segmentation"])
+
+
+class MajorityVote:
+    """``mv``: crowd-kit's per-pixel majority vote, weighted by ``skills`` when given."""
+
+    def merge(
+        self, votes: Sequence[Vote], skills: Mapping[str, float] | None
+    ) -> Mapping[int, BoolMask]:
+        import pandas as pd
+        from crowdkit.aggregation import SegmentationMajorityVote
+
+        frame = _frame(votes)
+        weights = None
+        if skills is not None:
+            weights = pd.Series({w: skills.get(w, 0.5) for w in frame.worker.unique()})
+        return _masks(SegmentationMajorityVote().fit_predict(frame, weights))
+
+
+class ExpectationMaximisation:
+    """``em``: crowd-kit's SegmentationEM (each annotator's skill estimated from the data)."""
+
+    def merge(
+        self, votes: Sequence[Vote], skills: Mapping[str, float] | None
+    ) -> Mapping[int, BoolMask]:
+        from crowdkit.aggregation import SegmentationEM
+
+        return _masks(SegmentationEM().fit_predict(_frame(votes)))
+
+
+class Rasa:
+    """``rasa``: crowd-kit's SegmentationRASA (weights from agreement with the mean mask)."""
+
+    def merge(
+        self, votes: Sequence[Vote], skills: Mapping[str, float] | None
+    ) -> Mapping[int, BoolMask]:
+        from crowdkit.aggregation import SegmentationRASA
+
+        return _masks(SegmentationRASA().fit_predict(_frame(votes)))
+
+
+def _masks(result: Any) -> dict[int, BoolMask]:
+    return {int(task): np.asarray(mask, dtype=bool) for task, mask in result.items()}
+
+
+AGGREGATORS: dict[str, Aggregator] = {
+    "mv": MajorityVote(),
+    "em": ExpectationMaximisation(),
+    "rasa": Rasa(),
+}
 
 
 @dataclass(frozen=True)
@@ -70,8 +145,7 @@ class Rules:
         for name in ("iou_threshold", "fix_fraction", "trusted_pass_rate", "retire_fail_rate"):
             if not 0 <= getattr(self, name) <= 1:
                 raise ValueError(f"{name} must be in [0, 1], got {getattr(self, name)}")
-        if self.aggregator not in AGGREGATORS:
-            raise ValueError(f"aggregator must be one of {', '.join(AGGREGATORS)}")
+        plugins.check(AGGREGATORS, self.aggregator, "aggregator")
         if min(self.warmup, self.agreement_warmup, self.unchanged_warmup, self.retire_after) < 1:
             raise ValueError("warm-up counts must be >= 1")
 
@@ -340,13 +414,10 @@ def aggregate(
     skills: Mapping[str, float] | None = None,
     method: str = "mv",
 ) -> dict[int, Label]:
-    """One label per task from several annotators' labels, per class, with crowd-kit:
-    ``mv`` (majority vote weighted by ``skills``), ``em`` (SegmentationEM) or ``rasa``."""
-    import pandas as pd
-    from crowdkit.aggregation import SegmentationEM, SegmentationMajorityVote, SegmentationRASA
-
-    if method not in AGGREGATORS:
-        raise ValueError(f"method must be one of {', '.join(AGGREGATORS)}, got {method!r}")
+    """One label per task from several annotators' labels, per class, by the aggregator
+    ``method`` names in :data:`AGGREGATORS`: ``mv`` (majority vote weighted by ``skills``),
+    ``em`` (SegmentationEM) or ``rasa``."""
+    aggregator = plugins.lookup(AGGREGATORS, method, "method")
     classes = sorted({c for group in labels.values() for _, label in group for c in label})
     out: dict[int, Label] = {task: {} for task in labels}
     for c in classes:
@@ -358,17 +429,7 @@ def aggregate(
         ]
         if not rows:
             continue
-        frame = pd.DataFrame(rows, columns=["task", "worker", "segmentation"])
-        if method == "mv":
-            weights = None
-            if skills is not None:
-                weights = pd.Series({w: skills.get(w, 0.5) for w in frame.worker.unique()})
-            result = SegmentationMajorityVote().fit_predict(frame, weights)
-        elif method == "em":
-            result = SegmentationEM().fit_predict(frame)
-        else:
-            result = SegmentationRASA().fit_predict(frame)
-        for task, mask in result.items():
+        for task, mask in aggregator.merge(rows, skills).items():
             out[int(task)][c] = np.asarray(mask, dtype=bool)
     return out
 
