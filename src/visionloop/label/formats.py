@@ -3,6 +3,9 @@
 Exports never say which tasks are honeypots: a task carries its id (``visionloop_task``), its
 image and its pre-label, nothing else. Imports read every row they can and report each row
 they cannot, by position and reason; a bad row changes nothing.
+
+Each format is a :class:`Format` (write tasks, read submissions back) in the one table
+:data:`FORMATS`, by the name ``--format`` takes: a new format is a class and a line there.
 """
 
 from __future__ import annotations
@@ -12,11 +15,12 @@ import json
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 from xml.sax.saxutils import quoteattr
 
 import numpy as np
 
+from visionloop import plugins
 from visionloop.label.masks import (
     Label,
     brush_decode,
@@ -31,7 +35,9 @@ from visionloop.label.masks import (
 __all__ = [
     "FORMATS",
     "ExportTask",
+    "Format",
     "Row",
+    "get",
     "read_coco",
     "read_label_studio",
     "read_png",
@@ -40,7 +46,6 @@ __all__ = [
     "write_png",
 ]
 
-FORMATS = ("label-studio", "coco", "png")
 FROM_NAME, TO_NAME = "tag", "image"
 
 
@@ -371,3 +376,94 @@ def _times(path: Path) -> tuple[dict[int, float], list[Row]]:
             except (KeyError, TypeError, ValueError):
                 bad.append(Row(f"{path.parent.name}/seconds.csv:{line}", error="need task,seconds"))
     return out, bad
+
+
+class Format(Protocol):
+    """One way of handing tasks to annotators and reading their work back."""
+
+    def write(
+        self, tasks: Sequence[ExportTask], out: Path, batch: str, classes: Sequence[str]
+    ) -> None:
+        """Export batch ``batch``'s ``tasks``, which ask for ``classes``, to ``out``."""
+        ...
+
+    def read(
+        self,
+        path: Path,
+        classes: dict[int, tuple[str, ...]],
+        sizes: dict[int, tuple[int, int]],
+        annotator: str | None = None,
+    ) -> Iterator[Row]:
+        """The submissions in ``path``, and a :class:`Row` with the reason for each part that
+        cannot be read. ``classes`` and ``sizes``: each known task's classes and image
+        (height, width); ``annotator``: whose work it is where the file does not say."""
+        ...
+
+
+class LabelStudio:
+    """``label-studio``: tasks with brush-RLE pre-labels as predictions (a .json), and the
+    labelling config they need beside it (``<name>.label_config.xml``)."""
+
+    def write(
+        self, tasks: Sequence[ExportTask], out: Path, batch: str, classes: Sequence[str]
+    ) -> None:
+        write_label_studio(tasks, out, model_version=f"visionloop:{batch}")
+        out.with_name(out.stem + ".label_config.xml").write_text(label_config(classes))
+
+    def read(
+        self,
+        path: Path,
+        classes: dict[int, tuple[str, ...]],
+        sizes: dict[int, tuple[int, int]],
+        annotator: str | None = None,
+    ) -> Iterator[Row]:
+        return read_label_studio(path, classes, sizes)
+
+
+class Coco:
+    """``coco``: COCO RLE JSON, one annotation per (task, class); ``images[].id`` is the task."""
+
+    def write(
+        self, tasks: Sequence[ExportTask], out: Path, batch: str, classes: Sequence[str]
+    ) -> None:
+        write_coco(tasks, out, classes)
+
+    def read(
+        self,
+        path: Path,
+        classes: dict[int, tuple[str, ...]],
+        sizes: dict[int, tuple[int, int]],
+        annotator: str | None = None,
+    ) -> Iterator[Row]:
+        return read_coco(path, classes, annotator, sizes)
+
+
+class PngFolder:
+    """``png``: a folder of pre-label PNGs and ``tasks.csv``; work comes back as
+    ``<annotator>/<class>/<task>.png``."""
+
+    def write(
+        self, tasks: Sequence[ExportTask], out: Path, batch: str, classes: Sequence[str]
+    ) -> None:
+        write_png(tasks, out)
+
+    def read(
+        self,
+        path: Path,
+        classes: dict[int, tuple[str, ...]],
+        sizes: dict[int, tuple[int, int]],
+        annotator: str | None = None,
+    ) -> Iterator[Row]:
+        return read_png(path, classes, sizes)
+
+
+FORMATS: dict[str, Format] = {
+    "label-studio": LabelStudio(),
+    "coco": Coco(),
+    "png": PngFolder(),
+}
+
+
+def get(name: str) -> Format:
+    """The format called ``name``; ``ValueError`` listing the known ones if there is none."""
+    return plugins.lookup(FORMATS, name, "format")

@@ -326,11 +326,11 @@ def export_batch(
     image_url: Callable[[str], str] | None = None,
     prefix: str = "",
 ) -> int:
-    """Write batch ``name``'s tasks in ``fmt`` (label-studio, coco, png) to ``out``. Images
-    are named by ``image_url(path)``, or by ``prefix`` + their path below the batch's common
-    folder (where an annotation tool serves them), or by their path."""
-    if fmt not in formats.FORMATS:
-        raise ValueError(f"format must be one of {', '.join(formats.FORMATS)}, got {fmt!r}")
+    """Write batch ``name``'s tasks in ``fmt`` (a name in :data:`formats.FORMATS`:
+    label-studio, coco, png) to ``out``. Images are named by ``image_url(path)``, or by
+    ``prefix`` + their path below the batch's common folder (where an annotation tool serves
+    them), or by their path."""
+    writer = formats.get(fmt)
     with store.session() as s:
         rows = s.execute(
             select(Task, Image)
@@ -347,14 +347,7 @@ def export_batch(
             )
             for t, i in rows
         ]
-    classes = list(tasks[0].prelabel)
-    if fmt == "label-studio":
-        formats.write_label_studio(tasks, out, model_version=f"visionloop:{name}")
-        out.with_name(out.stem + ".label_config.xml").write_text(formats.label_config(classes))
-    elif fmt == "coco":
-        formats.write_coco(tasks, out, classes)
-    else:
-        formats.write_png(tasks, out)
+    writer.write(tasks, out, name, list(tasks[0].prelabel))
     return len(tasks)
 
 

@@ -1,0 +1,116 @@
+"""Task formats are a table: every built-in writes and reads back through it, a format
+registered by name exports a batch (library and CLI), and an unknown name is one clear line."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from tests.label.test_loop import make_one_batch
+from visionloop.cli import app
+from visionloop.label import formats, loop
+from visionloop.label.formats import FORMATS, ExportTask, Row
+from visionloop.train.synth import synthesize
+
+
+def disc(cy: int, cx: int, r: int, h: int = 12, w: int = 16) -> np.ndarray:
+    yy, xx = np.mgrid[:h, :w]
+    return (yy - cy) ** 2 + (xx - cx) ** 2 < r * r
+
+
+TASKS = [
+    ExportTask(1, "a.png", 16, 12, {"cat": disc(6, 5, 4), "animal": disc(6, 8, 5)}),
+    ExportTask(2, "b.png", 16, 12, {"cat": np.zeros((12, 16), bool), "animal": disc(3, 3, 3)}),
+]
+CLASSES = {t.task: tuple(t.prelabel) for t in TASKS}
+SIZES = {t.task: (t.height, t.width) for t in TASKS}
+
+
+def as_answers(name: str, out: Path, answers: Path) -> Path:
+    """What annotators who accept every pre-label send back, in format ``name``."""
+    if name == "label-studio":
+        exported = json.loads(out.read_text())
+        for t in exported:
+            t["annotations"] = [{"completed_by": "ann", "result": t["predictions"][0]["result"]}]
+        answers.write_text(json.dumps(exported))
+        return answers
+    if name == "coco":
+        return out  # no annotator in the file: read gives it
+    for png in (out / "prelabels").rglob("*.png"):
+        target = answers / "ann" / png.parent.name / png.name
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_bytes(png.read_bytes())
+    return answers
+
+
+@pytest.mark.parametrize("name", ["label-studio", "coco", "png"])
+def test_every_built_in_format_writes_and_reads_back_through_the_table(tmp_path, name):
+    out = tmp_path / ("export" if name == "png" else "export.json")
+    FORMATS[name].write(TASKS, out, "b1", ["cat", "animal"])
+    answers = as_answers(name, out, tmp_path / ("answers" if name == "png" else "answers.json"))
+    rows = list(FORMATS[name].read(answers, CLASSES, SIZES, annotator="ann"))
+    assert [r.error for r in rows] == [None, None]
+    for row in rows:
+        assert row.annotator == "ann"
+        expected = next(t.prelabel for t in TASKS if t.task == row.task)
+        for cls, mask in expected.items():
+            # a class with no stroke comes back absent (ingest fills it in as empty)
+            np.testing.assert_array_equal(row.label.get(cls, np.zeros_like(mask)), mask)
+    if name == "label-studio":
+        config = (tmp_path / "export.label_config.xml").read_text()
+        assert '<Label value="cat"/><Label value="animal"/>' in config
+
+
+class TaskList:
+    """A plain list of task ids and images: for people who draw on paper."""
+
+    def write(
+        self, tasks: Sequence[ExportTask], out: Path, batch: str, classes: Sequence[str]
+    ) -> None:
+        lines = [f"# {batch}: {', '.join(classes)}", *(f"{t.task}\t{t.image}" for t in tasks)]
+        out.write_text("\n".join(lines) + "\n")
+
+    def read(self, path, classes, sizes, annotator=None) -> Iterator[Row]:
+        yield Row(str(path), error="a task list carries no answers")
+
+
+@pytest.fixture
+def store(tmp_path, monkeypatch):
+    synthesize(tmp_path / "pool", 8, size=48, seed=1)
+    synthesize(tmp_path / "gold", 4, size=48, seed=2)
+    monkeypatch.setenv("VISIONLOOP_LABEL_DB", f"sqlite:///{tmp_path / 'labels.db'}")
+    made, _ = make_one_batch(tmp_path)
+    return made
+
+
+def test_a_registered_format_exports_a_batch_by_name(store, tmp_path, monkeypatch):
+    monkeypatch.setitem(FORMATS, "tasks", TaskList())
+    assert loop.export_batch(store, "b", "tasks", tmp_path / "b.txt") == 6
+    lines = (tmp_path / "b.txt").read_text().splitlines()
+    assert lines[0] in ("# b: cat, animal", "# b: animal, cat")
+    assert len(lines) == 7
+    result = CliRunner().invoke(
+        app, ["label", "export", "b", "--out", str(tmp_path / "again.txt"), "--format", "tasks"]
+    )
+    assert result.exit_code == 0, result.output
+    assert "exported 6 tasks as tasks" in result.stdout
+    assert (tmp_path / "again.txt").read_text() == (tmp_path / "b.txt").read_text()
+
+
+def test_an_unknown_format_is_one_line_listing_the_known_ones(store, tmp_path):
+    message = "format must be one of label-studio, coco, png, got 'xml'"
+    with pytest.raises(ValueError, match=f"^{message}$"):
+        formats.get("xml")
+    with pytest.raises(ValueError, match=f"^{message}$"):
+        loop.export_batch(store, "b", "xml", tmp_path / "b.xml")
+    assert not (tmp_path / "b.xml").exists()
+    result = CliRunner().invoke(
+        app, ["label", "export", "b", "--out", str(tmp_path / "b.xml"), "--format", "xml"]
+    )
+    assert result.exit_code == 2
+    assert result.stderr.strip().splitlines() == [f"error: {message}"]
