@@ -8,10 +8,21 @@ pixels) lives here so that an operator can see and change it in one place.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import Field, model_validator
+from pydantic import AfterValidator, Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from visionloop import plugins
+from visionloop.serving.batcher import POLICIES
+from visionloop.serving.startup import TRANSPORTS
+
+# Names checked against their plug-in table when a setting is read, so a policy or transport
+# added to its table is a valid setting with nothing to change here.
+PolicyName = Annotated[str, AfterValidator(lambda name: plugins.check(POLICIES, name, "policy"))]
+TransportName = Annotated[
+    str, AfterValidator(lambda name: plugins.check(TRANSPORTS, name, "transport"))
+]
 
 
 class ImagingSettings(BaseSettings):
@@ -120,7 +131,7 @@ class ServeSettings(BaseSettings):
         default=5000.0, gt=0, description="Default per-request deadline; X-Timeout-Ms shortens."
     )
     instances: int = Field(default=1, ge=1, description="Model executors sharing the one queue.")
-    policy: Literal["fixed", "adaptive"] = Field(
+    policy: PolicyName = Field(
         default="adaptive",
         description="adaptive: wait only while it pays, refuse what would be late (default "
         "since it won in BENCHMARKS.md); fixed: always wait max_delay_ms for company.",
@@ -167,7 +178,7 @@ class ServeSettings(BaseSettings):
         description="Fraction of served images whose BatchNorm statistics feed the "
         "visionloop_bn_drift gauge (an unfused copy of the model on the CPU); 0 turns it off.",
     )
-    transport: Literal["memory", "redis"] = Field(
+    transport: TransportName = Field(
         default="memory",
         description="memory: the model runs in this process; redis: this is an API replica "
         "that queues jobs on Redis Streams for `visionloop worker` processes.",

@@ -95,10 +95,11 @@ def create_app(
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        if settings.transport == "redis":
-            loading = asyncio.create_task(_connect(state, redis_settings or RedisSettings()))
-        else:
-            loading = asyncio.create_task(_load(state, model))
+        from visionloop.serving.startup import TRANSPORTS
+
+        # the name was checked against the table when the settings were read
+        startup = TRANSPORTS[settings.transport]
+        loading = asyncio.create_task(startup.start(state, model, redis_settings))
         try:
             yield
         finally:
