@@ -28,7 +28,7 @@ from visionloop.label.results import IngestReport, ingest, run_qc, write_dataset
 from visionloop.label.select import pick, pool_scores
 from visionloop.label.spoil import SPOILINGS, spoil
 from visionloop.label.store import Annotator, Image, Store, Submission, Task
-from visionloop.models.catseg import CatSeg
+from visionloop.models.base import Segmenter
 
 __all__ = [
     "IngestReport",
@@ -49,10 +49,7 @@ def _size(path: Path) -> tuple[int, int]:
     """Width and height as shown (EXIF rotation applied, as browsers and tools do), from the
     header, after the byte, format and pixel checks (:func:`visionloop.imaging.open_path`)."""
     with imaging.open_path(path, imaging.ImageLimits()) as image:
-        width, height = image.size
-        if image.getexif().get(0x0112, 1) in (5, 6, 7, 8):  # a quarter turn
-            return height, width
-        return width, height
+        return imaging.shown_size(image)
 
 
 def _images(folder: Path) -> list[Path]:
@@ -175,7 +172,7 @@ def covered(store: Store) -> list[tuple[int, Path]]:
         ]
 
 
-def select_images(store: Store, model: CatSeg, k: int, method: str) -> tuple[int, int]:
+def select_images(store: Store, model: Segmenter, k: int, method: str) -> tuple[int, int]:
     """Mark ``k`` pool images selected by ``method``; k-center treats every image already
     covered (selected, labelled or gold) as a centre. Returns (picked, pool size)."""
     candidates, centres = pool(store), covered(store)

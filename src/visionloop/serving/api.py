@@ -25,10 +25,9 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from visionloop import __version__, imaging
 from visionloop.models import registry
 from visionloop.models.base import JSONDict, VisionModel
-from visionloop.models.catseg import MASK_FORMATS, encode_masks
+from visionloop.models.masks import MASK_FORMATS, encode_masks
 from visionloop.serving import protocol_v2
-from visionloop.serving.batcher import BatchPolicy
-from visionloop.serving.drift import build_tap
+from visionloop.serving.drift import tap_from_settings
 from visionloop.serving.lag import freeze_heap, thaw_heap
 from visionloop.serving.runner import (
     DeadlineExceeded,
@@ -153,22 +152,8 @@ async def _load(state: ServerState, model: VisionModel | None) -> None:
     try:
         if model is None:
             model = await asyncio.to_thread(registry.load, state.model_settings)
-        config = RunnerConfig(
-            policy=BatchPolicy(
-                settings.max_batch_size, settings.max_delay_ms, settings.max_queue, settings.policy
-            ),
-            instances=settings.instances,
-            pad_to_buckets=settings.pad_to_buckets,
-            timeout_ms=settings.timeout_ms,
-            threads=state.model_settings.threads,
-        )
-        tap = (
-            await asyncio.to_thread(
-                build_tap, state.model_settings, settings.drift_sample, state.metrics
-            )
-            if settings.drift_sample > 0
-            else None
-        )
+        config = RunnerConfig.from_settings(settings, state.model_settings.threads)
+        tap = await tap_from_settings(state.model_settings, settings.drift_sample, state.metrics)
         runner = Runner(model, config, state.metrics, tap=tap)
         started = time.perf_counter()
         sizes = await runner.start()
@@ -254,7 +239,7 @@ def _v1_body(
 ) -> JSONDict:
     extra: JSONDict = {}
     if "masks" in item.outputs and masks != "none":
-        classes = getattr(runner.model, "classes", ())
+        classes = runner.model.classes
         extra = {"mask_format": masks, "masks": encode_masks(item.outputs["masks"], classes, masks)}
     return {
         "model": runner.model.name,
