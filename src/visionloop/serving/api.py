@@ -23,20 +23,16 @@ from starlette.responses import JSONResponse, Response
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from visionloop import __version__, imaging
-from visionloop.models import registry
 from visionloop.models.base import JSONDict, VisionModel
 from visionloop.models.masks import MASK_FORMATS, encode_masks
 from visionloop.serving import protocol_v2
-from visionloop.serving.drift import tap_from_settings
-from visionloop.serving.lag import freeze_heap, thaw_heap
+from visionloop.serving.lag import thaw_heap
 from visionloop.serving.runner import (
     DeadlineExceeded,
     ItemResult,
     ModelFailed,
     NotReady,
     QueueFull,
-    Runner,
-    RunnerConfig,
 )
 from visionloop.serving.state import (
     ApiError,
@@ -145,68 +141,6 @@ def create_app(
 
     app.include_router(protocol_v2.router(state, _authorise))
     return app
-
-
-async def _load(state: ServerState, model: VisionModel | None) -> None:
-    settings = state.settings
-    try:
-        if model is None:
-            model = await asyncio.to_thread(registry.load, state.model_settings)
-        config = RunnerConfig.from_settings(settings, state.model_settings.threads)
-        tap = await tap_from_settings(state.model_settings, settings.drift_sample, state.metrics)
-        runner = Runner(model, config, state.metrics, tap=tap)
-        started = time.perf_counter()
-        sizes = await runner.start()
-    except Exception as exc:  # reported by /v2/health/ready and every model route
-        state.load_error = f"{type(exc).__name__}: {exc}"
-        log.exception("model failed to load")
-        return
-    state.runner = runner
-    ms = state.model_settings
-    log.info(
-        "loaded %s on %s (%s, fuse_bn=%s, channels_last=%s, compile=%s), %d instance(s)",
-        model.name,
-        model.device,
-        ms.dtype,
-        ms.fuse_bn,
-        ms.channels_last,
-        ms.compile,
-        settings.instances,
-    )
-    log.info("engine: %s", getattr(model, "engine_info", dict)())
-    log.info(
-        "warmed up batch sizes %s in %.1f s (padding to buckets: %s); %d objects frozen out of "
-        "garbage collection; ready",
-        ",".join(map(str, sizes)),
-        time.perf_counter() - started,
-        settings.pad_to_buckets,
-        freeze_heap(),
-    )
-    state.lag.start()  # after the freeze: its one-off collection is not the loop's lateness
-
-
-async def _connect(state: ServerState, redis_settings: RedisSettings) -> None:
-    """An API replica: serve jobs through Redis; ready once a worker has published the model."""
-    from visionloop.serving.transport.redis_streams import RedisTransport
-
-    settings = state.settings
-    transport = RedisTransport(
-        state.model_settings.model,
-        redis_settings,
-        max_queue=settings.max_queue,
-        timeout_ms=settings.timeout_ms,
-        metrics=state.metrics,
-    )
-    await transport.start()
-    state.runner = transport
-    state.lag.start()
-    log.info(
-        "API replica %s for model %s: jobs go to %s on %s",
-        transport.replica,
-        transport.name,
-        transport.keys.requests,
-        redis_settings.url,
-    )
 
 
 def _left(runner: Transport, timeout_ms: float | None, arrived: float) -> float:

@@ -13,7 +13,10 @@ no transport; each start imports what it needs.
 
 from __future__ import annotations
 
+import logging
 from typing import TYPE_CHECKING, Protocol
+
+from visionloop.serving.lag import freeze_heap
 
 if TYPE_CHECKING:
     from visionloop.models.base import VisionModel
@@ -21,6 +24,8 @@ if TYPE_CHECKING:
     from visionloop.settings import RedisSettings
 
 __all__ = ["TRANSPORTS", "InProcess", "RedisReplica", "Startup"]
+
+log = logging.getLogger("visionloop.serve")
 
 
 class Startup(Protocol):
@@ -42,9 +47,43 @@ class InProcess:
     async def start(
         self, state: ServerState, model: VisionModel | None, redis_settings: RedisSettings | None
     ) -> None:
-        from visionloop.serving.api import _load
+        import asyncio
+        import time
 
-        await _load(state, model)
+        from visionloop.models import registry
+        from visionloop.serving.drift import tap_from_settings
+        from visionloop.serving.runner import Runner, RunnerConfig
+
+        settings = state.settings
+        try:
+            if model is None:
+                model = await asyncio.to_thread(registry.load, state.model_settings)
+            config = RunnerConfig.from_settings(settings, state.model_settings.threads)
+            tap = await tap_from_settings(
+                state.model_settings, settings.drift_sample, state.metrics
+            )
+            runner = Runner(model, config, state.metrics, tap=tap)
+            started = time.perf_counter()
+            sizes = await runner.start()
+        except Exception as exc:  # reported by /v2/health/ready and every model route
+            state.load_error = f"{type(exc).__name__}: {exc}"
+            log.exception("model failed to load")
+            return
+        state.runner = runner
+        ms = state.model_settings
+        log.info(
+            "loaded %s on %s (%s, fuse_bn=%s, channels_last=%s, compile=%s), %d instance(s)",
+            model.name, model.device, ms.dtype, ms.fuse_bn, ms.channels_last, ms.compile,
+            settings.instances,
+        )  # fmt: skip
+        log.info("engine: %s", model.engine_info())
+        log.info(
+            "warmed up batch sizes %s in %.1f s (padding to buckets: %s); %d objects frozen "
+            "out of garbage collection; ready",
+            ",".join(map(str, sizes)), time.perf_counter() - started, settings.pad_to_buckets,
+            freeze_heap(),
+        )  # fmt: skip
+        state.lag.start()  # after the freeze: its one-off collection is not the loop's lateness
 
 
 class RedisReplica:
@@ -54,10 +93,25 @@ class RedisReplica:
     async def start(
         self, state: ServerState, model: VisionModel | None, redis_settings: RedisSettings | None
     ) -> None:
-        from visionloop.serving.api import _connect
+        from visionloop.serving.transport.redis_streams import RedisTransport
         from visionloop.settings import RedisSettings
 
-        await _connect(state, redis_settings or RedisSettings())
+        redis_settings = redis_settings or RedisSettings()
+        settings = state.settings
+        transport = RedisTransport(
+            state.model_settings.model,
+            redis_settings,
+            max_queue=settings.max_queue,
+            timeout_ms=settings.timeout_ms,
+            metrics=state.metrics,
+        )
+        await transport.start()
+        state.runner = transport
+        state.lag.start()
+        log.info(
+            "API replica %s for model %s: jobs go to %s on %s",
+            transport.replica, transport.name, transport.keys.requests, redis_settings.url,
+        )  # fmt: skip
 
 
 TRANSPORTS: dict[str, Startup] = {
