@@ -91,3 +91,16 @@ def test_deadline_travels_as_a_header(serve):
     target = Target(f"{server.url}/v1/models/fake/predict", deadline_ms=0.001)
     result = asyncio.run(closed_loop(target, PAYLOADS, clients=1, duration_s=0.2))
     assert set(result.statuses) == {"504"}  # every request expired in the queue
+
+
+def test_payloads_are_read_with_the_upload_guards(tmp_path):
+    """The load generator reads the operator's photos through imaging's checks, like the
+    server: a file that is no image, or a header declaring too many pixels, is named."""
+    import pytest
+
+    from visionloop import imaging
+    from visionloop.bench.load import load_payloads
+
+    (tmp_path / "notes.png").write_bytes(b"this is not an image")
+    with pytest.raises(imaging.ImageError, match=r"notes\.png"):
+        load_payloads(tmp_path, megapixels=1.0)

@@ -27,8 +27,11 @@ from typing import Literal
 import httpx
 from PIL import Image
 
+from visionloop import imaging
+
 Protocol = Literal["raw", "v2"]
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".gif", ".bmp")
+LIMITS = imaging.ImageLimits()  # the server's defaults
 
 
 @dataclass(frozen=True)
@@ -76,9 +79,12 @@ def load_payloads(folder: Path, as_jpeg: bool = True, megapixels: float = 0.0) -
     for path in sorted(folder.iterdir()):
         if path.suffix.lower() not in IMAGE_SUFFIXES:
             continue
-        data = path.read_bytes()
+        data = imaging.read_file(path, LIMITS.max_bytes)
         if megapixels > 0 or (as_jpeg and path.suffix.lower() not in (".jpg", ".jpeg")):
-            image = Image.open(io.BytesIO(data)).convert("RGB")
+            # The same guards as uploads (bytes, sniffed format, header pixels), and upright:
+            # the server would apply the EXIF rotation, and the re-encoded JPEG drops EXIF.
+            with imaging.load_path(path, LIMITS) as raw:
+                image = imaging.upright(raw).convert("RGB")
             if megapixels > 0:
                 scale = (megapixels * 1e6 / (image.width * image.height)) ** 0.5
                 size = (round(image.width * scale), round(image.height * scale))
