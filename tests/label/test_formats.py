@@ -9,12 +9,15 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from sqlalchemy import select
 from typer.testing import CliRunner
 
 from tests.label.test_loop import make_one_batch
 from visionloop.cli import app
 from visionloop.label import formats, loop
 from visionloop.label.formats import FORMATS, ExportTask, Row
+from visionloop.label.masks import label_from_json
+from visionloop.label.store import Annotator, Submission
 from visionloop.train.synth import synthesize
 
 
@@ -102,12 +105,61 @@ def test_a_registered_format_exports_a_batch_by_name(store, tmp_path, monkeypatc
     assert (tmp_path / "again.txt").read_text() == (tmp_path / "b.txt").read_text()
 
 
+class Checklist:
+    """``checklist``: one line per task (id, image); annotators send back ``<task> <who>``
+    for each image with nothing to mark in it (every class an empty mask)."""
+
+    def write(
+        self, tasks: Sequence[ExportTask], out: Path, batch: str, classes: Sequence[str]
+    ) -> None:
+        out.write_text("".join(f"{t.task} {t.image}\n" for t in tasks))
+
+    def read(self, path, classes, sizes, annotator=None) -> Iterator[Row]:
+        for n, line in enumerate(path.read_text().splitlines(), 1):
+            task, _, who = line.partition(" ")
+            if not task.isdigit() or int(task) not in classes:
+                yield Row(f"{path.name}:{n}", error=f"{task!r} is not a task of this store")
+            elif not (who or annotator):
+                yield Row(
+                    f"{path.name}:{n}", error="whose? (a name after the task, or --annotator)"
+                )
+            else:
+                yield Row(f"{path.name}:{n}", int(task), who or annotator)
+
+
+def test_a_registered_format_is_ingested_by_name(store, tmp_path, monkeypatch):
+    monkeypatch.setitem(FORMATS, "checklist", Checklist())
+    loop.export_batch(store, "b", "checklist", tmp_path / "b.txt")
+    tasks = [int(line.split()[0]) for line in (tmp_path / "b.txt").read_text().splitlines()]
+    answers = tmp_path / "answers.txt"
+    answers.write_text(f"{tasks[0]} ann\n{tasks[1]}\n999 ann\n")
+    report = loop.ingest(store, answers, "checklist", annotator="paper")
+    assert (report.added, report.duplicates) == (2, 0)
+    assert report.errors == ["answers.txt:3: '999' is not a task of this store"]
+    with store.session() as s:
+        got = {(sub.task_id, a.name): label_from_json(sub.masks) for sub, a in s.execute(
+            select(Submission, Annotator).join(Annotator, Submission.annotator_id == Annotator.id)
+        )}  # fmt: skip
+    assert set(got) == {(tasks[0], "ann"), (tasks[1], "paper")}
+    for label in got.values():  # no line says more than "nothing here": every class empty
+        assert set(label) == {"cat", "animal"}
+        assert not any(mask.any() for mask in label.values())
+    more = tmp_path / "more.txt"
+    more.write_text(f"{tasks[0]} ann\n{tasks[2]}\n")
+    args = ["label", "ingest", str(more), "--format", "checklist", "--annotator", "cli"]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    assert "ingested 1 submissions, 1 already known, 0 rows skipped" in result.stdout
+
+
 def test_an_unknown_format_is_one_line_listing_the_known_ones(store, tmp_path):
     message = "format must be one of label-studio, coco, png, got 'xml'"
     with pytest.raises(ValueError, match=f"^{message}$"):
         formats.get("xml")
     with pytest.raises(ValueError, match=f"^{message}$"):
         loop.export_batch(store, "b", "xml", tmp_path / "b.xml")
+    with pytest.raises(ValueError, match=f"^{message}$"):
+        loop.ingest(store, tmp_path, "xml")
     assert not (tmp_path / "b.xml").exists()
     result = CliRunner().invoke(
         app, ["label", "export", "b", "--out", str(tmp_path / "b.xml"), "--format", "xml"]

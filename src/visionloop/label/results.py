@@ -36,7 +36,13 @@ class IngestReport:
 
 
 def ingest(store: Store, path: Path, fmt: str, annotator: str | None = None) -> IngestReport:
-    """Record the submissions in an export; malformed rows are reported and skipped."""
+    """Record the submissions in an export, read by the format called ``fmt`` (any name in
+    :data:`~visionloop.label.formats.FORMATS`); malformed rows are reported and skipped.
+
+    Raises:
+        ValueError: ``fmt`` is not in the table (one line listing the names that are).
+    """
+    reader = formats.get(fmt)
     with store.session() as s:
         known = {
             t.id: (tuple(t.prelabel or {}), (i.height, i.width))
@@ -44,14 +50,7 @@ def ingest(store: Store, path: Path, fmt: str, annotator: str | None = None) -> 
         }
     classes = {t: c for t, (c, _) in known.items()}
     sizes = {t: hw for t, (_, hw) in known.items()}
-    if fmt == "label-studio":
-        rows = formats.read_label_studio(path, classes, sizes)
-    elif fmt == "coco":
-        rows = formats.read_coco(path, classes, annotator, sizes)
-    elif fmt == "png":
-        rows = formats.read_png(path, classes, sizes)
-    else:
-        raise ValueError(f"format must be one of {', '.join(formats.FORMATS)}, got {fmt!r}")
+    rows = reader.read(path, classes, sizes, annotator)
     report = IngestReport()
     for row in rows:
         if row.error is None and row.task is not None:
