@@ -16,7 +16,7 @@ err_console = Console(stderr=True, soft_wrap=True)  # an error stays one line at
 
 
 def _model_settings(**flags: Any) -> Any:
-    from visionloop.cli import _model_settings as model_settings
+    from visionloop.cli.serve import _model_settings as model_settings
 
     return model_settings(**flags)
 

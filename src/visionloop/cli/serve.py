@@ -1,4 +1,5 @@
-"""The ``visionloop`` command line: one Typer app.
+"""``visionloop predict|models|serve|worker``: classify files, list models, serve over HTTP,
+run a Redis worker.
 
 Flags mirror the settings in :mod:`visionloop.settings`; a flag left out falls back to the
 ``VISIONLOOP_*`` environment variable, then to the default.
@@ -17,13 +18,6 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-app = typer.Typer(
-    name="visionloop",
-    help="Serve, tune, train and label a computer-vision model.",
-    no_args_is_help=True,
-    add_completion=False,
-    pretty_exceptions_enable=False,
-)
 console = Console()
 err_console = Console(stderr=True, soft_wrap=True)  # an error stays one line at any width
 
@@ -141,7 +135,6 @@ def _print_table(predictions: list[_Prediction]) -> None:
     console.print(table)
 
 
-@app.command()
 def predict(
     images: Annotated[list[Path], typer.Argument(help="Image files (JPEG, PNG, WebP, GIF, BMP).")],
     model: Annotated[str | None, typer.Option(help="Registry name or module:factory.")] = None,
@@ -180,7 +173,6 @@ def predict(
         raise typer.Exit(1)
 
 
-@app.command("models")
 def list_models() -> None:
     """List the registered models (built-ins and installed entry points)."""
     from visionloop.models import available
@@ -193,7 +185,6 @@ def list_models() -> None:
     console.print(table)
 
 
-@app.command()
 def serve(
     host: Annotated[str | None, typer.Option(help="Bind address.")] = None,
     port: Annotated[int | None, typer.Option(help="Port.")] = None,
@@ -280,7 +271,6 @@ def _redis_settings(**flags: Any) -> Any:
     return _settings(RedisSettings, **flags)
 
 
-@app.command()
 def worker(
     model: Annotated[str | None, typer.Option(help="Registry name or module:factory.")] = None,
     redis_url: Annotated[str | None, typer.Option(help="Redis URL.")] = None,
@@ -332,29 +322,3 @@ def worker(
     from visionloop.serving.worker import run_worker
 
     asyncio.run(run_worker(settings, model_settings, redis_settings, name, metrics_port))
-
-
-def _add_bn_commands() -> None:
-    from visionloop.bn_commands import app as bn_app
-
-    app.add_typer(bn_app, name="bn")
-    from visionloop.train_commands import data_app, train_app
-
-    app.add_typer(train_app, name="train")
-    app.add_typer(data_app, name="data")
-    from visionloop.label_commands import app as label_app
-
-    app.add_typer(label_app, name="label")
-    from visionloop.export_commands import export
-
-    app.command("export")(export)
-    from visionloop.bench_commands import app as bench_app
-
-    app.add_typer(bench_app, name="bench")
-
-
-_add_bn_commands()
-
-
-def main() -> None:  # pragma: no cover - console entry
-    app()

@@ -1,0 +1,36 @@
+"""The ``visionloop`` command line: one Typer app, its commands in the modules of this package.
+
+:mod:`~visionloop.cli.serve` (predict, models, serve, worker), :mod:`~visionloop.cli.bn`,
+:mod:`~visionloop.cli.train` (train, data), :mod:`~visionloop.cli.label`,
+:mod:`~visionloop.cli.export` and :mod:`~visionloop.cli.bench`.
+"""
+
+from __future__ import annotations
+
+import typer
+
+from visionloop.cli import bench, bn, export, label, serve, train
+
+__all__ = ["app"]
+
+app = typer.Typer(
+    name="visionloop",
+    help="Serve, tune, train and label a computer-vision model.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+app.command()(serve.predict)
+app.command("models")(serve.list_models)
+app.command()(serve.serve)
+app.command()(serve.worker)
+app.add_typer(bn.app, name="bn")
+app.add_typer(train.train_app, name="train")
+app.add_typer(train.data_app, name="data")
+app.add_typer(label.app, name="label")
+app.command("export")(export.export)
+app.add_typer(bench.app, name="bench")
+
+
+def main() -> None:  # pragma: no cover - console entry
+    app()
