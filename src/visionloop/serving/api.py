@@ -12,11 +12,11 @@ import asyncio
 import hmac
 import logging
 import time
-from collections.abc import AsyncIterator, MutableMapping
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Callable, MutableMapping
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from typing import Any
 
-from fastapi import FastAPI, Request
+from fastapi import APIRouter, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException
 from starlette.responses import JSONResponse, Response
@@ -79,19 +79,39 @@ def create_app(
     With ``settings.transport == "redis"`` the app is an API replica: it loads no model and
     queues jobs on Redis Streams for ``visionloop worker`` processes (``redis_settings``).
     """
-    settings = settings or ServeSettings()
-    model_settings = model_settings or ModelSettings()
     limits_settings = imaging_settings or ImagingSettings()
     state = ServerState(
-        settings=settings,
-        model_settings=model_settings,
+        settings=settings or ServeSettings(),
+        model_settings=model_settings or ModelSettings(),
         limits=imaging.ImageLimits(limits_settings.max_bytes, limits_settings.max_pixels),
     )
+    app = FastAPI(
+        title="visionloop",
+        version=__version__,
+        description="Image classification behind a dynamic-batching queue. "
+        "v1: raw image in, JSON out. v2: Open Inference Protocol (KServe / Triton).",
+        lifespan=_lifespan(state, model, redis_settings),
+    )
+    app.state.visionloop = state
+    _install_error_handlers(app, state)
+    app.add_middleware(_RequestMetrics, state=state)
+    app.include_router(_v1_router(state))
+    app.include_router(_ops_router(state))
+    app.include_router(protocol_v2.router(state, _authorise))
+    return app
+
+
+def _lifespan(
+    state: ServerState, model: VisionModel | None, redis_settings: RedisSettings | None
+) -> Callable[[FastAPI], AbstractAsyncContextManager[None]]:
+    """Start the settings' transport in the background (routes answer 503 until it is ready);
+    at shutdown drain it and stop the decode pool and the lag probe."""
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         from visionloop.serving.startup import TRANSPORTS
 
+        settings = state.settings
         # the name was checked against the table when the settings were read
         startup = TRANSPORTS[settings.transport]
         loading = asyncio.create_task(startup.start(state, model, redis_settings))
@@ -106,18 +126,14 @@ def create_app(
             await state.lag.stop()
             thaw_heap()
 
-    app = FastAPI(
-        title="visionloop",
-        version=__version__,
-        description="Image classification behind a dynamic-batching queue. "
-        "v1: raw image in, JSON out. v2: Open Inference Protocol (KServe / Triton).",
-        lifespan=lifespan,
-    )
-    app.state.visionloop = state
-    _install_error_handlers(app, state)
-    app.add_middleware(_RequestMetrics, state=state)
+    return lifespan
 
-    @app.post("/v1/models/{model}/predict", tags=["v1"], openapi_extra=_IMAGE_BODY)
+
+def _v1_router(state: ServerState) -> APIRouter:
+    """The v1 route, bound to one server's state."""
+    api = APIRouter(tags=["v1"])
+
+    @api.post("/v1/models/{model}/predict", openapi_extra=_IMAGE_BODY)
     async def predict(model: str, request: Request) -> Response:
         """Classify one image (raw body) or several (multipart, one part per file)."""
         _authorise(state, request)
@@ -134,13 +150,19 @@ def create_app(
         item = await state.infer(request, runner, image, timeout, arrived)
         return JSONResponse(_v1_body(runner, item, decode_ms, started, masks))
 
-    @app.get("/metrics", tags=["ops"])
+    return api
+
+
+def _ops_router(state: ServerState) -> APIRouter:
+    """What operators scrape: ``/metrics``."""
+    api = APIRouter(tags=["ops"])
+
+    @api.get("/metrics")
     async def metrics() -> Response:
         """Prometheus metrics."""
         return Response(state.metrics.render(), media_type="text/plain; version=0.0.4")
 
-    app.include_router(protocol_v2.router(state, _authorise))
-    return app
+    return api
 
 
 def _left(runner: Transport, timeout_ms: float | None, arrived: float) -> float:
