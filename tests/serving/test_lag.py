@@ -116,3 +116,59 @@ def test_a_ready_server_has_frozen_its_heap_and_thaws_it_at_shutdown(serve):
     assert gc.get_freeze_count() > 0
     server.stop()
     assert gc.get_freeze_count() == 0
+
+
+@pytest.mark.parametrize(("offset_s", "late"), [(-1.0, True), (60.0, False)])
+def test_a_200_that_leaves_after_the_clients_deadline_is_counted(offset_s, late):
+    """The server's own view of the soak's 'late 200s': the metrics middleware compares the
+    time the answer's last byte is handed over with the deadline the route kept."""
+    from visionloop.serving.api import _RequestMetrics
+    from visionloop.serving.metrics import Metrics
+    from visionloop.serving.state import ANSWER_BY
+
+    class _State:
+        model_name = "fake"
+        metrics = Metrics()
+
+    async def app(scope, receive, send):
+        scope[ANSWER_BY] = time.monotonic() + offset_s  # as the route's start_clock does
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"{}"})
+
+    async def ignore(message):
+        pass
+
+    scope = {"type": "http", "path": "/v1/models/fake/predict"}
+    asyncio.run(_RequestMetrics(app, _State())(scope, None, ignore))  # type: ignore[arg-type]
+    text = _State.metrics.render().decode()
+    line = 'visionloop_answers_after_deadline_total{endpoint="v1_predict",model="fake"}'
+    counted = [float(x.rsplit(" ", 1)[1]) for x in text.splitlines() if x.startswith(line)]
+    assert counted == ([1.0] if late else [])
+
+
+def test_a_route_keeps_the_clients_deadline_without_the_reserve(serve):
+    server = serve(lag_reserve=True)
+    _late_loop(server, 0.05)
+    seen = {}
+    state = server.app.state.visionloop
+    original = state.start_clock
+
+    def spy(request, runner, timeout_ms):
+        arrived = original(request, runner, timeout_ms)
+        seen["answer_by"] = request.scope["visionloop.answer_by"]
+        seen["deadline"] = runner.deadline(timeout_ms, arrived)
+        seen["clock"] = runner.clock()
+        seen["now"] = time.monotonic()
+        return arrived
+
+    state.start_clock = spy
+    with client(server) as c:
+        r = c.post(
+            "/v1/models/fake/predict", content=solid_png(20), headers={"X-Timeout-Ms": "800"}
+        )
+    assert r.status_code == 200
+    # The runner's deadline is the client's less the 0.1 s reserve; the kept one is not.
+    kept_left = seen["answer_by"] - seen["now"]
+    runner_left = seen["deadline"] - seen["clock"]
+    assert kept_left - runner_left == pytest.approx(0.1, abs=0.01)
+    assert server.metric("visionloop_answers_after_deadline_total") == 0

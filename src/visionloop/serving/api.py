@@ -35,10 +35,10 @@ from visionloop.serving.runner import (
     QueueFull,
 )
 from visionloop.serving.state import (
+    ANSWER_BY,
     ApiError,
     ClientGone,
     ServerState,
-    arrived_at,
     error_response,
     timeout_from,
 )
@@ -138,8 +138,8 @@ def _v1_router(state: ServerState) -> APIRouter:
         """Classify one image (raw body) or several (multipart, one part per file)."""
         _authorise(state, request)
         runner = state.runner_for(model)
-        arrived = arrived_at(request, runner, state.reserve())  # the deadline counts from here
         timeout = timeout_from(request.headers.get("x-timeout-ms"), "X-Timeout-Ms")
+        arrived = state.start_clock(request, runner, timeout)  # the deadline counts from here
         if request.headers.get("content-type", "").startswith("multipart/form-data"):
             return await _predict_many(state, request, runner, timeout, arrived)
         masks = _mask_format(request)
@@ -299,12 +299,17 @@ class _RequestMetrics:
             return
         status = 499  # unless a response starts, the client went away first
         started = time.perf_counter()
+        late = False
 
         async def tracking_send(message: MutableMapping[str, Any]) -> None:
-            nonlocal status
+            nonlocal status, late
             if message["type"] == "http.response.start":
                 status = message["status"]
             await send(message)
+            if message["type"] == "http.response.body" and not message.get("more_body"):
+                answer_by = scope.get(ANSWER_BY)
+                if status == 200 and answer_by is not None and time.monotonic() > answer_by:
+                    late = True
 
         try:
             await self.app(scope, receive, tracking_send)
@@ -317,6 +322,8 @@ class _RequestMetrics:
                 time.perf_counter() - started
             )
             metrics.requests.labels(model=model, endpoint=endpoint, status=str(status)).inc()
+            if late:
+                metrics.late_answers.labels(model=model, endpoint=endpoint).inc()
 
 
 def _inference_route(path: str) -> tuple[str, str] | None:

@@ -30,6 +30,13 @@ class Metrics:
         self.queue_depth = Gauge(
             "visionloop_queue_depth", "Requests waiting for a batch.", ["model"], registry=r
         )
+        self.late_answers = Counter(
+            "visionloop_answers_after_deadline_total",
+            "200s whose last byte was handed to the connection after the request's deadline "
+            "(counted from its first byte, without the loop-lag reserve).",
+            ["model", "endpoint"],
+            registry=r,
+        )
         self.loop_lag = Gauge(
             "visionloop_event_loop_lag_seconds",
             "Worst lateness of the event loop's timer over the last second; twice this is "

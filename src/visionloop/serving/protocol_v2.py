@@ -31,7 +31,7 @@ from pydantic import BaseModel, Field, ValidationError
 from starlette.responses import JSONResponse, Response
 
 from visionloop import __version__
-from visionloop.serving.state import ApiError, ServerState, arrived_at, timeout_from
+from visionloop.serving.state import ApiError, ServerState, timeout_from
 from visionloop.serving.transport.base import ItemResult, ModelInfo, Transport
 from visionloop.serving.uploads import read_body, too_large
 
@@ -221,9 +221,9 @@ def stats(runner: Transport) -> dict[str, Any]:
 
 
 async def _infer(state: ServerState, runner: Transport, request: Request) -> Response:
-    arrived = arrived_at(request, runner, state.reserve())
     settings = state.settings
     header_ms = timeout_from(request.headers.get("x-timeout-ms"), "X-Timeout-Ms")
+    arrived = state.start_clock(request, runner, header_ms)
     runner.admit(header_ms, arrived)  # an overloaded server refuses before reading the body
     within = runner.deadline(header_ms, arrived) - runner.clock()
     declared = request.headers.get(HEADER_LENGTH)

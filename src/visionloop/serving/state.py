@@ -34,6 +34,8 @@ from visionloop.settings import ModelSettings, ServeSettings
 
 log = logging.getLogger("visionloop.serve")
 
+ANSWER_BY = "visionloop.answer_by"  # scope key: the client's deadline, on time.monotonic
+
 
 class ApiError(Exception):
     """A failure with its HTTP status, raised by routes and mapped by :func:`error_response`."""
@@ -87,6 +89,17 @@ class ServerState:
     @property
     def model_name(self) -> str:
         return self.runner.name if self.runner else self.model_settings.model
+
+    def start_clock(self, request: Request, runner: Transport, timeout_ms: float | None) -> float:
+        """When a request's deadline counts from: :func:`arrived_at` with the loop-lag reserve.
+
+        Also keeps the client's own deadline (without the reserve) in the request's scope, on
+        ``time.monotonic``, so the metrics middleware can count a 200 that leaves after it."""
+        reserve = self.reserve()
+        arrived = arrived_at(request, runner, reserve)
+        left = runner.deadline(timeout_ms, arrived) - runner.clock()
+        request.scope[ANSWER_BY] = time.monotonic() + left + reserve
+        return arrived
 
     def reserve(self) -> float:
         """Seconds taken off a new request's deadline for the loop's lateness (0 if off)."""
