@@ -8,18 +8,11 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
-from rich.console import Console
 from rich.table import Table
 
-console = Console()
-err_console = Console(stderr=True, soft_wrap=True)  # an error stays one line at any width
-
-
-def _model_settings(**flags: Any) -> Any:
-    from visionloop.cli.serve import _model_settings as model_settings
-
-    return model_settings(**flags)
-
+from visionloop.cli import options
+from visionloop.cli.common import console, err_console, errors, escape, say
+from visionloop.cli.options import DeviceOption, ModelOption
 
 app = typer.Typer(help="Measure: the model-only ceiling, load tests, latency plots.")
 
@@ -27,8 +20,8 @@ app = typer.Typer(help="Measure: the model-only ceiling, load tests, latency plo
 @app.command("ceiling")
 def bench_ceiling(
     batch_sizes: Annotated[str, typer.Option(help="Comma-separated batch sizes.")] = "1,8",
-    model: Annotated[str | None, typer.Option(help="Registry name or module:factory.")] = None,
-    device: Annotated[str | None, typer.Option(help="cpu, cuda, cuda:1 ...")] = None,
+    model: ModelOption = None,
+    device: DeviceOption = None,
     threads: Annotated[int | None, typer.Option(min=0, help="torch threads; 0 = default.")] = None,
     compare_fusion: Annotated[
         bool, typer.Option(help="Also time the unfused model, side by side.")
@@ -39,21 +32,19 @@ def bench_ceiling(
     import torch
 
     from visionloop.bench.ceiling import time_forward
-    from visionloop.models import load
 
-    sizes = [int(s) for s in batch_sizes.split(",") if s.strip()]
-    if not sizes or min(sizes) < 1:
-        raise typer.BadParameter(f"batch sizes must be >= 1, got {batch_sizes!r}")
+    sizes = _sizes(batch_sizes)
     variants = [True, False] if compare_fusion else [True]
     timings = []
     for fuse in variants:
-        settings = _model_settings(model=model, device=device, threads=threads, fuse_bn=fuse)
+        settings = options.model_settings(model=model, device=device, threads=threads, fuse_bn=fuse)
         if settings.threads:
             torch.set_num_threads(settings.threads)
-        loaded = load(settings)
+        loaded = options.load_model(settings)
         label = "fused" if fuse else "unfused"
         timings += time_forward(loaded, sizes, label, min_run_time=min_run_time)
-    table = Table(title=f"forward pass, {settings.device}, {torch.get_num_threads()} threads")
+    title = f"forward pass, {settings.device}, {torch.get_num_threads()} threads"
+    table = Table(title=escape(title))
     for column in ("variant", "batch", "ms/batch (median)", "IQR ms", "ms/image", "images/s"):
         table.add_column(column, justify="right")
     for t in timings:
@@ -68,6 +59,17 @@ def bench_ceiling(
     console.print(table)
 
 
+def _sizes(text: str) -> list[int]:
+    try:
+        sizes = [int(s) for s in text.split(",") if s.strip()]
+    except ValueError:
+        message = f"batch sizes must be comma-separated integers, got {text!r}"
+        raise typer.BadParameter(message) from None
+    if not sizes or min(sizes) < 1:
+        raise typer.BadParameter(f"batch sizes must be >= 1, got {text!r}")
+    return sizes
+
+
 def _levels(text: str, name: str) -> list[float]:
     try:
         levels = [float(x) for x in text.split(",") if x.strip()]
@@ -78,38 +80,44 @@ def _levels(text: str, name: str) -> list[float]:
     return levels
 
 
+UrlArgument = Annotated[
+    str, typer.Argument(help="Predict URL, e.g. http://127.0.0.1:8000/v1/models/catdog/predict")
+]
+ProtocolOption = Annotated[str, typer.Option(help="raw (POST the image) or v2 (binary infer).")]
+ModeOption = Annotated[str, typer.Option(help="open (Poisson arrivals) or closed (N clients).")]
+RatesOption = Annotated[str, typer.Option(help="Open loop: requests/s, comma-separated.")]
+ClientsOption = Annotated[str, typer.Option(help="Closed loop: client counts.")]
+DurationOption = Annotated[float, typer.Option(help="Measured seconds per level.")]
+WarmupOption = Annotated[float, typer.Option(help="Unmeasured seconds before each level.")]
+SloOption = Annotated[float, typer.Option(help="Latency SLO for goodput.")]
+ImagesOption = Annotated[Path, typer.Option(help="Folder of images to send.")]
+MegapixelsOption = Annotated[
+    float, typer.Option(min=0.0, help="Scale each image to this size first (0: as is).")
+]
+LabelOption = Annotated[str, typer.Option(help="Name of this system/config in results.")]
+DeadlineOption = Annotated[float | None, typer.Option(help="Send X-Timeout-Ms with every request.")]
+MetricsOption = Annotated[
+    str | None, typer.Option(help="visionloop /metrics, for the mean batch size.")
+]
+JsonOutOption = Annotated[Path | None, typer.Option("--json", help="Append rows to this file.")]
+
+
 @app.command("load")
 def bench_load(
-    url: Annotated[
-        str, typer.Argument(help="Predict URL, e.g. http://127.0.0.1:8000/v1/models/catdog/predict")
-    ],
-    protocol: Annotated[
-        str, typer.Option(help="raw (POST the image) or v2 (binary infer).")
-    ] = "raw",
-    mode: Annotated[
-        str, typer.Option(help="open (Poisson arrivals) or closed (N clients).")
-    ] = "open",
-    rates: Annotated[
-        str, typer.Option(help="Open loop: requests/s, comma-separated.")
-    ] = "10,20,30,40",
-    clients: Annotated[str, typer.Option(help="Closed loop: client counts.")] = "1,4,16",
-    duration: Annotated[float, typer.Option(help="Measured seconds per level.")] = 15.0,
-    warmup: Annotated[float, typer.Option(help="Unmeasured seconds before each level.")] = 2.0,
-    slo_ms: Annotated[float, typer.Option(help="Latency SLO for goodput.")] = 250.0,
-    images: Annotated[Path, typer.Option(help="Folder of images to send.")] = Path("tests/data"),
-    megapixels: Annotated[
-        float, typer.Option(min=0.0, help="Scale each image to this size first (0: as is).")
-    ] = 0.0,
-    label: Annotated[str, typer.Option(help="Name of this system/config in results.")] = "",
-    deadline_ms: Annotated[
-        float | None, typer.Option(help="Send X-Timeout-Ms with every request.")
-    ] = None,
-    metrics_url: Annotated[
-        str | None, typer.Option(help="visionloop /metrics, for the mean batch size.")
-    ] = None,
-    json_out: Annotated[
-        Path | None, typer.Option("--json", help="Append rows to this file.")
-    ] = None,
+    url: UrlArgument,
+    protocol: ProtocolOption = "raw",
+    mode: ModeOption = "open",
+    rates: RatesOption = "10,20,30,40",
+    clients: ClientsOption = "1,4,16",
+    duration: DurationOption = 15.0,
+    warmup: WarmupOption = 2.0,
+    slo_ms: SloOption = 250.0,
+    images: ImagesOption = Path("tests/data"),
+    megapixels: MegapixelsOption = 0.0,
+    label: LabelOption = "",
+    deadline_ms: DeadlineOption = None,
+    metrics_url: MetricsOption = None,
+    json_out: JsonOutOption = None,
 ) -> None:
     """Drive an endpoint with open- or closed-loop load; print and save the results."""
     from visionloop.bench.load import Target, load_payloads, sweep
@@ -120,10 +128,19 @@ def bench_load(
         )
     levels = _levels(rates if mode == "open" else clients, "rates" if mode == "open" else "clients")
     target = Target(url, protocol, metrics_url, deadline_ms)  # type: ignore[arg-type]
-    payloads = load_payloads(images, megapixels=megapixels)
+    with errors(OSError, ValueError):  # no images in the folder, or it is not one
+        payloads = load_payloads(images, megapixels=megapixels)
     results = sweep(target, payloads, mode, levels, duration, warmup, slo_ms, label or url,  # type: ignore[arg-type]
                     on_result=lambda r: err_console.print(r.as_dict()))  # fmt: skip
-    table = Table(title=f"{label or url} ({mode} loop, SLO {slo_ms:g} ms)")
+    _print_results(results, f"{label or url} ({mode} loop, SLO {slo_ms:g} ms)")
+    if json_out is not None:
+        with errors(OSError, ValueError):  # unwritable, or not a JSON file of earlier rows
+            previous = json.loads(json_out.read_text()) if json_out.exists() else []
+            json_out.write_text(json.dumps(previous + [r.as_dict() for r in results], indent=2))
+
+
+def _print_results(results: list[Any], title: str) -> None:
+    table = Table(title=escape(title))
     columns = (
         "offered",
         "req/s",
@@ -145,9 +162,6 @@ def bench_load(
             f"{r.client_cpu_pct:.0f}%", " ".join(f"{k}:{v}" for k, v in sorted(r.statuses.items())),
         )  # fmt: skip
     console.print(table)
-    if json_out is not None:
-        previous = json.loads(json_out.read_text()) if json_out.exists() else []
-        json_out.write_text(json.dumps(previous + [r.as_dict() for r in results], indent=2))
 
 
 @app.command("plot")
@@ -159,5 +173,6 @@ def bench_plot(
     """Latency percentiles and goodput vs offered load, one line per label."""
     from visionloop.bench.plots import plot_latency
 
-    rows = [row for path in results for row in json.loads(path.read_text())]
-    console.print(f"wrote {plot_latency(rows, out, title)}")
+    with errors(OSError, ValueError):  # a missing or unreadable results file
+        rows = [row for path in results for row in json.loads(path.read_text())]
+    say(f"wrote {plot_latency(rows, out, title)}")

@@ -14,48 +14,11 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
-from rich.console import Console
-from rich.markup import escape
 from rich.table import Table
 
-console = Console()
-err_console = Console(stderr=True, soft_wrap=True)  # an error stays one line at any width
-
-
-def _settings(kind: type[Any], **flags: Any) -> Any:
-    """Settings of ``kind`` from env vars, overridden by the flags actually given; a bad value
-    (flag or variable) is reported as one line per field and exits 2, without a traceback."""
-    from pydantic import ValidationError
-
-    try:
-        return kind(**{k: v for k, v in flags.items() if v is not None})
-    except ValidationError as exc:
-        for error in exc.errors():
-            field = ".".join(str(part) for part in error["loc"]) or kind.__name__
-            err_console.print(f"[red]error:[/red] {field}: {error['msg']}")
-        raise typer.Exit(2) from None
-
-
-def _model_settings(**flags: Any) -> Any:
-    """Model settings; an artefact's card and files, and the named engine's package, are
-    checked here, before anything starts, so a bad one is one line and exit 2 (the server never
-    starts half-loaded)."""
-    from visionloop.settings import ModelSettings
-
-    settings = _settings(ModelSettings, **flags)
-    from visionloop.engines import EngineError, require
-    from visionloop.engines.artifact import read_card
-
-    try:
-        if settings.artifact is not None:
-            read_card(settings.artifact)
-        if settings.engine in ("onnxruntime", "openvino"):
-            require(settings.engine)
-    except EngineError as exc:
-        err_console.print(f"[red]error:[/red] {escape(str(exc))}")
-        raise typer.Exit(2) from None
-    return settings
-
+from visionloop.cli import options
+from visionloop.cli.common import console, escape
+from visionloop.cli.options import DeviceOption, ModelOption
 
 EngineOption = Annotated[
     str | None, typer.Option(help="auto, torch, onnxruntime or openvino (default auto).")
@@ -66,6 +29,17 @@ PrecisionOption = Annotated[
 ArtifactOption = Annotated[
     Path | None, typer.Option(help="Folder made by `visionloop export` to serve.")
 ]
+# serve and worker: the batching and executor flags, the same for both
+MaxBatchOption = Annotated[int | None, typer.Option(help="Most images per pass.")]
+MaxDelayOption = Annotated[float | None, typer.Option(help="Oldest request's wait.")]
+InstancesOption = Annotated[int | None, typer.Option(help="Model executors.")]
+PadOption = Annotated[bool | None, typer.Option(help="Pad batches to 2^k.")]
+PolicyOption = Annotated[str | None, typer.Option(help="fixed or adaptive.")]
+ThreadsOption = Annotated[int | None, typer.Option(help="torch threads per executor.")]
+DriftOption = Annotated[
+    float | None, typer.Option(help="Fraction of images feeding the BN drift gauge.")
+]
+LogLevelOption = Annotated[str, typer.Option(help="debug, info, warning.")]
 
 
 @dataclass
@@ -128,19 +102,21 @@ def _print_table(predictions: list[_Prediction]) -> None:
     table.add_column("ms", justify="right")
     for p in predictions:
         if p.error is not None:
-            table.add_row(p.file, f"[red]error: {p.error}[/red]", *[""] * (len(score_names) + 1))
+            error = f"[red]error: {escape(p.error)}[/red]"
+            table.add_row(escape(p.file), error, *[""] * (len(score_names) + 1))
             continue
         scores = [f"{p.result['scores'][name]:.3f}" for name in score_names]
-        table.add_row(p.file, str(p.result["label"]), *scores, f"{p.decode_ms + p.model_ms:.1f}")
+        label, ms = escape(str(p.result["label"])), f"{p.decode_ms + p.model_ms:.1f}"
+        table.add_row(escape(p.file), label, *scores, ms)
     console.print(table)
 
 
 def predict(
     images: Annotated[list[Path], typer.Argument(help="Image files (JPEG, PNG, WebP, GIF, BMP).")],
-    model: Annotated[str | None, typer.Option(help="Registry name or module:factory.")] = None,
+    model: ModelOption = None,
     batch_size: Annotated[int, typer.Option(min=1, help="Images per forward pass.")] = 8,
     as_json: Annotated[bool, typer.Option("--json", help="One JSON array on stdout.")] = False,
-    device: Annotated[str | None, typer.Option(help="cpu, cuda, cuda:1 ...")] = None,
+    device: DeviceOption = None,
     fuse_bn: Annotated[bool | None, typer.Option(help="Fold BatchNorm into convs.")] = None,
     threads: Annotated[int | None, typer.Option(min=0, help="torch threads; 0 = default.")] = None,
     engine: EngineOption = None,
@@ -150,20 +126,13 @@ def predict(
     """Classify image files. Exits 1 if any file could not be read as an image."""
     import torch
 
-    from visionloop.engines import EngineError
-    from visionloop.models import UnknownModel, load
-
-    settings = _model_settings(
+    settings = options.model_settings(
         model=model, device=device, fuse_bn=fuse_bn, threads=threads, engine=engine,
         precision=precision, artifact=artifact,
     )  # fmt: skip
     if settings.threads:
         torch.set_num_threads(settings.threads)
-    try:
-        loaded = load(settings)
-    except (UnknownModel, EngineError) as exc:
-        err_console.print(f"[red]error:[/red] {escape(str(exc))}")
-        raise typer.Exit(2) from None
+    loaded = options.load_model(settings)
     predictions = _predict_files(images, loaded, batch_size)
     if as_json:
         typer.echo(json.dumps([p.as_json() for p in predictions], indent=2))
@@ -181,47 +150,40 @@ def list_models() -> None:
     table.add_column("name")
     table.add_column("factory")
     for name, target in available().items():
-        table.add_row(name, target)
+        table.add_row(escape(name), escape(target))
     console.print(table)
 
 
 def serve(
     host: Annotated[str | None, typer.Option(help="Bind address.")] = None,
     port: Annotated[int | None, typer.Option(help="Port.")] = None,
-    model: Annotated[str | None, typer.Option(help="Registry name or module:factory.")] = None,
-    device: Annotated[str | None, typer.Option(help="cpu, cuda, cuda:1 ...")] = None,
-    max_batch_size: Annotated[int | None, typer.Option(help="Most images per pass.")] = None,
-    max_delay_ms: Annotated[float | None, typer.Option(help="Oldest request's wait.")] = None,
+    model: ModelOption = None,
+    device: DeviceOption = None,
+    max_batch_size: MaxBatchOption = None,
+    max_delay_ms: MaxDelayOption = None,
     max_queue: Annotated[int | None, typer.Option(help="Queue bound; beyond: 503.")] = None,
     timeout_ms: Annotated[float | None, typer.Option(help="Default deadline.")] = None,
-    instances: Annotated[int | None, typer.Option(help="Model executors.")] = None,
-    pad_to_buckets: Annotated[bool | None, typer.Option(help="Pad batches to 2^k.")] = None,
-    policy: Annotated[str | None, typer.Option(help="fixed or adaptive.")] = None,
-    threads: Annotated[int | None, typer.Option(help="torch threads per executor.")] = None,
+    instances: InstancesOption = None,
+    pad_to_buckets: PadOption = None,
+    policy: PolicyOption = None,
+    threads: ThreadsOption = None,
     transport: Annotated[
         str | None, typer.Option(help="memory (model in this process) or redis (API replica).")
     ] = None,
-    drift_sample: Annotated[
-        float | None, typer.Option(help="Fraction of images feeding the BN drift gauge.")
-    ] = None,
+    drift_sample: DriftOption = None,
     redis_url: Annotated[str | None, typer.Option(help="Redis URL for --transport redis.")] = None,
     engine: EngineOption = None,
     precision: PrecisionOption = None,
     artifact: ArtifactOption = None,
-    log_level: Annotated[str, typer.Option(help="debug, info, warning.")] = "info",
+    log_level: LogLevelOption = "info",
 ) -> None:
     """Serve the model over HTTP (v1 predict, Open Inference Protocol v2, /metrics).
 
     With --transport redis this process is an API replica: it decodes uploads and queues them
     on Redis Streams for `visionloop worker` processes, on this machine or others.
     """
-    import logging
-
-    import uvicorn
-
-    from visionloop.serving import http
     from visionloop.serving.api import create_app
-    from visionloop.settings import ServeSettings
+    from visionloop.settings import RedisSettings, ServeSettings
 
     flags: dict[str, Any] = {
         "host": host, "port": port, "max_batch_size": max_batch_size,
@@ -229,15 +191,46 @@ def serve(
         "instances": instances, "pad_to_buckets": pad_to_buckets, "policy": policy,
         "transport": transport, "drift_sample": drift_sample,
     }  # fmt: skip
-    settings = _settings(ServeSettings, **flags)
-    model_settings = _model_settings(
+    settings = options.settings_from(ServeSettings, **flags)
+    model_settings = options.model_settings(
         model=model, device=device, threads=threads, engine=engine, precision=precision,
         artifact=artifact,
     )  # fmt: skip
-    redis_settings = _redis_settings(url=redis_url)
-    logging.basicConfig(
-        level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    redis_settings = options.settings_from(RedisSettings, url=redis_url)
+    _log_to_stderr(log_level)
+    _log_start(settings, model_settings, redis_settings)
+    _run(create_app(settings, model_settings, redis_settings=redis_settings), settings, log_level)
+
+
+def _run(asgi_app: Any, settings: Any, log_level: str) -> None:
+    """Serve ``asgi_app`` with uvicorn until it is stopped (SIGTERM drains for a while)."""
+    import uvicorn
+
+    from visionloop.serving import http
+
+    config = http.config(
+        asgi_app,
+        settings.header_timeout_s,
+        host=settings.host,
+        port=settings.port,
+        log_level=log_level,
+        timeout_graceful_shutdown=int(settings.drain_timeout_s),
     )
+    uvicorn.Server(config).run()
+
+
+def _log_to_stderr(level: str) -> None:
+    import logging
+
+    logging.basicConfig(
+        level=level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+
+
+def _log_start(settings: Any, model_settings: Any, redis_settings: Any) -> None:
+    """One log line: what this server is (API replica or model server) and where its docs are."""
+    import logging
+
     log = logging.getLogger("visionloop.serve")
     base = f"http://{settings.host}:{settings.port}"
     if settings.transport == "redis":
@@ -254,39 +247,22 @@ def serve(
             settings.policy, settings.max_batch_size, settings.max_delay_ms, settings.max_queue,
             base,
         )  # fmt: skip
-    config = http.config(
-        create_app(settings, model_settings, redis_settings=redis_settings),
-        settings.header_timeout_s,
-        host=settings.host,
-        port=settings.port,
-        log_level=log_level,
-        timeout_graceful_shutdown=int(settings.drain_timeout_s),
-    )
-    uvicorn.Server(config).run()
-
-
-def _redis_settings(**flags: Any) -> Any:
-    from visionloop.settings import RedisSettings
-
-    return _settings(RedisSettings, **flags)
 
 
 def worker(
-    model: Annotated[str | None, typer.Option(help="Registry name or module:factory.")] = None,
+    model: ModelOption = None,
     redis_url: Annotated[str | None, typer.Option(help="Redis URL.")] = None,
-    device: Annotated[str | None, typer.Option(help="cpu, cuda, cuda:1 ...")] = None,
-    max_batch_size: Annotated[int | None, typer.Option(help="Most images per pass.")] = None,
-    max_delay_ms: Annotated[float | None, typer.Option(help="Oldest request's wait.")] = None,
-    instances: Annotated[int | None, typer.Option(help="Model executors.")] = None,
-    pad_to_buckets: Annotated[bool | None, typer.Option(help="Pad batches to 2^k.")] = None,
-    policy: Annotated[str | None, typer.Option(help="fixed or adaptive.")] = None,
-    threads: Annotated[int | None, typer.Option(help="torch threads per executor.")] = None,
+    device: DeviceOption = None,
+    max_batch_size: MaxBatchOption = None,
+    max_delay_ms: MaxDelayOption = None,
+    instances: InstancesOption = None,
+    pad_to_buckets: PadOption = None,
+    policy: PolicyOption = None,
+    threads: ThreadsOption = None,
     claim_idle_ms: Annotated[
         float | None, typer.Option(help="Reclaim jobs pending this long with a dead worker.")
     ] = None,
-    drift_sample: Annotated[
-        float | None, typer.Option(help="Fraction of images feeding the BN drift gauge.")
-    ] = None,
+    drift_sample: DriftOption = None,
     name: Annotated[str | None, typer.Option(help="Consumer name (default host-pid-rand).")] = None,
     metrics_port: Annotated[
         int | None, typer.Option(help="Serve this worker's /metrics on 127.0.0.1:PORT.")
@@ -294,7 +270,7 @@ def worker(
     engine: EngineOption = None,
     precision: PrecisionOption = None,
     artifact: ArtifactOption = None,
-    log_level: Annotated[str, typer.Option(help="debug, info, warning.")] = "info",
+    log_level: LogLevelOption = "info",
 ) -> None:
     """Run a model worker: take jobs from Redis Streams, batch them, answer the API replicas.
 
@@ -302,23 +278,22 @@ def worker(
     taking jobs and finishes the ones taken.
     """
     import asyncio
-    import logging
 
-    from visionloop.settings import ServeSettings
+    from visionloop.settings import RedisSettings, ServeSettings
 
     flags: dict[str, Any] = {
         "max_batch_size": max_batch_size, "max_delay_ms": max_delay_ms, "instances": instances,
         "pad_to_buckets": pad_to_buckets, "policy": policy, "drift_sample": drift_sample,
     }  # fmt: skip
-    settings = _settings(ServeSettings, **flags)
-    model_settings = _model_settings(
+    settings = options.settings_from(ServeSettings, **flags)
+    model_settings = options.model_settings(
         model=model, device=device, threads=threads, engine=engine, precision=precision,
         artifact=artifact,
     )  # fmt: skip
-    redis_settings = _redis_settings(url=redis_url, claim_idle_ms=claim_idle_ms)
-    logging.basicConfig(
-        level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    redis_settings = options.settings_from(
+        RedisSettings, url=redis_url, claim_idle_ms=claim_idle_ms
     )
+    _log_to_stderr(log_level)
     from visionloop.serving.worker import run_worker
 
     asyncio.run(run_worker(settings, model_settings, redis_settings, name, metrics_port))

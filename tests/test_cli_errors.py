@@ -1,0 +1,139 @@
+"""One error context for every command (visionloop.cli.common): an expected error is one line
+``error: ...`` on stderr and its exit code, never a traceback; text from the user or the outside
+(a path, a name, an exception's message) is printed verbatim, Rich markup and all."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+import typer
+from typer.testing import CliRunner
+
+from tests.conftest import DATA
+from visionloop.cli import app
+from visionloop.cli.common import CommandError, errors, one_line
+from visionloop.serving.batcher import POLICIES
+
+runner = CliRunner()
+MARKUP = "[bold]x[/bold]"  # Rich would print a bold 'x' and drop the tags
+CLOSE = "[/]"  # Rich would refuse it: "closing tag '[/]' has nothing to close"
+CLI = Path(__file__).parents[1] / "src" / "visionloop" / "cli"
+
+
+def one_error_line(result, code: int) -> str:
+    assert result.exit_code == code, result.output
+    assert "Traceback" not in result.output
+    (line,) = result.stderr.splitlines()
+    assert line.startswith("error: ")
+    return line
+
+
+def test_an_expected_error_is_one_line_with_its_exit_code(capsys):
+    with pytest.raises(typer.Exit) as exited, errors(ValueError):
+        raise ValueError(f"bad {MARKUP}\nsecond line")
+    assert exited.value.exit_code == 2
+    assert capsys.readouterr().err == f"error: bad {MARKUP}\n"
+    with pytest.raises(typer.Exit) as exited, errors():
+        raise CommandError(f"failed {CLOSE}", code=1)
+    assert exited.value.exit_code == 1
+    assert capsys.readouterr().err == f"error: failed {CLOSE}\n"
+
+
+def test_the_innermost_context_that_expects_an_error_reports_it(capsys):
+    with pytest.raises(typer.Exit) as exited, errors(ValueError), errors(KeyError, code=1):
+        raise KeyError("k")
+    assert exited.value.exit_code == 1
+    assert capsys.readouterr().err == "error: 'k'\n"
+
+
+def test_exits_and_unexpected_errors_pass_through(capsys):
+    with pytest.raises(typer.Exit) as exited, errors(RuntimeError):
+        raise typer.Exit(1)  # an Exit is a RuntimeError to Python, not an error to report
+    assert exited.value.exit_code == 1
+    with pytest.raises(TypeError), errors(ValueError):
+        raise TypeError("a bug keeps its traceback")
+    assert capsys.readouterr().err == ""
+
+
+def test_a_dataloader_workers_error_is_its_last_line():
+    wrapped = ValueError(
+        "Caught ValueError in DataLoader worker process 0.\nOriginal Traceback (most recent "
+        'call last):\n  File "x.py", line 1\nDatasetError: a.png: corrupt PNG\n'
+    )
+    assert one_line(wrapped) == "a.png: corrupt PNG"
+    assert one_line(ValueError("")) == "ValueError"
+
+
+def test_worker_prints_a_bad_setting_verbatim():
+    result = runner.invoke(app, ["worker", "--policy", MARKUP])
+    known = ", ".join(POLICIES)
+    assert one_error_line(result, 2) == (
+        f"error: policy: Value error, policy must be one of {known}, got '{MARKUP}'"
+    )
+
+
+def test_predict_prints_an_unknown_model_and_a_file_name_verbatim(tmp_path):
+    result = runner.invoke(app, ["predict", "--model", CLOSE, str(DATA / "cat_chelsea.png")])
+    assert one_error_line(result, 2).startswith(f"error: unknown model '{CLOSE}'")
+    missing = str(tmp_path / f"{MARKUP}.jpg")
+    result = runner.invoke(app, ["predict", missing], env={"COLUMNS": str(2 * len(missing) + 80)})
+    assert result.exit_code == 1
+    assert missing in result.stdout  # the table's file column and the error
+
+
+def test_bench_prints_a_folder_without_images_and_a_missing_file_verbatim(tmp_path):
+    empty = tmp_path / MARKUP
+    empty.mkdir(parents=True)
+    result = runner.invoke(app, ["bench", "load", "http://127.0.0.1:9/x", "--images", str(empty)])
+    assert one_error_line(result, 2).endswith(f") in {empty}")
+    missing = tmp_path / CLOSE / "rows.json"
+    result = runner.invoke(app, ["bench", "plot", str(missing), "--out", str(tmp_path / "p.png")])
+    assert one_error_line(result, 2).endswith(f"No such file or directory: '{missing}'")
+
+
+def imports(module: Path) -> set[str]:
+    """The visionloop modules ``module`` imports; ``from visionloop.cli import x`` names the
+    module ``visionloop.cli.x`` if there is one, else the package itself (its ``__init__``)."""
+    names = set()
+    for node in ast.walk(ast.parse(module.read_text())):
+        if isinstance(node, ast.Import):
+            names |= {alias.name for alias in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.module == "visionloop.cli":
+            for alias in node.names:
+                sub = (CLI / f"{alias.name}.py").exists()
+                names.add(f"visionloop.cli.{alias.name}" if sub else "visionloop.cli")
+        elif isinstance(node, ast.ImportFrom) and node.module:
+            names.add(node.module)
+    return {name for name in names if name.startswith("visionloop")}
+
+
+def module_name(path: Path) -> str:
+    parts = path.relative_to(CLI.parents[1]).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def test_the_command_modules_do_not_import_each_other_in_a_cycle():
+    graph = {module_name(m): imports(m) for m in CLI.glob("*.py")}
+    done: set[str] = set()
+
+    def visit(module: str, path: tuple[str, ...]) -> None:
+        assert module not in path, f"import cycle: {' -> '.join((*path, module))}"
+        if module not in done:
+            for target in graph.get(module, ()):
+                visit(target, (*path, module))
+            done.add(module)
+
+    for module in graph:
+        visit(module, ())
+
+
+def test_nothing_outside_the_cli_package_imports_it():
+    outside = [
+        module_name(m)
+        for m in CLI.parent.rglob("*.py")
+        if CLI not in m.parents and m.name != "__main__.py"
+        and any(n.split(".")[:2] == ["visionloop", "cli"] for n in imports(m))
+    ]  # fmt: skip
+    assert outside == []
