@@ -93,6 +93,18 @@ def test_bench_prints_a_folder_without_images_and_a_missing_file_verbatim(tmp_pa
     assert one_error_line(result, 2).endswith(f"No such file or directory: '{missing}'")
 
 
+def test_bn_prints_an_unknown_model_and_a_skipped_file_verbatim(tmp_path):
+    result = runner.invoke(app, ["bn", "drift", "--model", MARKUP, str(DATA)])
+    assert one_error_line(result, 2).startswith(f"error: unknown model '{MARKUP}'")
+    folder = tmp_path / MARKUP
+    folder.mkdir(parents=True)
+    (folder / "notes.jpg").write_text("not a photo")
+    (folder / "cat.png").write_bytes((DATA / "cat_chelsea.png").read_bytes())
+    result = runner.invoke(app, ["bn", "drift", "--top", "1", str(folder)])
+    assert result.exit_code == 0, result.output
+    assert result.stderr.startswith(f"skipped {folder / 'notes.jpg'}: ")
+
+
 def imports(module: Path) -> set[str]:
     """The visionloop modules ``module`` imports; ``from visionloop.cli import x`` names the
     module ``visionloop.cli.x`` if there is one, else the package itself (its ``__init__``)."""

@@ -8,8 +8,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
 import typer
-from rich.console import Console
 from rich.table import Table
+
+from visionloop.cli.common import console, errors, escape, fail, say, warn
 
 if TYPE_CHECKING:  # torch loads only when a command runs: `visionloop --help` stays fast
     import numpy as np
@@ -19,8 +20,6 @@ if TYPE_CHECKING:  # torch loads only when a command runs: `visionloop --help` s
     from visionloop.models.base import VisionModel
 
 app = typer.Typer(help="BatchNorm: fuse into convs, re-estimate for a new domain, measure drift.")
-console = Console()
-err_console = Console(stderr=True, soft_wrap=True)  # an error stays one line at any width
 
 ModelOption = Annotated[str, typer.Option(help="Registry name or module:factory.")]
 WeightsOption = Annotated[
@@ -33,11 +32,8 @@ BatchOption = Annotated[int, typer.Option(min=1, help="Images per batch.")]
 def _unfused(name: str, weights: Path | None) -> VisionModel:
     from visionloop.models import registry
 
-    try:
+    with errors(LookupError, ValueError, TypeError):
         model = registry.create(name, weights)
-    except (LookupError, ValueError, TypeError) as exc:
-        err_console.print(f"[red]error:[/red] {exc}")
-        raise typer.Exit(2) from None
     model.network.eval()
     return model
 
@@ -55,10 +51,9 @@ def _images(model: VisionModel, paths: list[Path]) -> list[np.ndarray]:
         try:
             images.append(imaging.prepare(file.read_bytes(), model.input_spec.crop, limits))
         except (OSError, imaging.ImageError) as exc:
-            err_console.print(f"skipped {file}: {exc}")
+            warn(f"skipped {file}: {exc}")
     if not images:
-        err_console.print("[red]error:[/red] no readable image in the given paths")
-        raise typer.Exit(2)
+        raise fail("no readable image in the given paths")
     return images
 
 
@@ -100,7 +95,7 @@ def fuse(
     original = _unfused(model, weights)
     network = original.network
     fused, report = bn.fuse(network)
-    console.print(str(report))
+    say(str(report))
     batch = next(_batches(original, _images(original, images), batch_size))
     with torch.no_grad():
         difference = float((fused(batch) - network(batch)).abs().max())
@@ -114,7 +109,7 @@ def fuse(
             return float(timer.blocked_autorange(min_run_time=min_run_time).median * 1e3)
 
     before, after = median_ms(network), median_ms(fused)
-    table = Table(title=f"bn fuse: {original.name}, batch {len(batch)}")
+    table = Table(title=f"bn fuse: {escape(original.name)}, batch {len(batch)}")
     for column in ("", "parameters", "ms / batch", "max |output difference|"):
         table.add_column(column, justify="right")
     table.add_row("unfused", f"{_count(network):,}", f"{before:.2f}", "")
@@ -145,9 +140,10 @@ def recalibrate(
         target.network, _batches(target, pictures, batch_size), progress=True, total=total
     )
     after = _mean_drift(target, pictures, batch_size)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    torch.save(target.network.state_dict(), out)
-    console.print(
+    with errors(OSError):
+        out.parent.mkdir(parents=True, exist_ok=True)
+        torch.save(target.network.state_dict(), out)
+    say(
         f"recalibrated {done.layers} BatchNorm layers on {done.images} images "
         f"({done.batches} batches); drift on these images {before.score:.4f} -> "
         f"{after.score:.4f}; wrote {out}"
@@ -171,11 +167,11 @@ def drift(
     if json_out:
         console.print_json(json.dumps({"score": report.score, "layers": report.layers}))
         return
-    table = Table(title=f"bn drift: {target.name}, score {report.score:.4f}")
+    table = Table(title=f"bn drift: {escape(target.name)}, score {report.score:.4f}")
     table.add_column("layer")
     table.add_column("symmetric KL", justify="right")
     for name, value in sorted(report.layers.items(), key=lambda kv: -kv[1])[:top]:
-        table.add_row(name, f"{value:.4f}")
+        table.add_row(escape(name), f"{value:.4f}")
     console.print(table)
 
 
