@@ -105,6 +105,21 @@ def test_bn_prints_an_unknown_model_and_a_skipped_file_verbatim(tmp_path):
     assert result.stderr.startswith(f"skipped {folder / 'notes.jpg'}: ")
 
 
+def test_data_compose_prints_a_bad_folder_verbatim(tmp_path):
+    cutouts = tmp_path / MARKUP
+    args = ["data", "compose", str(tmp_path / "out"), "--cutouts", str(cutouts)]
+    result = runner.invoke(app, [*args, "--backgrounds", str(tmp_path)])
+    assert one_error_line(result, 2) == (
+        f"error: {cutouts}: not a folder of <class>/ cut-out folders"
+    )
+
+
+def test_train_seg_prints_a_bad_dataset_verbatim(tmp_path):
+    data = tmp_path / f"{CLOSE}data"
+    result = runner.invoke(app, ["train", "seg", "--data", str(data), "--out", str(tmp_path)])
+    assert CLOSE in one_error_line(result, 2)
+
+
 def imports(module: Path) -> set[str]:
     """The visionloop modules ``module`` imports; ``from visionloop.cli import x`` names the
     module ``visionloop.cli.x`` if there is one, else the package itself (its ``__init__``)."""

@@ -6,13 +6,11 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.console import Console
-from rich.markup import escape
+
+from visionloop.cli.common import errors, say
 
 train_app = typer.Typer(help="Train models: multi-label segmentation from partial labels.")
 data_app = typer.Typer(help="Make datasets in the training format.")
-console = Console()
-err_console = Console(stderr=True, soft_wrap=True)  # an error stays one line at any width
 
 
 @train_app.command("seg")
@@ -41,10 +39,9 @@ def seg(
 ) -> None:
     """Train catseg (Lite0 + FPN) with the masked multi-label loss; serve the result with
     `visionloop serve --model catseg --weights <out>/best.pt`."""
-    from visionloop.train.data import DatasetError
     from visionloop.train.seg import SegConfig, train_seg
 
-    try:
+    with errors(ValueError):  # a DatasetError is a ValueError; from a DataLoader worker too
         pairs = dict(p.split(":", 1) for p in hierarchy.split(",") if p)
         config = SegConfig(
             data=data, out=out, classes=classes.split(","), labels=labels, val_data=val_data,
@@ -54,22 +51,10 @@ def seg(
         )  # fmt: skip
 
         def report(m: dict[str, object]) -> None:
-            console.print(" ".join(f"{k}={v}" for k, v in m.items()))
+            say(" ".join(f"{k}={v}" for k, v in m.items()))
 
         best = train_seg(config, on_epoch=report)
-    except (DatasetError, ValueError) as exc:
-        err_console.print(f"[red]error:[/red] {escape(_one_line(exc))}")
-        raise typer.Exit(2) from None
-    console.print(f"best: {best}; weights: {out / 'best.pt'}")
-
-
-def _one_line(exc: Exception) -> str:
-    """The error itself: a DataLoader worker's error arrives as the worker's whole traceback,
-    whose last line is the exception and its message."""
-    lines = [line for line in str(exc).splitlines() if line.strip()]
-    if len(lines) > 1 and lines[1].startswith("Original Traceback"):
-        return lines[-1].split(": ", 1)[-1]
-    return lines[0] if lines else type(exc).__name__
+    say(f"best: {best}; weights: {out / 'best.pt'}")
 
 
 @data_app.command("synth")
@@ -82,8 +67,9 @@ def synth(
     """A procedural dataset of cats, other animals and clutter (cat and animal masks)."""
     from visionloop.train.synth import synthesize
 
-    synthesize(out, count, size=size, seed=seed)
-    console.print(f"wrote {count} images to {out}")
+    with errors(OSError):
+        synthesize(out, count, size=size, seed=seed)
+    say(f"wrote {count} images to {out}")
 
 
 @data_app.command("compose")
@@ -101,10 +87,7 @@ def compose(
     """Paste real RGBA cut-outs (class = folder name, alpha = mask) onto background photos."""
     from visionloop.train.compose import compose as run
 
-    try:
+    with errors(OSError, ValueError):
         parents = dict(p.split(":", 1) for p in parent or [])
         classes = run(out, cutouts, backgrounds, count, size=size, seed=seed, parents=parents)
-    except (OSError, ValueError) as exc:
-        err_console.print(f"[red]error:[/red] {exc}")
-        raise typer.Exit(2) from None
-    console.print(f"wrote {count} images with classes {', '.join(classes)} to {out}")
+    say(f"wrote {count} images with classes {', '.join(classes)} to {out}")
