@@ -120,6 +120,19 @@ def test_train_seg_prints_a_bad_dataset_verbatim(tmp_path):
     assert CLOSE in one_error_line(result, 2)
 
 
+def test_label_add_prints_a_missing_folder_and_a_skipped_file_verbatim(tmp_path):
+    db = ["--db", f"sqlite:///{tmp_path / 'labels.db'}"]
+    missing = tmp_path / MARKUP
+    result = runner.invoke(app, ["label", "add", str(missing), *db])
+    assert one_error_line(result, 2) == f"error: {missing}: no such file or folder"
+    folder = tmp_path / CLOSE
+    folder.mkdir(parents=True)
+    (folder / "notes.jpg").write_text("not a photo")
+    result = runner.invoke(app, ["label", "add", str(folder), *db])
+    assert result.exit_code == 1, result.output
+    assert result.stderr.startswith(f"skipped {folder / 'notes.jpg'}: not a readable image")
+
+
 def imports(module: Path) -> set[str]:
     """The visionloop modules ``module`` imports; ``from visionloop.cli import x`` names the
     module ``visionloop.cli.x`` if there is one, else the package itself (its ``__init__``)."""

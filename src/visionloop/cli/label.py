@@ -8,19 +8,16 @@ from __future__ import annotations
 
 import csv
 import json
-from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
-from rich.console import Console
-from rich.markup import escape
 from rich.table import Table
 
+from visionloop.cli.common import console, errors, escape, fail, say, warn
+
 app = typer.Typer(help="Label cheaply: select, pre-label, batch with honeypots, ingest, QC.")
-console = Console()
-err_console = Console(stderr=True, soft_wrap=True)  # an error stays one line at any width
 
 Db = Annotated[
     str, typer.Option(envvar="VISIONLOOP_LABEL_DB", help="SQLAlchemy URL of the label store.")
@@ -36,24 +33,18 @@ def _needs_label_extra() -> None:
 
     missing = [m for m in LABEL_MODULES if importlib.util.find_spec(m) is None]
     if missing:
-        err_console.print(
-            f"[red]error:[/red] {', '.join(missing)} missing: the label commands need the label "
-            + escape("extra (pip install 'visionloop[label]'; make test installs it)")
+        raise fail(
+            f"{', '.join(missing)} missing: the label commands need the label extra "
+            "(pip install 'visionloop[label]'; make test installs it)"
         )
-        raise typer.Exit(2)
 
 
-@contextmanager
-def _errors() -> Iterator[None]:
+def _errors() -> AbstractContextManager[None]:
+    """The error context for the label loop: bad input, files, the store, a pre-label server."""
     import httpx
     from sqlalchemy.exc import SQLAlchemyError
 
-    try:
-        yield
-    except (ValueError, OSError, RuntimeError, SQLAlchemyError, httpx.HTTPError) as exc:
-        message = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        err_console.print(f"[red]error:[/red] {escape(message)}")
-        raise typer.Exit(2) from None
+    return errors(ValueError, OSError, RuntimeError, SQLAlchemyError, httpx.HTTPError)
 
 
 def _store(db: str) -> Any:
@@ -84,11 +75,11 @@ def add(
     from visionloop.label.loop import add_images
 
     with _errors():
-        added, errors = add_images(_store(db), images)
-    for error in errors:
-        err_console.print(f"[yellow]skipped[/yellow] {escape(error)}")
-    console.print(f"added {added} images to the pool, {len(errors)} files skipped")
-    if errors:
+        added, skipped = add_images(_store(db), images)
+    for error in skipped:
+        warn(error, tag="skipped")
+    say(f"added {added} images to the pool, {len(skipped)} files skipped")
+    if skipped:
         raise typer.Exit(1)
 
 
@@ -101,7 +92,7 @@ def add_gold(
     from visionloop.label.loop import add_gold as run
 
     with _errors():  # a DatasetError is a ValueError: one line, the file and the reason
-        console.print(f"added {run(_store(db), dataset)} gold images")
+        say(f"added {run(_store(db), dataset)} gold images")
 
 
 def _segmenter(name: str, weights: Path | None) -> Any:
@@ -137,7 +128,7 @@ def select_images(
             raise ValueError(f"--method must be one of {', '.join(METHODS)}")
         segmenter = _segmenter(model, weights)  # refused before the store is opened
         picked, size = run(_store(db), segmenter, k, method)
-        console.print(f"selected {picked} of {size} pool images by {method}")
+        say(f"selected {picked} of {size} pool images by {method}")
 
 
 @app.command("mine")
@@ -166,9 +157,9 @@ def mine(
         mark_selected(store, [(candidates[i][0], float(scores[i])) for i in order], f"mine:{group}")
         table = Table("image", "score")
         for i in order[:10]:
-            table.add_row(candidates[i][1].name, f"{scores[i]:.3f}")
+            table.add_row(escape(candidates[i][1].name), f"{scores[i]:.3f}")
         console.print(table)
-        console.print(f"selected {len(order)} of {len(candidates)} pool images for {group}")
+        say(f"selected {len(order)} of {len(candidates)} pool images for {group}")
 
 
 @app.command("prelabel")
@@ -198,7 +189,7 @@ def prelabel(
             labeler = ServerPrelabeler(server, model)
         else:
             labeler = LibraryPrelabeler(_segmenter(model, weights))
-        console.print(f"pre-labelled {run(_store(db), labeler, everything)} images")
+        say(f"pre-labelled {run(_store(db), labeler, everything)} images")
 
 
 @app.command("make-batch")
@@ -240,7 +231,7 @@ def make_batch(
             spoilings=[s for s in spoilings.split(",") if s] or SPOILINGS,
             qualification=qualification, seed=seed,
         )  # fmt: skip
-        console.print(f"batch {name}: {len(tasks)} tasks")
+        say(f"batch {name}: {len(tasks)} tasks")
         if out is not None:
             _export(store, name, fmt, out, image_prefix)
 
@@ -249,7 +240,7 @@ def _export(store: Any, name: str, fmt: str, out: Path, prefix: str) -> None:
     from visionloop.label.loop import export_batch
 
     count = export_batch(store, name, fmt, out, prefix=prefix)
-    console.print(f"exported {count} tasks as {fmt} to {out}")
+    say(f"exported {count} tasks as {fmt} to {out}")
 
 
 @app.command("export")
@@ -284,8 +275,8 @@ def ingest(
     with _errors():
         report = run(_store(db), path, fmt, annotator)
     for error in report.errors:
-        err_console.print(f"[yellow]skipped[/yellow] {escape(error)}")
-    console.print(
+        warn(error, tag="skipped")
+    say(
         f"ingested {report.added} submissions, {report.duplicates} already known, "
         f"{len(report.errors)} rows skipped"
     )
@@ -293,37 +284,44 @@ def ingest(
         raise typer.Exit(1)
 
 
+ReportOption = Annotated[Path | None, typer.Option(help="Write a static HTML report here.")]
+DatasetOption = Annotated[Path | None, typer.Option(help="Write accepted labels as a dataset.")]
+PaymentsOption = Annotated[Path | None, typer.Option(help="Write the payment report (CSV).")]
+IouOption = Annotated[float, typer.Option(help="Honeypot: IoU with gold at least.")]
+FixOption = Annotated[float, typer.Option(help="Honeypot: share of spoiling fixed.")]
+WarmupOption = Annotated[int, typer.Option(min=1, help="Honeypots before a ban.")]
+PassRateOption = Annotated[float, typer.Option(help="Ban when a rate this high is implausible.")]
+ConfidenceOption = Annotated[float, typer.Option(help="... at this probability.")]
+AgreementOption = Annotated[float, typer.Option(help="Overlap: min IoU with consensus; 0 off.")]
+RejectOption = Annotated[
+    float, typer.Option(help="Reject an overlap submission below this IoU; 0 off.")
+]
+UnchangedOption = Annotated[float, typer.Option(help="Ban above this unchanged rate; 1 off.")]
+SecondsOption = Annotated[float, typer.Option(help="Ban below this median time; 0 off.")]
+AggregatorOption = Annotated[str, typer.Option(help="mv (skill-weighted), em or rasa.")]
+
+
 @app.command("qc")
 def qc(
-    report: Annotated[Path | None, typer.Option(help="Write a static HTML report here.")] = None,
-    dataset: Annotated[
-        Path | None, typer.Option(help="Write accepted labels as a dataset.")
-    ] = None,
-    payments: Annotated[Path | None, typer.Option(help="Write the payment report (CSV).")] = None,
+    report: ReportOption = None,
+    dataset: DatasetOption = None,
+    payments: PaymentsOption = None,
     rate: Annotated[float, typer.Option(help="Pay per accepted task.")] = 1.0,
-    iou_threshold: Annotated[float, typer.Option(help="Honeypot: IoU with gold at least.")] = 0.75,
-    fix_fraction: Annotated[float, typer.Option(help="Honeypot: share of spoiling fixed.")] = 0.6,
-    warmup: Annotated[int, typer.Option(min=1, help="Honeypots before a ban.")] = 4,
-    min_pass_rate: Annotated[
-        float, typer.Option(help="Ban when a rate this high is implausible.")
-    ] = 0.75,
-    confidence: Annotated[float, typer.Option(help="... at this probability.")] = 0.05,
-    min_agreement: Annotated[
-        float, typer.Option(help="Overlap: min IoU with consensus; 0 off.")
-    ] = 0.5,
-    reject_below: Annotated[
-        float, typer.Option(help="Reject an overlap submission below this IoU; 0 off.")
-    ] = 0.3,
-    max_unchanged: Annotated[
-        float, typer.Option(help="Ban above this unchanged rate; 1 off.")
-    ] = 1.0,
-    min_seconds: Annotated[float, typer.Option(help="Ban below this median time; 0 off.")] = 0.0,
-    aggregator: Annotated[str, typer.Option(help="mv (skill-weighted), em or rasa.")] = "mv",
+    iou_threshold: IouOption = 0.75,
+    fix_fraction: FixOption = 0.6,
+    warmup: WarmupOption = 4,
+    min_pass_rate: PassRateOption = 0.75,
+    confidence: ConfidenceOption = 0.05,
+    min_agreement: AgreementOption = 0.5,
+    reject_below: RejectOption = 0.3,
+    max_unchanged: UnchangedOption = 1.0,
+    min_seconds: SecondsOption = 0.0,
+    aggregator: AggregatorOption = "mv",
     db: Db = DEFAULT_DB,
 ) -> None:
     """Score annotators, ban and reject by the rules, retire bad honeypots, aggregate."""
     from visionloop.label.loop import run_qc, write_dataset
-    from visionloop.label.quality import Rules, payment
+    from visionloop.label.quality import Rules
 
     with _errors():
         rules = Rules(
@@ -338,27 +336,38 @@ def qc(
         if not subs:
             raise ValueError("no submissions yet: `label ingest` first")
         _print_annotators(result, rules)
-        for name, reason in result.new_bans.items():
-            console.print(f"[red]banned[/red] {escape(name)}: {escape(reason)}")
-        for task, bait in result.baits.items():
-            if bait.retired:
-                fails = f"{bait.trusted_fails}/{bait.trusted_attempts}"
-                console.print(f"honeypot task {task} retired: trusted annotators failed {fails}")
+        _print_decisions(result)
         if payments is not None:
-            rows = payment(result, rate)
-            with payments.open("w", newline="") as f:
-                writer = csv.DictWriter(f, fieldnames=list(rows[0]))
-                writer.writeheader()
-                writer.writerows(rows)
-            console.print(f"payments: {payments}")
+            _write_payments(payments, result, rate)
         if dataset is not None:
             count = write_dataset(store, dataset, result, subs, aggregator)
-            console.print(f"dataset: {count} images in {dataset}")
+            say(f"dataset: {count} images in {dataset}")
         if report is not None:
             from visionloop.label.report import write_report
 
             write_report(report, store, result, subs)
-            console.print(f"report: {report}")
+            say(f"report: {report}")
+
+
+def _print_decisions(result: Any) -> None:
+    """The bans made by this run, and the honeypots retired."""
+    for name, reason in result.new_bans.items():
+        console.print(f"[red]banned[/red] {escape(name)}: {escape(reason)}")
+    for task, bait in result.baits.items():
+        if bait.retired:
+            fails = f"{bait.trusted_fails}/{bait.trusted_attempts}"
+            say(f"honeypot task {task} retired: trusted annotators failed {fails}")
+
+
+def _write_payments(path: Path, result: Any, rate: float) -> None:
+    from visionloop.label.quality import payment
+
+    rows = payment(result, rate)
+    with path.open("w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    say(f"payments: {path}")
 
 
 def _print_annotators(result: Any, rules: Any) -> None:
@@ -367,7 +376,7 @@ def _print_annotators(result: Any, rules: Any) -> None:
     for name, a in sorted(result.annotators.items()):
         status = "banned" if a.ban else "suspect" if a.suspect(rules) else "trusted"
         table.add_row(
-            name, str(a.tasks), str(a.honeypots), str(a.passed),
+            escape(name), str(a.tasks), str(a.honeypots), str(a.passed),
             "-" if a.plausible is None else f"{a.plausible:.2f}",
             "-" if a.agreement is None else f"{a.agreement:.2f}", f"{a.unchanged:.0%}",
             "-" if a.median_seconds is None else f"{a.median_seconds:.1f}", status,
@@ -375,7 +384,7 @@ def _print_annotators(result: Any, rules: Any) -> None:
     console.print(table)
     suspects = [n for n, a in result.annotators.items() if not a.ban and a.suspect(rules)]
     if suspects:
-        console.print(
+        say(
             f"not yet trusted: {', '.join(sorted(suspects))}: give them a qualification batch "
             "(make-batch --qualification) before more paid work"
         )
@@ -414,7 +423,7 @@ def simulate(
     else:
         table = Table(*rows[0])
         for row in rows:
-            table.add_row(*(str(v) for v in row.values()))
+            table.add_row(*(escape(str(v)) for v in row.values()))
         console.print(table)
     if out is not None:
         out.write_text(json.dumps(runs, indent=1))
