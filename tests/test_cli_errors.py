@@ -133,6 +133,13 @@ def test_label_add_prints_a_missing_folder_and_a_skipped_file_verbatim(tmp_path)
     assert result.stderr.startswith(f"skipped {folder / 'notes.jpg'}: not a readable image")
 
 
+def test_export_prints_an_unknown_model_and_format_verbatim(tmp_path):
+    result = runner.invoke(app, ["export", MARKUP, str(tmp_path / "out")])
+    assert one_error_line(result, 2).startswith(f"error: unknown model '{MARKUP}'")
+    result = runner.invoke(app, ["export", "catdog", str(tmp_path / "out"), "--format", CLOSE])
+    assert one_error_line(result, 2).endswith(f", got '{CLOSE}'")
+
+
 def imports(module: Path) -> set[str]:
     """The visionloop modules ``module`` imports; ``from visionloop.cli import x`` names the
     module ``visionloop.cli.x`` if there is one, else the package itself (its ``__init__``)."""
