@@ -2,7 +2,10 @@
 
 :mod:`~visionloop.cli.serve` (predict, models, serve, worker), :mod:`~visionloop.cli.bn`,
 :mod:`~visionloop.cli.train` (train, data), :mod:`~visionloop.cli.label`,
-:mod:`~visionloop.cli.export` and :mod:`~visionloop.cli.bench`.
+:mod:`~visionloop.cli.export` and :mod:`~visionloop.cli.bench`. They share
+:mod:`~visionloop.cli.common` (the consoles, verbatim output, the one error context) and
+:mod:`~visionloop.cli.options` (flags several take, and the rule from flags to settings); none
+imports another command module or this one, and nothing outside this package imports it.
 """
 
 from __future__ import annotations
