@@ -10,6 +10,8 @@ import typer
 
 from visionloop import plugins
 from visionloop.cli import app
+from visionloop.engines import ENGINES
+from visionloop.engines.artifact import FORMATS as EXPORT_FORMATS
 from visionloop.label.formats import FORMATS
 from visionloop.label.quality import AGGREGATORS
 from visionloop.serving.batcher import POLICIES
@@ -43,6 +45,10 @@ def named(help_text: str, name: str) -> bool:
         (("serve",), "policy", POLICIES),
         (("worker",), "policy", POLICIES),
         (("serve",), "transport", TRANSPORTS),
+        (("serve",), "engine", ENGINES),
+        (("worker",), "engine", ENGINES),
+        (("predict",), "engine", ENGINES),
+        (("export",), "format", EXPORT_FORMATS),
         (("label", "make-batch"), "format", FORMATS),
         (("label", "export"), "format", FORMATS),
         (("label", "ingest"), "format", FORMATS),

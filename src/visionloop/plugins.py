@@ -2,7 +2,8 @@
 table that settings, CLI help and dispatch all read.
 
 The tables: batching policies (:data:`visionloop.serving.batcher.POLICIES`), transports
-(:data:`visionloop.serving.startup.TRANSPORTS`), label task formats
+(:data:`visionloop.serving.startup.TRANSPORTS`), engines
+(:data:`visionloop.engines.kinds.ENGINES`), label task formats
 (:data:`visionloop.label.formats.FORMATS`) and crowd aggregators
 (:data:`visionloop.label.quality.AGGREGATORS`). Adding one is a class and a line in its table;
 tests may add an entry for their duration (``monkeypatch.setitem``).

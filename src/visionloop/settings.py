@@ -14,14 +14,18 @@ from pydantic import AfterValidator, Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from visionloop import plugins
+from visionloop.engines.kinds import ENGINES
 from visionloop.serving.batcher import POLICIES
 from visionloop.serving.startup import TRANSPORTS
 
-# Names checked against their plug-in table when a setting is read, so a policy or transport
-# added to its table is a valid setting with nothing to change here.
+# Names checked against their plug-in table when a setting is read, so a policy, transport or
+# engine added to its table is a valid setting with nothing to change here.
 PolicyName = Annotated[str, AfterValidator(lambda name: plugins.check(POLICIES, name, "policy"))]
 TransportName = Annotated[
     str, AfterValidator(lambda name: plugins.check(TRANSPORTS, name, "transport"))
+]
+EngineChoice = Annotated[
+    str, AfterValidator(lambda name: plugins.check({"auto": None, **ENGINES}, name, "engine"))
 ]
 
 
@@ -79,7 +83,7 @@ class ModelSettings(BaseSettings):
         description="intra-op threads per executor (torch, ONNX Runtime, OpenVINO); 0 keeps "
         "the engine's default.",
     )
-    engine: Literal["auto", "torch", "onnxruntime", "openvino"] = Field(
+    engine: EngineChoice = Field(
         default="auto",
         description="What runs the forward pass. auto: on a CPU the fastest installed engine at "
         "fp32 (OpenVINO, then ONNX Runtime, then torch), or the artifact's; torch on a GPU or "

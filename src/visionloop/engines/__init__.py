@@ -1,12 +1,15 @@
-"""Inference engines behind the model contract: torch, ONNX Runtime, OpenVINO.
+"""Inference engines behind the model contract: torch, ONNX Runtime, OpenVINO, one entry each
+in the table :data:`~visionloop.engines.kinds.ENGINES` (what each needs and offers, how its
+files open), which :func:`build`, artefacts (:mod:`.artifact`) and the settings read.
 
 :func:`attach` is the one place that decides what runs a loaded model's forward pass, the same
 for ``serve``, ``worker`` and ``predict``:
 
 - ``artifact`` set: that folder's engine and precision, after its card and files are checked
   against the model (:mod:`.artifact`);
-- ``engine`` ``onnxruntime`` / ``openvino``: the model's network converted in-process (ONNX,
-  cached on disk by weights hash), at ``precision`` fp32 or (OpenVINO) bf16;
+- ``engine`` ``onnxruntime`` / ``openvino`` (any engine of the table but torch): the model's
+  network converted in-process (ONNX, cached on disk by weights hash), at ``precision`` fp32
+  or (OpenVINO) bf16;
 - ``engine`` ``auto`` (the default): for a model that declares ``exportable = True`` (the
   built-ins do), on a CPU, OpenVINO if installed, else ONNX Runtime, else torch, at fp32; torch
   on a GPU, when ``compile`` is asked for, and for other models (tracing would silently freeze
@@ -26,22 +29,18 @@ import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-import numpy as np
-import torch
-
-from visionloop import __version__
+from visionloop import __version__, plugins
 from visionloop.engines.base import (
-    ENGINES,
     PRECISIONS,
     Engine,
     EngineError,
-    EngineName,
+    EngineKind,
+    GraphKind,
     Labelled,
     MissingEngine,
     Precision,
-    available_engines,
-    require,
 )
+from visionloop.engines.kinds import ENGINES, available_engines, graph_kinds, require
 
 if TYPE_CHECKING:
     from visionloop.models.base import VisionModel
@@ -52,7 +51,8 @@ __all__ = [
     "PRECISIONS",
     "Engine",
     "EngineError",
-    "EngineName",
+    "EngineKind",
+    "GraphKind",
     "MissingEngine",
     "Precision",
     "attach",
@@ -62,6 +62,10 @@ __all__ = [
 ]
 
 log = logging.getLogger("visionloop.engines")
+
+# What ``auto`` tries on a CPU, in order. Only engines that have earned it: a new engine in the
+# table is chosen by name until it is added here.
+AUTO_ORDER = ("openvino", "onnxruntime")
 
 
 def attach(model: VisionModel, settings: ModelSettings) -> VisionModel:
@@ -110,7 +114,7 @@ def _auto(model: VisionModel, settings: ModelSettings) -> VisionModel:
         why = "a GPU" if model.device.type != "cpu" else "compile" if settings.compile else "bf16"
         log.info("engine auto: torch (%s asked for)", why)
         return model
-    for name in ("openvino", "onnxruntime"):
+    for name in AUTO_ORDER:
         try:
             require(name)
         except MissingEngine:
@@ -128,38 +132,41 @@ def _auto(model: VisionModel, settings: ModelSettings) -> VisionModel:
 
 def build(
     model: VisionModel,
-    name: EngineName,
+    name: str,
     precision: Precision,
     settings: ModelSettings,
     selected_by: str = "settings",
 ) -> Engine:
-    """Convert ``model``'s network in-process (cached) and verify it against torch.
+    """The engine called ``name`` (a key of :data:`ENGINES`) on ``model``: torch runs the
+    model's own network; every other engine runs its serving graph, converted in-process
+    (cached) and, at fp32, verified against torch.
 
     Raises:
-        EngineError: the conversion, the engine or the verification failed.
+        EngineError: the conversion, the engine or the verification failed, or the engine
+            does not offer ``precision`` in process.
+        plugins.UnknownName: no engine is called ``name``.
     """
-    from visionloop.engines.runtimes import OnnxRuntimeEngine, OpenVinoEngine
-
-    if name == "torch":
+    kind = plugins.lookup(ENGINES, name, "engine")
+    if not isinstance(kind, GraphKind):  # torch: the model's own network, nothing to convert
         from visionloop.engines.runtimes import TorchEngine
 
         return TorchEngine(model)
     if precision == "int8":
-        raise EngineError("int8 serves only from an artefact: visionloop export --precision int8")
-    if precision == "bf16" and name != "openvino":
-        raise EngineError(f"bf16 is not offered for engine {name!r}: use openvino")
+        raise EngineError("int8 serves only from an artifact: visionloop export --precision int8")
+    if precision not in kind.precisions:
+        offered = [n for n, k in graph_kinds().items() if precision in k.precisions]
+        hint = f": use {' or '.join(offered)}" if offered else ""
+        raise EngineError(f"{precision} is not offered for engine {name!r}{hint}")
     path = cached_onnx(model, settings.cache_dir)
-    engine: Engine
-    if name == "onnxruntime":
-        engine = OnnxRuntimeEngine(path, precision, settings.threads, settings.device)
-    else:
-        engine = OpenVinoEngine(path, precision, settings.threads, settings.device)
+    engine = kind.open(path, precision, settings.threads, settings.device)
     if precision == "fp32":
         _verify(model, engine)
     return Labelled(engine, selected_by=selected_by)
 
 
 def _verify(model: VisionModel, engine: Engine) -> None:
+    import numpy as np
+
     from visionloop.engines.artifact import fp32_tolerance, probe_images
     from visionloop.engines.check import run_all, torch_reference
 
@@ -177,6 +184,8 @@ def cached_onnx(model: VisionModel, cache_dir: Path) -> Path:
     processes at worst both export. Falls back to a temporary folder if the cache is not
     writable.
     """
+    import torch
+
     from visionloop.engines.graph import onnx_bytes, weights_fingerprint
 
     source = model.source_sha256 or weights_fingerprint(model.network)

@@ -22,15 +22,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
-from visionloop import __version__
-from visionloop.engines.base import (
-    Engine,
-    EngineError,
-    EngineName,
-    Labelled,
-    Precision,
-    require,
-)
+from visionloop import __version__, plugins
+from visionloop.engines.base import PRECISIONS, Engine, EngineError, GraphKind, Labelled, Precision
 from visionloop.engines.check import (
     MIN_LABEL,
     MIN_TOP1,
@@ -42,7 +35,7 @@ from visionloop.engines.check import (
     torch_reference,
 )
 from visionloop.engines.graph import INPUT_NAME, OUTPUT_NAME, onnx_bytes
-from visionloop.engines.runtimes import OnnxRuntimeEngine, OpenVinoEngine, openvino_supports_bf16
+from visionloop.engines.kinds import EXPORT_FORMATS, SERVING_GRAPH, graph_kinds, require
 
 if TYPE_CHECKING:
     from visionloop.models.base import VisionModel
@@ -51,11 +44,8 @@ CARD = "card.json"
 CARD_FORMAT = "visionloop-artifact"
 CARD_VERSION = 1
 MAX_CARD_BYTES = 1 << 20
-MODEL_FILES: dict[str, tuple[str, ...]] = {
-    "onnxruntime": ("model.onnx",),
-    "openvino": ("model.xml", "model.bin"),
-}
-FORMATS: dict[str, EngineName] = {"onnx": "onnxruntime", "openvino": "openvino"}
+# ``export --format`` name -> engine, read from the engine table (``onnx``, ``openvino``).
+FORMATS = EXPORT_FORMATS
 
 
 class ArtifactError(EngineError):
@@ -87,13 +77,14 @@ def read_card(folder: Path) -> dict[str, Any]:
             f"{CARD_VERSION}"
         )
     engine = card.get("engine")
-    if engine not in MODEL_FILES or card.get("precision") not in ("fp32", "bf16", "int8"):
+    kind = graph_kinds().get(engine) if isinstance(engine, str) else None
+    if kind is None or card.get("precision") not in PRECISIONS:
         raise ArtifactError(
             f"{card_path}: unknown engine {engine!r} or precision {card.get('precision')!r}"
         )
     files = card.get("files")
-    if not isinstance(files, dict) or set(files) != set(MODEL_FILES[engine]):
-        raise ArtifactError(f"{card_path}: files must be {', '.join(MODEL_FILES[engine])}")
+    if not isinstance(files, dict) or set(files) != set(kind.files):
+        raise ArtifactError(f"{card_path}: files must be {', '.join(kind.files)}")
     for name, expected in files.items():
         path = folder / name
         if not path.is_file():
@@ -158,14 +149,10 @@ def load_engine(folder: Path, model: VisionModel, threads: int = 0, device: str 
     """
     card = read_card(folder)
     check_card(card, model, folder)
-    engine_name: EngineName = card["engine"]
+    kind = graph_kinds()[card["engine"]]
     precision: Precision = card["precision"]
-    path = folder / MODEL_FILES[engine_name][0]
-    engine: Engine
-    if engine_name == "onnxruntime":
-        engine = OnnxRuntimeEngine(path, precision, threads, device)
-    else:
-        engine = OpenVinoEngine(path, precision, threads, device)
+    path = folder / kind.files[0]
+    engine = kind.open(path, precision, threads, device)
     probe = np.zeros((1, *model.input_spec.shape), dtype=np.uint8)
     out = engine.run(probe)
     expected = card.get("output", {}).get("shape", [])
@@ -211,23 +198,19 @@ def export(
         ValueError: bad combination of arguments, or overlapping photo sets.
         EngineError: the export or the engine failed.
     """
-    engine_name = FORMATS.get(fmt)
-    if engine_name is None:
-        raise ValueError(f"format must be one of {', '.join(FORMATS)}, got {fmt!r}")
+    engine_name = plugins.lookup(FORMATS, fmt, "format")
+    kind = graph_kinds()[engine_name]
     require(engine_name)
-    _check_request(engine_name, precision, out, calibration, check, force)
+    _check_request(engine_name, kind, precision, out, calibration, check, force)
     thresholds = {"min_top1": min_top1, "min_label": min_label}
     # Staged beside ``out`` (same file system), so the final rename is atomic.
     out.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=".export-", dir=out.parent))
     try:
-        files = _write_model(model, engine_name, precision, staging, calibration)
-        card = _card(model, engine_name, precision, staging, files, calibration, weights)
-        engine: Engine = (
-            OnnxRuntimeEngine(staging / files[0], precision)
-            if engine_name == "onnxruntime"
-            else OpenVinoEngine(staging / files[0], precision)
-        )
+        (staging / SERVING_GRAPH).write_bytes(onnx_bytes(model))
+        kind.write(staging, precision, calibration)
+        card = _card(model, engine_name, kind, precision, staging, calibration, weights)
+        engine = kind.open(staging / kind.files[0], precision)
         reference = torch_reference(model)
         probe = probe_images(model)
         expected = run_all(reference, probe)
@@ -260,7 +243,8 @@ def export(
 
 
 def _check_request(
-    engine_name: EngineName,
+    engine_name: str,
+    kind: GraphKind,
     precision: Precision,
     out: Path,
     calibration: Photos | None,
@@ -268,13 +252,11 @@ def _check_request(
     force: bool,
 ) -> None:
     """Raises ValueError for a request that cannot be made or checked honestly."""
-    if precision == "bf16" and engine_name == "onnxruntime":
-        raise ValueError("ONNX Runtime has no bf16 CPU kernels: use --format openvino for bf16")
-    if precision == "bf16" and not openvino_supports_bf16():
-        raise ValueError(
-            "this CPU has no bf16 (AVX512_BF16 or AMX): OpenVINO would silently run fp32, so "
-            "a bf16 artefact cannot be made or checked here"
-        )
+    refusal = kind.refusal(precision)
+    if refusal is not None:
+        raise ValueError(refusal)
+    if precision not in kind.precisions:
+        raise ValueError(f"engine {engine_name!r} has no {precision} artefacts")
     if precision == "int8" and calibration is None:
         raise ValueError("int8 needs --calibration DIR (unlabelled photos like the traffic)")
     if precision != "fp32" and check is None and not force:
@@ -301,45 +283,12 @@ def probe_images(model: VisionModel) -> np.ndarray:
     return np.stack([ramp, noise, np.zeros_like(ramp), np.full_like(ramp, 255)])
 
 
-def _write_model(
-    model: VisionModel,
-    engine: EngineName,
-    precision: Precision,
-    folder: Path,
-    calibration: Photos | None,
-) -> tuple[str, ...]:
-    onnx_path = folder / "model.onnx"
-    onnx_path.write_bytes(onnx_bytes(model))
-    if engine == "onnxruntime":
-        if precision == "int8":
-            assert calibration is not None
-            from visionloop.engines.quantize import quantize_onnx
-
-            float_path = folder / "float.onnx"
-            onnx_path.rename(float_path)
-            quantize_onnx(float_path, onnx_path, calibration)
-            float_path.unlink()
-        return MODEL_FILES["onnxruntime"]
-    ov = require("openvino")
-    ir = ov.Core().read_model(str(onnx_path))
-    if precision == "int8":
-        assert calibration is not None
-        from visionloop.engines.quantize import quantize_openvino
-
-        ir = quantize_openvino(ir, calibration)
-    # Weights stay fp32 in the IR for fp32/bf16 (bf16 is a run-time hint; compress_to_fp16
-    # would round them).
-    ov.save_model(ir, str(folder / "model.xml"), compress_to_fp16=False)
-    onnx_path.unlink()
-    return MODEL_FILES["openvino"]
-
-
 def _card(
     model: VisionModel,
-    engine: EngineName,
+    engine: str,
+    kind: GraphKind,
     precision: Precision,
     folder: Path,
-    files: tuple[str, ...],
     calibration: Photos | None,
     weights: Path | None,
 ) -> dict[str, Any]:
@@ -347,9 +296,7 @@ def _card(
     with torch.inference_mode():
         probe = torch.zeros((1, *spec.shape), dtype=torch.uint8)
         raw_shape = list(model.network(model.normalise(probe)).shape[1:])
-    versions = {"visionloop": __version__, "torch": torch.__version__}
-    versions[engine] = str(require(engine).__version__ if engine == "onnxruntime" else
-                           require(engine).get_version())  # fmt: skip
+    versions = {"visionloop": __version__, "torch": torch.__version__, engine: kind.version()}
     return {
         "format": CARD_FORMAT,
         "version": CARD_VERSION,
@@ -377,7 +324,7 @@ def _card(
             "weights": str(weights) if weights is not None else "packaged",
         },
         "calibration": calibration.describe() if calibration is not None else None,
-        "files": {name: sha256_file(folder / name) for name in files},
+        "files": {name: sha256_file(folder / name) for name in kind.files},
         "made_with": versions,
         "created": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
     }

@@ -1,4 +1,5 @@
-"""What an inference engine is, and the errors every engine shares.
+"""What an inference engine is, what an entry of the engine table is, and the errors every
+engine shares.
 
 The torch ``nn.Module`` of a :class:`~visionloop.models.base.VisionModel` stays the source of
 truth (training, the BatchNorm tools and the drift tap use it). An :class:`Engine` only *runs*
@@ -6,22 +7,27 @@ it for serving: it takes the batch exactly as the runner stages it (uint8 NHWC, 
 input size) and returns the network's raw output (what the model's ``outputs_from`` turns into
 named tensors). Normalisation and the NHWC -> NCHW change of layout are inside the engine's
 graph, so the host never touches float pixels.
+
+Each engine is an :class:`EngineKind` in the table :data:`visionloop.engines.kinds.ENGINES`.
+Every engine but torch runs the model's ONNX serving graph (:mod:`.graph`), converted in
+process or read from an artefact folder: it is a :class:`GraphKind`.
+
+Light on purpose (no numpy, no torch): the settings check engine names against the table.
 """
 
 from __future__ import annotations
 
-from typing import Any, Literal, Protocol, runtime_checkable
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal, Protocol, runtime_checkable
 
-import numpy as np
-import numpy.typing as npt
+if TYPE_CHECKING:
+    import numpy as np
+    import numpy.typing as npt
 
-EngineName = Literal["torch", "onnxruntime", "openvino"]
+    from visionloop.engines.check import Photos
+
 Precision = Literal["fp32", "bf16", "int8"]
-ENGINES: tuple[EngineName, ...] = ("torch", "onnxruntime", "openvino")
 PRECISIONS: tuple[Precision, ...] = ("fp32", "bf16", "int8")
-
-# The package each engine needs, and the extra of ours that brings it.
-_PACKAGES = {"onnxruntime": ("onnxruntime", "serve"), "openvino": ("openvino", "serve")}
 
 
 class EngineError(RuntimeError):
@@ -37,7 +43,7 @@ class Engine(Protocol):
     """Runs one model's network on a staged batch. Must be safe to call from several threads
     at once (one call per executor thread)."""
 
-    name: EngineName
+    name: str  # its name in the engine table
     precision: Precision
 
     def run(self, images: npt.NDArray[np.uint8]) -> npt.NDArray[np.float32]:
@@ -49,29 +55,49 @@ class Engine(Protocol):
         ...
 
 
-def require(engine: str) -> Any:
-    """Import an engine's package, or raise :class:`MissingEngine` naming the extra."""
-    import importlib
+class EngineKind(Protocol):
+    """One entry of the engine table: what the engine needs and what it offers."""
 
-    package, extra = _PACKAGES[engine]
-    try:
-        return importlib.import_module(package)
-    except ImportError:
-        raise MissingEngine(
-            f"engine {engine!r} needs the {package} package: pip install 'visionloop[{extra}]'"
-        ) from None
+    needs: tuple[str, str] | None
+    """The package it imports and the extra of ours that brings it; None: nothing beyond
+    visionloop's own requirements."""
+    precisions: tuple[Precision, ...]
+    """What it can run. int8 only ever serves from an artefact that passed the gate."""
 
 
-def available_engines() -> list[EngineName]:
-    """The engines whose packages import here, torch first."""
-    found: list[EngineName] = ["torch"]
-    for name in ("onnxruntime", "openvino"):
-        try:
-            require(name)
-        except MissingEngine:
-            continue
-        found.append(name)
-    return found
+@runtime_checkable
+class GraphKind(EngineKind, Protocol):
+    """An engine that runs the ONNX serving graph: converted in process (cached, checked
+    against torch) or read from an artefact folder that ``visionloop export`` made for it."""
+
+    export_format: str
+    """The name ``export --format`` gives its artefacts."""
+    files: tuple[str, ...]
+    """An artefact's model files, as the card lists them; :meth:`open` takes the first."""
+
+    def open(
+        self, path: Path, precision: Precision, threads: int = 0, device: str = "cpu"
+    ) -> Engine:
+        """The engine on ``path``: the fp32 ONNX serving graph, or an artefact's first file.
+
+        Raises:
+            EngineError (MissingEngine): it cannot load the file, or run it here.
+        """
+        ...
+
+    def write(self, folder: Path, precision: Precision, calibration: Photos | None) -> None:
+        """Turn ``folder/model.onnx`` (the fp32 serving graph) into this engine's artefact
+        :attr:`files` at ``precision`` (int8: quantised on ``calibration``), in ``folder``."""
+        ...
+
+    def version(self) -> str:
+        """The version of its package, for the card."""
+        ...
+
+    def refusal(self, precision: Precision) -> str | None:
+        """Why a ``precision`` artefact cannot be made, or checked, on this machine (None:
+        it can). Asked before anything is written."""
+        ...
 
 
 class Labelled:

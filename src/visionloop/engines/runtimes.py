@@ -1,4 +1,5 @@
-"""The engines: torch (the model's own network), ONNX Runtime and OpenVINO.
+"""The engines of the table (:mod:`.kinds`): torch (the model's own network), ONNX Runtime and
+OpenVINO.
 
 Each takes the staged uint8 NHWC batch and returns the raw output as float32 numpy. ONNX
 Runtime's ``InferenceSession.run`` is thread-safe; OpenVINO's infer requests are not, so each
@@ -16,8 +17,9 @@ import numpy as np
 import numpy.typing as npt
 import torch
 
-from visionloop.engines.base import EngineError, EngineName, Precision, require
+from visionloop.engines.base import EngineError, Precision
 from visionloop.engines.graph import INPUT_NAME
+from visionloop.engines.kinds import require
 
 if TYPE_CHECKING:
     from visionloop.models.base import VisionModel
@@ -26,7 +28,7 @@ if TYPE_CHECKING:
 class TorchEngine:
     """The model's prepared torch network (eager, or ``torch.compile`` if the settings ask)."""
 
-    name: EngineName = "torch"
+    name: str = "torch"
 
     def __init__(self, model: VisionModel) -> None:
         self.model = model
@@ -50,7 +52,7 @@ class TorchEngine:
 class OnnxRuntimeEngine:
     """ONNX Runtime, CPU (or CUDA where the GPU build and a GPU are there)."""
 
-    name: EngineName = "onnxruntime"
+    name: str = "onnxruntime"
 
     def __init__(
         self, path: Path, precision: Precision, threads: int = 0, device: str = "cpu"
@@ -117,7 +119,7 @@ def openvino_supports_bf16(device: str = "CPU") -> bool:
 class OpenVinoEngine:
     """OpenVINO, reading the ONNX serving graph or an IR (``.xml``) made by export."""
 
-    name: EngineName = "openvino"
+    name: str = "openvino"
 
     def __init__(
         self, path: Path, precision: Precision, threads: int = 0, device: str = "cpu"
