@@ -29,6 +29,7 @@ from visionloop.engines.check import (
     MIN_TOP1,
     Agreement,
     Photos,
+    Runner,
     agreement,
     overlap,
     run_all,
@@ -46,6 +47,9 @@ CARD_VERSION = 1
 MAX_CARD_BYTES = 1 << 20
 # ``export --format`` name -> engine, read from the engine table (``onnx``, ``openvino``).
 FORMATS = EXPORT_FORMATS
+
+
+Card = dict[str, Any]
 
 
 class ArtifactError(EngineError):
@@ -212,30 +216,11 @@ def export(
         card = _card(model, engine_name, kind, precision, staging, calibration, weights)
         engine = kind.open(staging / kind.files[0], precision)
         reference = torch_reference(model)
-        probe = probe_images(model)
-        expected = run_all(reference, probe)
-        drift = float(np.abs(expected - run_all(engine.run, probe)).max())
-        card["verification"] = {"probe_images": len(probe), "max_abs_diff": drift}
-        if precision == "fp32" and drift > fp32_tolerance(expected):
-            raise EngineError(f"{engine_name} output differs from torch by {drift:.3g} at fp32")
-        result: Agreement | None = None
-        if check is not None:
-            result = agreement(
-                model,
-                run_all(reference, check.images),
-                run_all(engine.run, check.images),
-                check.names,
-                **thresholds,
-            )
-            card["accuracy"] = {"check": check.describe(), **result.as_json()}
-        passed = result.passed if result is not None else precision == "fp32"
-        card["gate"] = {"passed": passed, "forced": force and not passed, **thresholds}
-        if not passed and not force:
+        _check_probe(model, reference, engine, precision, card)
+        result = _gate(model, reference, engine, precision, check, force, thresholds, card)
+        if not card["gate"]["passed"] and not force:
             return ExportResult(None, card, result)
-        (staging / CARD).write_text(json.dumps(card, indent=2) + "\n")
-        if out.exists():
-            out.rmdir()  # empty, checked above
-        os.replace(staging, out)
+        _publish(staging, card, out)
         return ExportResult(out, card, result)
     finally:
         if staging.exists():
@@ -270,6 +255,58 @@ def _check_request(
         raise ValueError(f"{out} exists and is not empty")
 
 
+def _check_probe(
+    model: VisionModel, reference: Runner, engine: Engine, precision: Precision, card: Card
+) -> None:
+    """Run the probe images through torch and ``engine`` and write the largest difference on
+    the card. At fp32 it must be within float tolerance.
+
+    Raises:
+        EngineError: an fp32 engine that differs from torch.
+    """
+    probe = probe_images(model)
+    expected = run_all(reference, probe)
+    drift = float(np.abs(expected - run_all(engine.run, probe)).max())
+    card["verification"] = {"probe_images": len(probe), "max_abs_diff": drift}
+    if precision == "fp32" and drift > fp32_tolerance(expected):
+        raise EngineError(f"{card['engine']} output differs from torch by {drift:.3g} at fp32")
+
+
+def _gate(
+    model: VisionModel,
+    reference: Runner,
+    engine: Engine,
+    precision: Precision,
+    check: Photos | None,
+    force: bool,
+    thresholds: dict[str, float],
+    card: Card,
+) -> Agreement | None:
+    """The accuracy gate: ``engine`` against torch on the ``check`` photos (without them only
+    fp32 passes, on the probe images alone). The verdict, and the report, go on the card."""
+    result: Agreement | None = None
+    if check is not None:
+        result = agreement(
+            model,
+            run_all(reference, check.images),
+            run_all(engine.run, check.images),
+            check.names,
+            **thresholds,
+        )
+        card["accuracy"] = {"check": check.describe(), **result.as_json()}
+    passed = result.passed if result is not None else precision == "fp32"
+    card["gate"] = {"passed": passed, "forced": force and not passed, **thresholds}
+    return result
+
+
+def _publish(staging: Path, card: Card, out: Path) -> None:
+    """Write the card into the staged folder and move it to ``out`` in one rename."""
+    (staging / CARD).write_text(json.dumps(card, indent=2) + "\n")
+    if out.exists():
+        out.rmdir()  # empty, checked above
+    os.replace(staging, out)
+
+
 def fp32_tolerance(reference: np.ndarray) -> float:
     return 1e-3 * max(1.0, float(np.abs(reference).max()))
 
@@ -291,7 +328,7 @@ def _card(
     folder: Path,
     calibration: Photos | None,
     weights: Path | None,
-) -> dict[str, Any]:
+) -> Card:
     spec = model.input_spec
     with torch.inference_mode():
         probe = torch.zeros((1, *spec.shape), dtype=torch.uint8)
