@@ -102,7 +102,8 @@ class Server:
     def metrics(self) -> dict[str, float]:
         """The server's own view: request latency buckets and refusals, from /metrics."""
         wanted = ("visionloop_request_latency_seconds_bucket", "visionloop_refusals_total",
-                  "visionloop_requests_total")  # fmt: skip
+                  "visionloop_requests_total",
+                  "visionloop_answers_after_deadline_total")  # fmt: skip
         text = httpx.get(f"{self.url}/metrics", timeout=30).text
         return {
             line.rsplit(" ", 1)[0]: float(line.rsplit(" ", 1)[1])
@@ -490,6 +491,11 @@ async def soak(args: argparse.Namespace) -> dict[str, Any]:
             "fds_after_warmup": base["fds"],
             "fds_end": warm[-1]["fds"],
             "fds_max": max(s["fds"] for s in samples),
+            "late_200s_server_view": sum(
+                v
+                for k, v in server_view.items()
+                if k.startswith("visionloop_answers_after_deadline_total")
+            ),
             "server_metrics": server_view,
             "samples": samples,
         }
