@@ -9,6 +9,7 @@ import pytest
 from pydantic import ValidationError
 from typer.testing import CliRunner
 
+from tests.cli_checks import assert_one_line_error
 from tests.live_server import client
 from tests.serving.fakes import solid_png
 from tests.serving.test_api_v1 import post_many
@@ -101,11 +102,7 @@ def test_an_unknown_policy_is_one_line_listing_the_known_ones(clock):
         ServeSettings(policy="smart")
     assert "policy must be one of fixed, adaptive, got 'smart'" in str(raised.value)
     result = CliRunner().invoke(app, ["serve", "--policy", "smart"])
-    assert result.exit_code == 2
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1
-    assert "policy must be one of fixed, adaptive, got 'smart'" in lines[0]
-    assert "Traceback" not in result.output
+    assert_one_line_error(result, "policy must be one of fixed, adaptive, got 'smart'")
 
 
 def test_a_registered_policy_is_a_valid_setting(lifo, monkeypatch):

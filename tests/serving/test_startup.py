@@ -9,6 +9,7 @@ import pytest
 from pydantic import ValidationError
 from typer.testing import CliRunner
 
+from tests.cli_checks import assert_one_line_error
 from tests.live_server import LiveServer, client
 from tests.serving.fakes import FakeModel, solid_png
 from visionloop.cli import app
@@ -90,8 +91,4 @@ def test_an_unknown_transport_is_one_line_listing_the_known_ones():
         ServeSettings(transport="pigeon")
     assert "transport must be one of memory, redis, got 'pigeon'" in str(raised.value)
     result = CliRunner().invoke(app, ["serve", "--transport", "pigeon"])
-    assert result.exit_code == 2
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1
-    assert "transport must be one of memory, redis, got 'pigeon'" in lines[0]
-    assert "Traceback" not in result.output
+    assert_one_line_error(result, "transport must be one of memory, redis, got 'pigeon'")
