@@ -146,7 +146,7 @@ def test_a_200_that_leaves_after_the_clients_deadline_is_counted(offset_s, late)
     assert counted == ([1.0] if late else [])
 
 
-def test_a_route_keeps_the_clients_deadline_without_the_reserve(serve):
+def test_a_route_keeps_the_clients_deadline_less_only_the_read_half_of_the_reserve(serve):
     server = serve(lag_reserve=True)
     _late_loop(server, 0.05)
     seen = {}
@@ -167,8 +167,30 @@ def test_a_route_keeps_the_clients_deadline_without_the_reserve(serve):
             "/v1/models/fake/predict", content=solid_png(20), headers={"X-Timeout-Ms": "800"}
         )
     assert r.status_code == 200
-    # The runner's deadline is the client's less the 0.1 s reserve; the kept one is not.
+    # The runner's deadline is the first byte's less the whole 0.1 s reserve (read and write);
+    # the one kept for the answer is less only the read half.
     kept_left = seen["answer_by"] - seen["now"]
     runner_left = seen["deadline"] - seen["clock"]
-    assert kept_left - runner_left == pytest.approx(0.1, abs=0.01)
+    assert kept_left - runner_left == pytest.approx(0.05, abs=0.01)
+    assert server.metric("visionloop_answers_after_deadline_total") == 0
+
+
+def test_an_answer_ready_only_after_the_clients_deadline_is_refused_not_sent(serve):
+    """The runner settled it in time for its own (earlier) deadline, but the route came back to
+    it after the client's: 504, counted, never a late 200."""
+    server = serve()
+    state = server.app.state.visionloop
+    original = state.start_clock
+
+    def deadline_now(request, runner, timeout_ms):
+        arrived = original(request, runner, timeout_ms)
+        request.scope["visionloop.answer_by"] = time.monotonic()  # passes before the answer
+        return arrived
+
+    state.start_clock = deadline_now
+    with client(server) as c:
+        r = c.post("/v1/models/fake/predict", content=solid_png(20))
+    assert r.status_code == 504, r.text
+    assert "ready only after the request's deadline" in r.json()["error"]
+    assert server.metric('visionloop_refusals_total{model="fake",reason="deadline_at_answer"}') == 1
     assert server.metric("visionloop_answers_after_deadline_total") == 0

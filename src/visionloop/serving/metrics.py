@@ -2,8 +2,9 @@
 
 Names follow Prometheus conventions (base units, ``_total`` counters). Refusals carry a
 ``reason`` label: ``queue_full``, ``deadline_unreachable`` (adaptive: refused on arrival),
-``deadline``, ``bad_input``, ``not_ready``, ``cancelled``,
-``model_error``, ``shutting_down``, ``broker_unavailable`` (Redis transport).
+``deadline``, ``deadline_in_batch``, ``deadline_at_answer`` (ready, but the loop came back to
+it after the client's deadline), ``bad_input``, ``not_ready``, ``cancelled``, ``model_error``,
+``shutting_down``, ``broker_unavailable`` (Redis transport).
 
 With the Redis transport, workers count jobs by ``outcome`` (``answered``, ``error``, ``expired``,
 ``bad_job``, ``gave_up``, ``reclaimed``) and API replicas count the replies they dropped because
@@ -32,8 +33,8 @@ class Metrics:
         )
         self.late_answers = Counter(
             "visionloop_answers_after_deadline_total",
-            "200s whose last byte was handed to the connection after the request's deadline "
-            "(counted from its first byte, without the loop-lag reserve).",
+            "200s whose last byte was handed to the connection after the client's deadline as "
+            "the server knows it (from the request's first byte, less the loop's read delay).",
             ["model", "endpoint"],
             registry=r,
         )

@@ -93,12 +93,14 @@ class ServerState:
     def start_clock(self, request: Request, runner: Transport, timeout_ms: float | None) -> float:
         """When a request's deadline counts from: :func:`arrived_at` with the loop-lag reserve.
 
-        Also keeps the client's own deadline (without the reserve) in the request's scope, on
-        ``time.monotonic``, so the metrics middleware can count a 200 that leaves after it."""
+        Also keeps the client's deadline as the server best knows it in the request's scope, on
+        ``time.monotonic``: from the first byte, less the read half of the reserve (the client's
+        clock started before its bytes were read). :meth:`infer` refuses an answer that is ready
+        only after it, and the metrics middleware counts a 200 handed over after it."""
         reserve = self.reserve()
         arrived = arrived_at(request, runner, reserve)
         left = runner.deadline(timeout_ms, arrived) - runner.clock()
-        request.scope[ANSWER_BY] = time.monotonic() + left + reserve
+        request.scope[ANSWER_BY] = time.monotonic() + left + reserve / LoopLag.DELAYS
         return arrived
 
     def reserve(self) -> float:
@@ -181,7 +183,14 @@ class ServerState:
         finally:
             gone.cancel()
         if work in done:
-            return work.result()
+            item = work.result()
+            answer_by = request.scope.get(ANSWER_BY)
+            if answer_by is not None and time.monotonic() > answer_by:
+                # Settled in time for the runner, but the loop came back to this request too
+                # late: a 200 now would reach a client that has stopped waiting.
+                self.metrics.refusals.labels(model=runner.name, reason="deadline_at_answer").inc()
+                raise DeadlineExceeded("the answer was ready only after the request's deadline")
+            return item
         work.cancel()
         await asyncio.gather(work, return_exceptions=True)
         raise ClientGone()
