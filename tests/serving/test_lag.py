@@ -130,6 +130,9 @@ def test_a_200_that_leaves_after_the_clients_deadline_is_counted(offset_s, late)
         model_name = "fake"
         metrics = Metrics()
 
+        def answer_written(self, checked: float, done: float) -> None:
+            raise AssertionError("no route checked this answer")
+
     async def app(scope, receive, send):
         scope[ANSWER_BY] = time.monotonic() + offset_s  # as the route's start_clock does
         await send({"type": "http.response.start", "status": 200, "headers": []})
@@ -194,3 +197,46 @@ def test_an_answer_ready_only_after_the_clients_deadline_is_refused_not_sent(ser
     assert "ready only after the request's deadline" in r.json()["error"]
     assert server.metric('visionloop_refusals_total{model="fake",reason="deadline_at_answer"}') == 1
     assert server.metric("visionloop_answers_after_deadline_total") == 0
+
+
+def test_sliding_max_forgets_what_left_its_window():
+    from visionloop.serving.lag import SlidingMax
+
+    window = SlidingMax(window_s=10.0)
+    assert window.worst(now=5.0) == 0.0
+    window.record(100.0, 0.004)
+    window.record(105.0, 0.001)
+    assert window.worst(now=109.0) == pytest.approx(0.004)
+    assert window.worst(now=111.0) == pytest.approx(0.001)
+    with pytest.raises(ValueError, match="window_s > 0"):
+        SlidingMax(window_s=0)
+
+
+def test_each_200_records_its_write_time(serve):
+    server = serve(lag_reserve=True)
+    state = server.app.state.visionloop
+    with client(server) as c:
+        r = c.post("/v1/models/fake/predict", content=solid_png(20))
+    assert r.status_code == 200, r.text
+    written = state.answer_write.worst()
+    assert 0.0 < written < 5.0
+    assert server.metric("visionloop_answer_write_seconds") == pytest.approx(written)
+
+
+@pytest.mark.parametrize("lag_reserve", [True, False])
+def test_an_answer_without_room_to_be_written_in_time_is_refused(serve, lag_reserve):
+    """Ready before the deadline, but recent answers took longer to write than is left: with the
+    reserve on, 504 rather than a 200 that would leave after the deadline."""
+    server = serve(lag_reserve=lag_reserve)
+    state = server.app.state.visionloop
+    state.answer_write.record(time.monotonic(), 3.0)  # writes took 3 s of late
+    with client(server) as c:
+        r = c.post(
+            "/v1/models/fake/predict", content=solid_png(20), headers={"X-Timeout-Ms": "2000"}
+        )
+    if lag_reserve:
+        assert r.status_code == 504, r.text
+        reason = 'visionloop_refusals_total{model="fake",reason="deadline_at_answer"}'
+        assert server.metric(reason) == 1
+    else:
+        assert r.status_code == 200, r.text

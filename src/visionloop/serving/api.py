@@ -36,6 +36,7 @@ from visionloop.serving.runner import (
 )
 from visionloop.serving.state import (
     ANSWER_BY,
+    ANSWER_CHECKED,
     ApiError,
     ClientGone,
     ServerState,
@@ -307,9 +308,13 @@ class _RequestMetrics:
                 status = message["status"]
             await send(message)
             if message["type"] == "http.response.body" and not message.get("more_body"):
+                done = time.monotonic()
                 answer_by = scope.get(ANSWER_BY)
-                if status == 200 and answer_by is not None and time.monotonic() > answer_by:
+                if status == 200 and answer_by is not None and done > answer_by:
                     late = True
+                checked = scope.get(ANSWER_CHECKED)
+                if status == 200 and checked is not None:
+                    self.state.answer_written(checked, done)
 
         try:
             await self.app(scope, receive, tracking_send)

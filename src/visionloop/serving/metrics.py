@@ -44,6 +44,12 @@ class Metrics:
             "taken off each new request's deadline (one delay to read it, one to answer).",
             registry=r,
         )
+        self.answer_write = Gauge(
+            "visionloop_answer_write_seconds",
+            "Worst time over the last 10 s from a route finding its answer in time to the "
+            "answer's last byte handed over; an answer needs this much room before its deadline.",
+            registry=r,
+        )
         self.batch_size = Histogram(
             "visionloop_batch_size",
             "Images per forward pass (before bucket padding).",

@@ -20,7 +20,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 
 from visionloop import imaging
-from visionloop.serving.lag import LoopLag
+from visionloop.serving.lag import ANSWER_WRITE_WINDOW_S, LoopLag, SlidingMax
 from visionloop.serving.metrics import Metrics
 from visionloop.serving.runner import (
     DeadlineExceeded,
@@ -35,6 +35,7 @@ from visionloop.settings import ModelSettings, ServeSettings
 log = logging.getLogger("visionloop.serve")
 
 ANSWER_BY = "visionloop.answer_by"  # scope key: the client's deadline, on time.monotonic
+ANSWER_CHECKED = "visionloop.answer_checked"  # scope key: when infer found the answer in time
 
 
 class ApiError(Exception):
@@ -76,6 +77,9 @@ class ServerState:
     limits: imaging.ImageLimits
     metrics: Metrics = field(default_factory=Metrics)
     lag: LoopLag = field(default_factory=LoopLag)
+    # From infer's last check to the answer's last byte handed over (recorded by the metrics
+    # middleware); infer leaves this much room before the deadline.
+    answer_write: SlidingMax = field(default_factory=lambda: SlidingMax(ANSWER_WRITE_WINDOW_S))
     runner: Transport | None = None
     load_error: str | None = None
     decode_pool: ThreadPoolExecutor = field(init=False)
@@ -108,6 +112,16 @@ class ServerState:
         worst = self.lag.worst()
         self.metrics.loop_lag.set(worst)
         return LoopLag.DELAYS * worst if self.settings.lag_reserve else 0.0
+
+    def write_margin(self, now: float) -> float:
+        """Seconds an answer found in time still needs to be written: the worst recent write
+        (0 if the reserve is off)."""
+        return self.answer_write.worst(now) if self.settings.lag_reserve else 0.0
+
+    def answer_written(self, checked: float, done: float) -> None:
+        """Record one answer's write time, from infer's check to its last byte handed over."""
+        self.answer_write.record(done, done - checked)
+        self.metrics.answer_write.set(self.answer_write.worst(done))
 
     def runner_for(self, name: str) -> Transport:
         """The runner serving ``name``: 404 if we serve no such model, 503 if not ready."""
@@ -185,11 +199,14 @@ class ServerState:
         if work in done:
             item = work.result()
             answer_by = request.scope.get(ANSWER_BY)
-            if answer_by is not None and time.monotonic() > answer_by:
+            now = time.monotonic()
+            if answer_by is not None and now + self.write_margin(now) > answer_by:
                 # Settled in time for the runner, but the loop came back to this request too
-                # late: a 200 now would reach a client that has stopped waiting.
+                # late (or so late that writing the answer would take it past): a 200 now
+                # would reach a client that has stopped waiting.
                 self.metrics.refusals.labels(model=runner.name, reason="deadline_at_answer").inc()
                 raise DeadlineExceeded("the answer was ready only after the request's deadline")
+            request.scope[ANSWER_CHECKED] = now
             return item
         work.cancel()
         await asyncio.gather(work, return_exceptions=True)
