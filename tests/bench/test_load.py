@@ -104,3 +104,81 @@ def test_payloads_are_read_with_the_upload_guards(tmp_path):
     (tmp_path / "notes.png").write_bytes(b"this is not an image")
     with pytest.raises(imaging.ImageError, match=r"notes\.png"):
         load_payloads(tmp_path, megapixels=1.0)
+
+
+# Burns CPU until this process has used 0.2 s of it (CPU time, not wall time), then either
+# says so and waits (argv[1] == "stay") or exits.
+BURN = """
+import sys, time
+while time.process_time() < 0.2:
+    pass
+if sys.argv[1] == "stay":
+    print("burned", flush=True)
+    time.sleep(60)
+"""
+# The "server": on "go", starts a child that burns and stays, runs (and reaps) one that burns
+# and exits, then says "ready" and waits for its stdin to close.
+TREE = """
+import subprocess, sys
+BURN = sys.argv[1]
+sys.stdin.readline()
+stay = subprocess.Popen([sys.executable, "-c", BURN, "stay"], stdout=subprocess.PIPE)
+stay.stdout.readline()
+subprocess.run([sys.executable, "-c", BURN, "exit"], check=True)
+print("ready", flush=True)
+sys.stdin.readline()
+stay.kill()
+stay.wait()
+"""
+
+
+def test_server_cpu_sums_the_whole_process_tree():
+    """A grandchild started in the window counts from zero; a child that ended in it counts
+    through the parent that reaped it: at least 2 x 0.2 s of CPU, whatever the wall time."""
+    import subprocess
+    import sys
+
+    from visionloop.bench.load import ProcessTreeCPU
+
+    root = subprocess.Popen(
+        [sys.executable, "-c", TREE, BURN],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
+    try:
+        tree = ProcessTreeCPU(root.pid)
+        assert tree.session == root.pid
+        before = tree.sample()
+        assert len(before) == 1  # the root only, so far
+        root.stdin.write("go\n")
+        root.stdin.flush()
+        assert root.stdout.readline().strip() == "ready"
+        after = tree.sample()
+        assert len(after) == 2  # root and the child that stayed
+        assert ProcessTreeCPU.used(before, after) >= 0.35  # /proc counts in 10 ms ticks
+        assert ProcessTreeCPU.used(after, after) == 0
+    finally:
+        root.stdin.close()
+        root.wait(timeout=30)
+    assert ProcessTreeCPU(root.pid).sample() == {}  # gone: nothing to count
+
+
+def test_rows_carry_server_cpu_and_repeat(serve):
+    import os
+
+    from visionloop.bench.load import sweep
+
+    server = serve(max_batch_size=4, max_delay_ms=5)
+    url = f"{server.url}/v1/models/fake/predict"
+    # The test server runs in this process: its "tree" is this process.
+    target = Target(url, server_pid=os.getpid())
+    (row,) = sweep(target, PAYLOADS, "open", [20], 0.5, warmup_s=0, slo_ms=1000, repeat=3)
+    assert row.repeat == 3
+    assert row.server_cpu_pct is not None
+    assert row.server_cpu_pct > 0
+    assert row.as_dict()["server_cpu_pct"] == row.server_cpu_pct
+    (plain,) = sweep(Target(url), PAYLOADS, "open", [20], 0.3, warmup_s=0)
+    assert plain.server_cpu_pct is None
+    assert plain.repeat == 0

@@ -7,7 +7,9 @@ that fell behind cannot hide server delay (no coordinated omission). Closed loop
 each sending its next request when the last is answered) measures capacity.
 
 Goodput counts only answers within the latency SLO. The generator measures its own CPU use,
-because on a small machine it competes with the server it measures.
+because on a small machine it competes with the server it measures; given the server's root
+process (``Target.server_pid``), it also measures the CPU time of the server's whole process
+tree over the same window (:class:`ProcessTreeCPU`).
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import io
 import json
+import os
 import random
 import resource
 import time
@@ -22,7 +25,7 @@ from collections import Counter
 from collections.abc import Awaitable, Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import httpx
 from PIL import Image
@@ -44,11 +47,16 @@ class Target:
     protocol: Protocol = "raw"
     metrics_url: str | None = None
     deadline_ms: float | None = None
+    server_pid: int | None = None  # the server's root process: its tree's CPU is measured
 
 
 @dataclass
 class LoadResult:
-    """One load level's outcome. Latencies are of successful (200) answers, in ms."""
+    """One load level's outcome. Latencies are of successful (200) answers, in ms.
+
+    ``client_cpu_pct`` is the generator's CPU time over the window (``seconds``), in % of one
+    core; ``server_cpu_pct`` the same for the server's whole process tree (None when the
+    server's process is not known). ``repeat`` numbers the pass when a sweep is repeated."""
 
     label: str
     mode: str
@@ -67,9 +75,74 @@ class LoadResult:
     statuses: dict[str, int] = field(default_factory=dict)
     mean_batch: float | None = None
     client_cpu_pct: float = 0.0
+    server_cpu_pct: float | None = None
+    repeat: int = 0
 
     def as_dict(self) -> dict[str, object]:
         return asdict(self)
+
+
+class ProcessTreeCPU:
+    """CPU time (user + system, in seconds) of a server's whole process tree.
+
+    The tree is the root process, all its descendants (recursively) and, when the root leads
+    its own session (started with ``start_new_session``), every process of that session, which
+    catches a daemon that re-parented itself away from the root. A process's time includes the
+    time of the children it has reaped, so a helper that ended inside the window still counts,
+    through its parent. :meth:`used` is the growth between two :meth:`sample` s; a process is
+    known by (pid, start time), so one started in between counts from zero.
+
+    Not counted: a process that ends between two samples *and* is reaped outside the tree. A
+    child reaped in the window counts its whole life (its parent's reaped-children time grows by
+    all of it), which over-counts only a child that was already running before the window.
+    Needs ``psutil`` (imported on first use: the generator works without it otherwise).
+    """
+
+    def __init__(self, root_pid: int) -> None:
+        self.root_pid = root_pid
+        try:
+            self.session: int | None = root_pid if os.getsid(root_pid) == root_pid else None
+        except OSError:
+            self.session = None
+
+    def _processes(self) -> list[Any]:
+        import psutil
+
+        try:
+            root = psutil.Process(self.root_pid)
+            found = {root.pid: root} | {c.pid: c for c in root.children(recursive=True)}
+        except psutil.NoSuchProcess:
+            return []
+        if self.session is not None:
+            for process in psutil.process_iter():
+                try:
+                    if process.pid not in found and os.getsid(process.pid) == self.session:
+                        found[process.pid] = process
+                except OSError:
+                    continue
+        return list(found.values())
+
+    def sample(self) -> dict[tuple[int, float], float]:
+        """Each process's CPU seconds so far (its own and its reaped children's)."""
+        import psutil
+
+        times: dict[tuple[int, float], float] = {}
+        for process in self._processes():
+            try:
+                with process.oneshot():
+                    key = (process.pid, process.create_time())
+                    t = process.cpu_times()
+            except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
+                continue
+            times[key] = t.user + t.system + t.children_user + t.children_system
+        return times
+
+    @staticmethod
+    def used(
+        before: dict[tuple[int, float], float], after: dict[tuple[int, float], float]
+    ) -> float:
+        """CPU seconds the tree used between the two samples."""
+        return sum(max(0.0, cpu - before.get(key, 0.0)) for key, cpu in after.items())
 
 
 def load_payloads(folder: Path, as_jpeg: bool = True, megapixels: float = 0.0) -> list[bytes]:
@@ -197,13 +270,16 @@ async def _measure(
     after ``timeout_s`` counts as failed (a collapsed server must not stall the sweep)."""
     limits = httpx.Limits(max_connections=connections, max_keepalive_connections=connections)
     recorder = _Recorder(slo_ms)
+    tree = ProcessTreeCPU(target.server_pid) if target.server_pid is not None else None
     async with httpx.AsyncClient(timeout=timeout_s, limits=limits) as client:
         before = await _batch_totals(client, target.metrics_url)
+        server0 = tree.sample() if tree is not None else {}
         cpu0 = resource.getrusage(resource.RUSAGE_SELF)
         started = time.perf_counter()
         await drive(client, recorder)
         seconds = time.perf_counter() - started
         cpu1 = resource.getrusage(resource.RUSAGE_SELF)
+        server_cpu = ProcessTreeCPU.used(server0, tree.sample()) if tree is not None else None
         after = await _batch_totals(client, target.metrics_url)
     cpu = (cpu1.ru_utime + cpu1.ru_stime) - (cpu0.ru_utime + cpu0.ru_stime)
     mean_batch = None
@@ -233,6 +309,7 @@ async def _measure(
         statuses=dict(recorder.statuses),
         mean_batch=mean_batch,
         client_cpu_pct=round(100 * cpu / seconds, 1),
+        server_cpu_pct=None if server_cpu is None else round(100 * server_cpu / seconds, 1),
     )
 
 
@@ -308,18 +385,22 @@ def sweep(
     slo_ms: float = 250.0,
     label: str = "",
     on_result: Callable[[LoadResult], None] | None = None,
+    repeat: int = 0,
 ) -> list[LoadResult]:
-    """Run each load level in turn (each after ``warmup_s`` of unmeasured load)."""
+    """Run each load level in turn (each after ``warmup_s`` of unmeasured load). ``repeat``
+    is written into every result and seeds the Poisson arrivals, so that repeats of a sweep
+    draw different (but reproducible) arrival sequences; repeat 0 is the historical seed 0."""
     results = []
     for level in levels:
         for seconds, keep in ((warmup_s, False), (duration_s, True)):
             if seconds <= 0:
                 continue
             if mode == "open":
-                coro = open_loop(target, payloads, level, seconds, slo_ms, label)
+                coro = open_loop(target, payloads, level, seconds, slo_ms, label, seed=repeat)
             else:
                 coro = closed_loop(target, payloads, int(level), seconds, slo_ms, label)
             result = asyncio.run(coro)
+            result.repeat = repeat
             if keep:
                 results.append(result)
                 if on_result is not None:
