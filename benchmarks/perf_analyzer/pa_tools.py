@@ -8,9 +8,12 @@ from __future__ import annotations
 
 import argparse
 import base64
+import contextlib
 import csv
 import io
 import json
+import os
+import platform
 import re
 import socket
 import struct
@@ -148,7 +151,7 @@ def histogram_quantile(buckets: list[tuple[float, float]], q: float) -> float:
     return lower
 
 
-def metrics_delta(before: Path, after: Path) -> str:
+def metrics_figures(before: Path, after: Path) -> dict[str, float | None]:
     """What the server's own /metrics saw between two scrapes (all requests, not windows)."""
     start, end = parse_metrics(before), parse_metrics(after)
 
@@ -158,15 +161,13 @@ def metrics_delta(before: Path, after: Path) -> str:
     infer = 'endpoint="v2_infer"'
     count = delta("visionloop_request_latency_seconds_count", infer)
     if count <= 0:
-        return "server /metrics: no v2 requests seen"
-    mean = delta("visionloop_request_latency_seconds_sum", infer) / count
+        return {"requests": 0.0}
     buckets = sorted(
         (float(key[1].split('le="')[1].split('"')[0]), end[key] - start.get(key, 0.0))
         for key in end
         if key[0] == "visionloop_request_latency_seconds_bucket" and infer in key[1]
     )
     batches = delta("visionloop_batch_size_count")
-    batch = delta("visionloop_batch_size_sum") / batches if batches else float("nan")
     errors = sum(
         end[key] - start.get(key, 0.0)
         for key in end
@@ -174,12 +175,26 @@ def metrics_delta(before: Path, after: Path) -> str:
         and infer in key[1]
         and 'status="200"' not in key[1]
     )
+    return {
+        "requests": count,
+        "non_200": errors,
+        "mean_ms": delta("visionloop_request_latency_seconds_sum", infer) / count * 1e3,
+        "p50_ms_bucket": histogram_quantile(buckets, 0.5) * 1e3,
+        "p99_ms_bucket": histogram_quantile(buckets, 0.99) * 1e3,
+        "mean_batch": delta("visionloop_batch_size_sum") / batches if batches else None,
+    }
+
+
+def metrics_delta(before: Path, after: Path) -> str:
+    """The same, as one line of the summary."""
+    m = metrics_figures(before, after)
+    if not m["requests"]:
+        return "server /metrics: no v2 requests seen"
     return (
-        f"server /metrics over the whole run (warm-up and ramps included): {count:.0f} requests, "
-        f"{errors:.0f} non-200, mean {mean * 1e3:.1f} ms, ~p50 "
-        f"{histogram_quantile(buckets, 0.5) * 1e3:.0f} ms, ~p99 "
-        f"{histogram_quantile(buckets, 0.99) * 1e3:.0f} ms (bucket-interpolated), "
-        f"mean batch {batch:.2f}"
+        f"server /metrics over the whole run (warm-up and ramps included): {m['requests']:.0f} "
+        f"requests, {m['non_200']:.0f} non-200, mean {m['mean_ms']:.1f} ms, ~p50 "
+        f"{m['p50_ms_bucket']:.0f} ms, ~p99 {m['p99_ms_bucket']:.0f} ms (bucket-interpolated), "
+        f"mean batch {m['mean_batch'] if m['mean_batch'] is not None else float('nan'):.2f}"
     )
 
 
@@ -192,6 +207,27 @@ COMPONENTS = (
     "Server Compute Output",
     "Client Recv",
 )
+
+
+def step_figures(path: Path) -> list[dict[str, object]]:
+    """One dict per load step of a perf_analyzer CSV: the figures of the summary's table."""
+    with path.open(newline="") as f:
+        rows = list(csv.DictReader(f))
+    steps: list[dict[str, object]] = []
+    for row in rows:
+        load_key = next(iter(row))  # "Concurrency" or "Request Rate"
+        ms = {k: float(v) / 1000 for k, v in row.items() if k in COMPONENTS or "latency" in k}
+        steps.append(
+            {
+                "mode": "concurrency" if load_key == "Concurrency" else "request_rate",
+                "load": float(row[load_key]),
+                "infer_per_s": float(row["Inferences/Second"]),
+                **{f"p{p}_ms": ms[f"p{p} latency"] for p in (50, 90, 99)},
+                "avg_ms": sum(ms[k] for k in COMPONENTS),
+                "server_queue_compute_ms": ms["Server Queue"] + ms["Server Compute Infer"],
+            }
+        )
+    return steps
 
 
 def table_rows(path: Path) -> tuple[list[list[str]], float]:
@@ -230,7 +266,56 @@ def log_problems(path: Path) -> tuple[list[str], list[str]]:
     return errors, warnings
 
 
-def summary(run_dir: Path, names: list[str]) -> int:
+def machine() -> dict[str, object]:
+    """CPU count, affinity, model name and AVX-512 flags (standard library only)."""
+    model, flags = "", set[str]()
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            key, _, value = line.partition(":")
+            if key.strip() == "model name" and not model:
+                model = value.strip()
+            elif key.strip() == "flags" and not flags:
+                flags = set(value.split())
+    return {
+        "cpu_count": os.cpu_count(),
+        "cpu_affinity": sorted(os.sched_getaffinity(0)),
+        "cpu_model": model,
+        "avx512_flags": sorted(f for f in flags if f.startswith("avx512")),
+        "python": platform.python_version(),
+    }
+
+
+def summary_json(
+    run_dir: Path, names: list[str], failures: list[str], meta: dict[str, object]
+) -> dict[str, object]:
+    """The summary as one JSON object: the steps of every run, the server's own view, the
+    failures, and what ``run.sh`` passed in ``meta`` (command, date, versions, settings)."""
+    runs = {}
+    for name in names:
+        csv_path = run_dir / f"{name}.csv"
+        before, after = run_dir / f"{name}.metrics.before", run_dir / f"{name}.metrics.after"
+        runs[name] = {
+            "steps": step_figures(csv_path) if csv_path.exists() else [],
+            "server_metrics": metrics_figures(before, after)
+            if before.exists() and after.exists()
+            else None,
+        }
+    return {
+        "what": "perf_analyzer against visionloop's v2 endpoint",
+        **meta,
+        "machine": machine(),
+        "run_dir": str(run_dir),
+        "runs": runs,
+        "failures": failures,
+    }
+
+
+def summary(
+    run_dir: Path,
+    names: list[str],
+    json_out: Path | None = None,
+    meta: dict[str, object] | None = None,
+) -> int:
     header = ["mode", "load", "infer/s", "p50 ms", "p90 ms", "p99 ms", "avg ms", "srv q+c ms"]
     rows, notes, failures = [], [], []
     for name in names:
@@ -263,6 +348,10 @@ def summary(run_dir: Path, names: list[str]) -> int:
     text = "\n".join(lines)
     print(text)
     (run_dir / "summary.txt").write_text(text + "\n")
+    if json_out is not None:
+        document = summary_json(run_dir, names, failures, meta or {})
+        json_out.parent.mkdir(parents=True, exist_ok=True)
+        json_out.write_text(json.dumps(document, indent=2) + "\n")
     return 3 if failures else 0
 
 
@@ -284,6 +373,9 @@ def main() -> None:
             p.add_argument("--out", type=Path, required=True)
     p = sub.add_parser("summary")
     p.add_argument("--dir", type=Path, required=True)
+    p.add_argument("--json", type=Path, help="also write the summary here as JSON")
+    p.add_argument("--meta", action="append", default=[], metavar="KEY=VALUE",
+                   help="recorded in the JSON as is (repeatable)")  # fmt: skip
     p.add_argument("names", nargs="+")
     args = parser.parse_args()
     if args.command == "input-data":
@@ -297,7 +389,8 @@ def main() -> None:
     elif args.command == "scrape":
         scrape(args.url, args.out)
     else:
-        sys.exit(summary(args.dir, args.names))
+        meta = dict(item.split("=", 1) for item in args.meta)
+        sys.exit(summary(args.dir, args.names, args.json, meta))
 
 
 if __name__ == "__main__":

@@ -14,7 +14,10 @@
 #    with --measurement-mode time_windows: per step 3 to --max-trials windows, until the last 3
 #    agree within --stability percent (defaults: 2.5 s windows, 4 trials, so 7.5-10 s a step).
 # 5. Writes CSVs (-f), console logs, /metrics scrapes, server log and summary.txt into
-#    out/perf_analyzer/<UTC time>/ (and out/perf_analyzer/latest), and prints the summary table.
+#    out/perf_analyzer/<UTC time>/ (and out/perf_analyzer/latest), and prints the summary table;
+#    --json FILE also writes the summary as JSON (steps, server view, command, date, machine).
+# --server-cpus / --pa-cpus pin the server and perf_analyzer (taskset -c), so the load generator
+# does not take the server's CPU.
 #
 # Exit status: 0 if every perf_analyzer run succeeded, 1 otherwise.
 set -euo pipefail
@@ -43,12 +46,17 @@ Usage: $0 [options] [-- extra perf_analyzer arguments]
                               2-core machine); an unstable step ends that range early
   --server-arg ARG            extra flag for 'visionloop serve' (repeatable),
                               e.g. --server-arg --max-delay-ms --server-arg 5
+  --server-cpus LIST          run the server under taskset -c LIST (e.g. 0)
+  --pa-cpus LIST              run perf_analyzer under taskset -c LIST (e.g. 1)
+  --json FILE                 also write the summary as JSON to FILE
   --setup-only                install perf_analyzer and its libraries, then exit
   -h, --help                  this text
 EOF
 }
 
+COMMAND="benchmarks/perf_analyzer/run.sh${*:+ $*}"
 QUICK=0 URL="" CONC="" RATE="" WINDOW_MS="" TRIALS=4 STABILITY=100 SETUP_ONLY=0
+SERVER_CPUS="" PA_CPUS="" JSON_OUT=""
 SERVER_ARGS=() PA_ARGS=()
 while [[ $# -gt 0 ]]; do
     case "$1" in
@@ -60,6 +68,9 @@ while [[ $# -gt 0 ]]; do
         --max-trials) TRIALS="${2:?}"; shift ;;
         --stability) STABILITY="${2:?}"; shift ;;
         --server-arg) SERVER_ARGS+=("${2:?}"); shift ;;
+        --server-cpus) SERVER_CPUS="${2:?}"; shift ;;
+        --pa-cpus) PA_CPUS="${2:?}"; shift ;;
+        --json) JSON_OUT="$(realpath -m "${2:?}")"; shift ;;
         --setup-only) SETUP_ONLY=1 ;;
         -h|--help) usage; exit 0 ;;
         --) shift; PA_ARGS=("$@"); break ;;
@@ -105,6 +116,7 @@ setup
 [[ -x $PROJECT_PY ]] || { echo "no project venv at $ROOT/.venv (run 'make serve' once)" >&2; exit 1; }
 tools() { "$PROJECT_PY" "$HERE/pa_tools.py" "$@"; }
 
+STARTED="$(date -u +%Y-%m-%dT%H:%M:%SZ)"
 RUN_DIR="$ROOT/out/perf_analyzer/$(date -u +%Y%m%dT%H%M%SZ)"
 mkdir -p "$RUN_DIR"
 ln -sfn "$(basename "$RUN_DIR")" "$ROOT/out/perf_analyzer/latest"
@@ -132,7 +144,9 @@ if [[ -n $URL ]]; then
 else
     PORT="$(tools free-port)"
     HOSTPORT="127.0.0.1:$PORT"
-    SERVE=("$ROOT/.venv/bin/visionloop" serve)
+    SERVE=()
+    [[ -z $SERVER_CPUS ]] || SERVE=(taskset -c "$SERVER_CPUS")
+    SERVE+=("$ROOT/.venv/bin/visionloop" serve)
     SERVE+=(--host 127.0.0.1 --port "$PORT" --log-level warning --max-queue 256 ${SERVER_ARGS[@]+"${SERVER_ARGS[@]}"})
     log "starting server: ${SERVE[*]}"
     "${SERVE[@]}" >"$RUN_DIR/server.log" 2>&1 &
@@ -153,7 +167,9 @@ FAILED=0
 run_pa() {
     local name=$1 range=$2; shift 2
     local limit=$(( $(steps "$range") * (TRIALS * WINDOW_MS / 1000 + 20) + 30 ))
-    local cmd=("$PA" -m "$MODEL" -u "$HOSTPORT" -i http -b 1
+    local pin=()
+    [[ -z $PA_CPUS ]] || pin=(taskset -c "$PA_CPUS")
+    local cmd=(${pin[@]+"${pin[@]}"} "$PA" -m "$MODEL" -u "$HOSTPORT" -i http -b 1
         --input-data "$RUN_DIR/input_data.json"
         --measurement-mode time_windows -p "$WINDOW_MS" -r "$TRIALS" -s "$STABILITY"
         -f "$RUN_DIR/$name.csv" "$@" ${PA_ARGS[@]+"${PA_ARGS[@]}"})
@@ -176,5 +192,13 @@ run_pa request_rate "$RATE" --request-rate-range "$RATE" --async
 # --- 5. summary -------------------------------------------------------------------------------
 stop_server
 log "summary ($RUN_DIR)"
-tools summary --dir "$RUN_DIR" concurrency request_rate || FAILED=1
+SUMMARY=(summary --dir "$RUN_DIR")
+if [[ -n $JSON_OUT ]]; then
+    SUMMARY+=(--json "$JSON_OUT" --meta "command=$COMMAND" --meta "date=$STARTED"
+        --meta "perf_analyzer=$PA_VERSION" --meta "concurrency_range=$CONC"
+        --meta "request_rate_range=$RATE" --meta "window_ms=$WINDOW_MS"
+        --meta "max_trials=$TRIALS" --meta "stability_pct=$STABILITY"
+        --meta "server=${SERVE[*]-$URL}" --meta "server_cpus=$SERVER_CPUS" --meta "pa_cpus=$PA_CPUS")
+fi
+tools "${SUMMARY[@]}" concurrency request_rate || FAILED=1
 exit "$FAILED"
