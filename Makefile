@@ -6,7 +6,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 PIP_INSTALL := $(BIN)/python -m pip install --quiet --disable-pip-version-check -c constraints.txt
 
-.PHONY: serve predict test lint typecheck unit clean
+.PHONY: serve predict test lint typecheck unit clean bench
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -40,6 +40,13 @@ typecheck: $(VENV)/.dev-installed
 
 unit: $(VENV)/.dev-installed
 	$(BIN)/pytest
+
+## bench: regenerate benchmarks/results/*.json and the tables of BENCHMARKS.md (about 11 min on
+## 2 cores); BENCH=--full for what BENCHMARKS.md quotes (about 2 h 20 min), BENCH=--render-only
+## to rewrite the tables from the committed files, BENCH="--quick --only fusion,decode" for some.
+BENCH ?= --quick
+bench: $(VENV)/.dev-installed
+	$(BIN)/python benchmarks/run_all.py $(BENCH)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache build src/*.egg-info
