@@ -219,11 +219,15 @@ def load_label(offered: float, mode: str) -> str:
 
 
 def system_name(label: str) -> str:
-    peer, slo = label.removesuffix("-slo"), label.endswith("-slo")
-    name = PEER_NAMES.get(peer, peer if peer in PEER_NAMES.values() else "")
-    if not name:
+    """How a table names a system: visionloop's by policy, peers by their own name, with
+    "-fast" (on visionloop's engine) and "(tuned to the SLO)" where that applies."""
+    slo = label.endswith("-slo")
+    base = label.removesuffix("-slo")
+    fast = base.endswith("-fast")
+    peer = base.removesuffix("-fast")
+    if peer not in PEER_NAMES:
         return label if label.startswith(("redis", "adaptive-")) else f"visionloop {label}"
-    return f"{name} (tuned to the SLO)" if slo else name
+    return PEER_NAMES[peer] + ("-fast" if fast else "") + (" (tuned to the SLO)" if slo else "")
 
 
 def is_peer(label: str) -> bool:

@@ -1,7 +1,7 @@
 """Every benchmark table of BENCHMARKS.md, regenerated from scratch in one command.
 
-    .venv/bin/python benchmarks/run_all.py --quick        # ~11 min on 2 cores (make bench)
-    .venv/bin/python benchmarks/run_all.py --full         # ~2 h 20 min: what BENCHMARKS.md quotes
+    .venv/bin/python benchmarks/run_all.py --quick        # ~11.5 min on 2 cores (make bench)
+    .venv/bin/python benchmarks/run_all.py --full         # ~2 h 40 min: what BENCHMARKS.md quotes
     .venv/bin/python benchmarks/run_all.py --quick --only fusion,decode
     .venv/bin/python benchmarks/run_all.py --render-only  # no runs: tables from the files
     .venv/bin/python benchmarks/run_all.py --full --dry-run   # print the commands, run nothing
@@ -20,31 +20,38 @@ Sections (estimated minutes on the 2-vCPU dev machine, quick / full):
 - ``ceiling`` (0.5 / 2): ``python -m visionloop.bench.ceiling``, the model-only forward pass of
   ``visionloop bench ceiling``, torch eager, fused vs unfused, batch 1 and 8, rounds in ABBA
   order (2 / 6 rounds).
-- ``fusion`` (0.3 / 1): ``benchmarks/fusion_ab.py``, the network alone, unfused vs fused,
+- ``fusion`` (0.4 / 1.2): ``benchmarks/fusion_ab.py``, the network alone, unfused vs fused,
   ABBA (4 / 8 rounds).
 - ``decode`` (0.1 / 0.3): ``benchmarks/decode_latency.py``, reduce-on-decode vs full decode,
   alternating (6 / 20 repeats).
 - ``perf_analyzer`` (1 / 3): ``benchmarks/perf_analyzer/run.sh [--quick] --json``; its setup
   (a venv under .perf_analyzer/, apt libb64-0d) must have been done once.
-- ``naive_batched`` (3.5 / 9): compare.py, closed loop, 4 and 32 clients, naive vs batched
+- ``naive_batched`` (3.4 / 9.3): compare.py, closed loop, 4 and 32 clients, naive vs batched
   (3 / 5 repeats of 10 / 20 s per level).
-- ``saturation`` (3 / 7): compare.py, closed loop, 32 clients, fixed vs adaptive (3 / 5
+- ``saturation`` (2.7 / 6.2): compare.py, closed loop, 32 clients, fixed vs adaptive (3 / 5
   repeats), between two model-only ceilings at batch 8 with the served engine (``auto``) on the
   server's CPU and threads, so "served / ceiling" is measured in the same run.
-- ``peers`` (3 / 100): compare.py, open loop, ``X-Timeout-Ms: 250`` and a 250 ms SLO, rates
+- ``peers`` (3.2 / 112): compare.py, open loop, ``X-Timeout-Ms: 250`` and a 250 ms SLO, rates
   as fractions of the capacity the saturation section just measured (adaptive's median; 30/s
   if there is no file): full 0.1, 0.3, 0.6, 0.9, 1.2 and 2x capacity, 3 repeats, 2 refined
   rates around each system's best; two runs, the peers as shipped (with naive, fixed,
   adaptive) and the peers tuned to the SLO with their own knobs (``<peer>-slo``, with
   adaptive). Quick: adaptive and LitServe as shipped only, 0.6, 1 and 2x capacity, 2 repeats.
   Peers need their set-up (``benchmarks/peers/<name>/setup.sh``) done once.
-- ``drift`` (full only, 6): the BatchNorm drift tap, closed loop, 32 clients, 3 repeats.
-- ``distributed`` (full only, 16): Redis with 1 or 2 workers vs in process, closed (4, 32
-  clients) and open (0.3 and 0.6x capacity), 3 repeats each.
+- ``drift`` (full only, 6.5): the BatchNorm drift tap, closed loop, 32 clients, 3 repeats.
+- ``distributed`` (full only, 15.3): Redis with 1 or 2 workers vs in process, closed (4, 32
+  clients) and open (0.3 and 0.6x capacity), 3 repeats each. Pinned like the rest, Redis, the
+  replica and the workers share the server's one core: this measures the cost of the Redis hop;
+  1 vs 2 workers only shows scaling with more server CPUs (``--server-cpus 0-2`` on 4 cores).
+- Quick runs no naive in the peers section, so issue 4's "p50 at 10 % load" row reads "not
+  measured" after a quick run.
 - ``issue4_targets``: no run; the table of issue 4's targets from the saturation and peers
   files.
 
-Quick: about 11 minutes, within the 15 the issue allows. Full: about 2 h 20 min.
+Estimates: every system start ~10 s (a peer up to 20 s), each level its warm-up plus duration,
+times systems x levels x repeats. Quick: about 11.5 minutes, within the 15 the issue allows
+(3.5 to spare for slower starts). Full: about 2 h 40 min, 112 of it the two peer runs (8 and
+6 systems x 3 repeats x 8 rates x 15 s, plus restarts for the refined rates).
 
 Pinning (serving sections): the server's process tree on CPU 0 (``--server-cpus 0``), the load
 generator on CPU 1 (``--generator-cpus 1``), one compute thread per system (``--threads 1``).
@@ -327,8 +334,8 @@ def run(opts: Options, only: list[str]) -> list[str]:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     mode = parser.add_mutually_exclusive_group(required=True)
-    mode.add_argument("--quick", action="store_true", help="about 11 minutes on 2 cores")
-    mode.add_argument("--full", action="store_true", help="about 2 h 20 min: what is quoted")
+    mode.add_argument("--quick", action="store_true", help="about 11.5 minutes on 2 cores")
+    mode.add_argument("--full", action="store_true", help="about 2 h 40 min: what is quoted")
     mode.add_argument("--render-only", action="store_true", help="no runs: tables from files")
     parser.add_argument("--only", help=f"comma-separated sections of: {', '.join(SECTIONS)}")
     parser.add_argument("--results-dir", type=Path, default=ROOT / "benchmarks" / "results")

@@ -87,6 +87,16 @@ def test_both_file_shapes_are_read(tmp_path):
     assert new.rows[0]["repeat"] == 1
 
 
+def test_system_names():
+    assert render.system_name("adaptive") == "visionloop adaptive"
+    assert render.system_name("adaptive-drift1") == "adaptive-drift1"
+    assert render.system_name("pytriton") == "PyTriton"
+    assert render.system_name("litserve-slo") == "LitServe (tuned to the SLO)"
+    assert render.system_name("bentoml-fast-slo") == "BentoML-fast (tuned to the SLO)"
+    assert render.is_peer("rayserve-slo")
+    assert not render.is_peer("redis-1w")
+
+
 # --- renderers --------------------------------------------------------------------------------
 
 
@@ -388,3 +398,20 @@ def test_main_checks_markers_before_running_anything(tmp_path, monkeypatch, caps
     assert "drift: " in printed
     with pytest.raises(SystemExit):
         run_all.main(["--quick", "--only", "nope", "--markdown", str(markdown)])
+
+
+def test_run_records_the_command_and_fails_a_step_that_writes_nothing(tmp_path, monkeypatch):
+    good = tmp_path / "good.json"
+    writes = f"import json; json.dump({{'rows': []}}, open({str(good)!r}, 'w'))"
+    steps = [
+        run_all.Step("fusion", (sys.executable, "-c", writes), good),
+        run_all.Step("fusion", (sys.executable, "-c", "pass"), tmp_path / "never.json"),
+    ]
+    monkeypatch.setattr(run_all, "section_steps", lambda *_: steps)
+    failures = run_all.run(run_all.Options("quick", tmp_path), ["fusion"])
+    recorded = json.loads(good.read_text())["run_all"]
+    assert recorded["command"] == steps[0].command
+    assert recorded["preset"] == "quick"
+    assert recorded["returncode"] == 0
+    assert len(failures) == 1
+    assert "never.json not written" in failures[0]
