@@ -14,6 +14,7 @@ without ``repeat`` counting as repeat 0.
 from __future__ import annotations
 
 import json
+import math
 import statistics
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
@@ -157,7 +158,9 @@ class Compare:
         return {k: statistics.mean(v) for k, v in values.items()}
 
     def values(self, label: str, offered: float, key: str) -> list[float]:
-        return [float(r[key]) for r in self.of(label, offered) if r.get(key) is not None]
+        """``key`` of every row of (label, offered); None and NaN (no answer to time) left out."""
+        found = [float(r[key]) for r in self.of(label, offered) if r.get(key) is not None]
+        return [v for v in found if not math.isnan(v)]
 
 
 def load_compare(path: Path) -> Compare:
@@ -195,7 +198,7 @@ def source_line(paths: Sequence[Path], docs: Sequence[Any]) -> str:
 
 def describe_machine(m: dict[str, Any]) -> str:
     cpu = m.get("cpu_model") or m.get("cpu") or "CPU"
-    text = f"{m.get('cpu_count', '?')} x {cpu}"
+    text = f"{m.get('cpu_count', m.get('cpus', '?'))} x {cpu}"
     flags = m.get("avx512_flags")
     if flags is not None:
         extras = [
@@ -566,9 +569,16 @@ def render_peers(results: Path, name: str) -> str:
         else "No adaptive-vs-peer ratio: the file lacks adaptive or any peer."
     )
     slo = data.rows[0].get("slo_ms", 250.0) if data.rows else 250.0
+    versions = data.meta.get("peer_versions") or {}
+    source = source_line([path], [read_json(path)])
+    if versions:
+        source += " Peer versions: " + ", ".join(
+            f"{system_name(k)} {v}" for k, v in sorted(versions.items())
+        )
+        source += "."
     return "\n\n".join(
         [
-            source_line([path], [read_json(path)]),
+            source,
             f"Goodput (answers/s with status 200 within {slo:g} ms), median [min-max] over "
             "repeats, by offered load (a blank cell: rate not measured for that system):",
             table(["system", *(f"{o:g}/s" for o in rates)], goodput, "l" + "r" * len(rates)),

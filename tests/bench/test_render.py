@@ -178,8 +178,14 @@ def peer_rows() -> list[dict]:
 
 
 def test_peers_goodput_best_and_ratio_to_the_best_peer(tmp_path):
-    write(tmp_path / "peers_shipped.json", peer_rows())
+    path = write(tmp_path / "peers_shipped.json", peer_rows())
+    doc = json.loads(path.read_text())
+    doc["peer_versions"] = {"pytriton": "0.7.0", "litserve": "0.2.19"}
+    doc["machine"] = {"cpus": 2, "cpu_model": "Test CPU"}  # compare.py's own keys
+    path.write_text(json.dumps(doc))
     text = render.render_peers(tmp_path, "peers_shipped")
+    assert "Machine: 2 x Test CPU." in text
+    assert "Peer versions: LitServe 0.2.19, PyTriton 0.7.0." in text
     assert "| system | 10/s | 20/s | 40/s |" in text
     assert "| visionloop adaptive | 9.5 [9.0-10.0] | 18.5 [18.0-19.0] | 16.5 [16.0-17.0] |" in text
     assert "| LitServe | 20 | 12.5 [12.0-13.0] |" in text  # the per-row table
