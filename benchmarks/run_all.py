@@ -363,6 +363,10 @@ def main(argv: list[str] | None = None) -> int:
             args.threads,
         )
         if args.dry_run:
+            found = (args.results_dir / "saturation.json").exists()
+            print(f"# open-loop rates from a capacity of {capacity(args.results_dir):g} req/s "
+                  f"({'saturation.json now' if found else 'the default'}; a run re-reads it "
+                  "after its saturation section)")  # fmt: skip
             for step in plan(opts, only):
                 print(f"{step.section}: {step.command}")
             return 0
