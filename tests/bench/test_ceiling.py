@@ -43,6 +43,27 @@ def test_cli_ceiling_prints_fused_and_unfused_rows():
         assert all(float(cell) > 0 for cell in row[2:]), row
 
 
+def test_cli_ceiling_alternates_which_variant_goes_first(monkeypatch):
+    """Timing the unfused model always second let the machine's drift pick the ratio."""
+    from visionloop.bench import ceiling
+
+    orders: list[list[str]] = []
+    real = ceiling._time_one
+
+    def spy(model, size, label, min_run_time):
+        if not orders or len(orders[-1]) == 2:
+            orders.append([])
+        orders[-1].append(label)
+        return real(model, size, label, min_run_time)
+
+    monkeypatch.setattr(ceiling, "_time_one", spy)
+    result = CliRunner().invoke(
+        app, ["bench", "ceiling", "--batch-sizes", "1", "--min-run-time", "0.01", "--rounds", "2"]
+    )
+    assert result.exit_code == 0, result.output
+    assert orders == [["fused", "unfused"], ["unfused", "fused"]]
+
+
 def test_cli_ceiling_rejects_a_zero_batch_size():
     result = CliRunner().invoke(app, ["bench", "ceiling", "--batch-sizes", "0"])
     assert result.exit_code == 2

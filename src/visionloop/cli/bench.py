@@ -27,22 +27,25 @@ def bench_ceiling(
         bool, typer.Option(help="Also time the unfused model, side by side.")
     ] = True,
     min_run_time: Annotated[float, typer.Option(help="Seconds per measurement.")] = 2.0,
+    rounds: Annotated[
+        int, typer.Option(min=1, help="Rounds per variant; the order alternates each round.")
+    ] = 2,
 ) -> None:
-    """Forward-pass latency per batch size (torch.utils.benchmark), fused vs unfused."""
+    """Forward-pass latency per batch size (torch.utils.benchmark), fused vs unfused, timed in
+    alternating rounds (fused first in one, unfused first in the next): the median round."""
     import torch
 
-    from visionloop.bench.ceiling import time_forward
+    from visionloop.bench.ceiling import median_timings, time_alternating
 
     sizes = _sizes(batch_sizes)
     variants = [True, False] if compare_fusion else [True]
-    timings = []
+    models = {}
     for fuse in variants:
         settings = options.model_settings(model=model, device=device, threads=threads, fuse_bn=fuse)
         if settings.threads:
             torch.set_num_threads(settings.threads)
-        loaded = options.load_model(settings)
-        label = "fused" if fuse else "unfused"
-        timings += time_forward(loaded, sizes, label, min_run_time=min_run_time)
+        models["fused" if fuse else "unfused"] = options.load_model(settings)
+    timings = median_timings(time_alternating(models, sizes, rounds, min_run_time))
     title = f"forward pass, {settings.device}, {torch.get_num_threads()} threads"
     table = Table(title=escape(title))
     for column in ("variant", "batch", "ms/batch (median)", "IQR ms", "ms/image", "images/s"):
