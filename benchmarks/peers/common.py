@@ -5,6 +5,11 @@ never imported by the visionloop package itself.
 
 Contract for every peer: POST the raw image bytes (``content-type: image/jpeg``) to its
 predict URL; the answer is JSON with at least ``label`` and ``scores``.
+
+Modes (``VISIONLOOP_PEER_MODE``, set by benchmarks/compare.py): ``shipped`` (the default: the
+peer's own defaults plus the shared batching cap, as users get it) or ``slo`` (the peer's own
+deadline/overload knobs set for an SLO of ``VISIONLOOP_PEER_SLO_MS`` ms, default 250, where it
+has them). Each peer's peer.json lists those knobs ("knobs") and what each mode sets.
 """
 
 from __future__ import annotations
@@ -16,6 +21,15 @@ import numpy as np
 import torch
 
 THREADS = int(os.environ.get("VISIONLOOP_THREADS", "2") or 2)
+MODE = os.environ.get("VISIONLOOP_PEER_MODE", "shipped") or "shipped"
+SLO_MS = float(os.environ.get("VISIONLOOP_PEER_SLO_MS", "250") or 250)
+if MODE not in ("shipped", "slo"):
+    raise SystemExit(f"VISIONLOOP_PEER_MODE must be shipped or slo, not {MODE!r}")
+
+
+def slo_mode() -> bool:
+    """True when the peer's own deadline knobs are to be set for ``SLO_MS``."""
+    return MODE == "slo"
 
 
 def set_threads() -> None:
