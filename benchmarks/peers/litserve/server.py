@@ -11,6 +11,11 @@ Run with the peer venv's python (see start.sh): ``server.py --port PORT``.
   (as in visionloop, which decodes in a thread pool before the batcher).
 * Batching: ``LitAPI(max_batch_size=8, batch_timeout=0.010)``; one inference worker process
   (``workers_per_device=1``, ``accelerator="cpu"``) and one API server process.
+* Deadline (``VISIONLOOP_PEER_MODE``, see common.py): LitServer's ``timeout`` is LitServe's only
+  deadline knob. In 0.2.19 the inference worker checks it when it takes a request off the queue
+  (loops/base.py collate_requests): a request that waited longer is answered 504 "Request timed
+  out" without running; one taken in time runs to the end, however late. No queue bound exists.
+  ``shipped``: not passed (LitServe's default, 30 s); ``slo``: ``VISIONLOOP_PEER_SLO_MS`` / 1000.
 * Each batch's size is logged to stderr (``litserve-peer batch=N batches=B items=I``): LitServe
   itself reports no batch sizes.
 * No ``from __future__ import annotations`` here: LitServe hands decode_request's annotation
@@ -149,7 +154,10 @@ def main() -> None:
     signal.signal(signal.SIGTERM, _sigterm)
 
     api = CatDogAPI(max_batch_size=MAX_BATCH_SIZE, batch_timeout=BATCH_TIMEOUT_S)
-    server = ls.LitServer(api, accelerator="cpu", devices=1, workers_per_device=1, timeout=60)
+    # The request deadline: LitServe's default (30 s) as shipped, the SLO in slo mode.
+    deadline = {"timeout": common.SLO_MS / 1000} if common.slo_mode() else {}
+    log.warning("litserve-peer mode=%s %s", common.MODE, deadline or "timeout=default (30 s)")
+    server = ls.LitServer(api, accelerator="cpu", devices=1, workers_per_device=1, **deadline)
     server.run(
         host=args.host,
         port=args.port,
