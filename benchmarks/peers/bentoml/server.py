@@ -9,8 +9,13 @@ Served by start.sh as ``bentoml serve server:CatDog --working-dir <this folder> 
   ``from_http_request`` reads the raw body and decodes it with ``common.decode`` in a 2-thread
   pool (visionloop's ``decode_threads`` default): per request, before the batch is formed.
   Each request then enters BentoML's batching dispatcher as a (1, 224, 224, 3) uint8 array.
-* Batching: ``@bentoml.api(batchable=True, batch_dim=0, max_batch_size=8, max_latency_ms=5000)``
-  in one worker process (``workers=1``) with one inference thread (``threads=1``).
+* Batching: ``@bentoml.api(batchable=True, batch_dim=0, max_batch_size=8)`` in one worker
+  process (``workers=1``) with one inference thread (``threads=1``).
+* Deadlines (``VISIONLOOP_PEER_MODE``, see common.py), BentoML 1.4.40's own two:
+  ``max_latency_ms`` on the API (the CORK dispatcher cancels the oldest queued request, 503,
+  once its wait plus the estimated batch time reaches it) and the service's ``traffic.timeout``
+  (seconds; TimeoutMiddleware answers 504 when no response has started by then). ``shipped``:
+  BentoML's defaults (60000 ms, 60 s); ``slo``: both = ``VISIONLOOP_PEER_SLO_MS``.
 * Batch sizes: BentoML's ``/metrics`` has the ``bentoml_service_adaptive_batch_size`` histogram;
   each batch is also logged to stderr (``bentoml-peer batch=N``).
 """
@@ -35,8 +40,16 @@ import common
 MAX_BATCH_SIZE = 8
 # Not a batching wait: BentoML's dispatcher picks its own wait (adaptive, from the measured cost
 # of past batches) and *drops* requests (503) whose queueing + estimated run time would exceed
-# this budget. 5000 ms is visionloop's default per-request deadline (serve.timeout_ms).
-MAX_LATENCY_MS = 5000
+# this budget. As shipped: BentoML's default, 60000 ms; slo mode: the SLO.
+MAX_LATENCY_MS = round(common.SLO_MS) if common.slo_mode() else 60_000
+# The service's request timeout (TimeoutMiddleware, 504): BentoML's default 60 s as shipped.
+TRAFFIC_TIMEOUT_S = common.SLO_MS / 1000 if common.slo_mode() else 60.0
+print(
+    f"bentoml-peer mode={common.MODE} max_latency_ms={MAX_LATENCY_MS} "
+    f"traffic.timeout={TRAFFIC_TIMEOUT_S:g}s threads={common.THREADS}",
+    file=sys.stderr,
+    flush=True,
+)
 DECODE_THREADS = 2
 
 _decode_pool: ThreadPoolExecutor | None = None
@@ -94,7 +107,10 @@ class OneResult(IORootModel[t.Any]):
 
 # Access logs off: visionloop's benchmark runs it with --log-level warning (no access log).
 @bentoml.service(
-    workers=1, threads=1, traffic={"timeout": 60}, logging={"access": {"enabled": False}}
+    workers=1,
+    threads=1,
+    traffic={"timeout": TRAFFIC_TIMEOUT_S},
+    logging={"access": {"enabled": False}},
 )
 class CatDog:
     def __init__(self) -> None:
