@@ -11,6 +11,11 @@ Run with the peer venv's python (see start.sh): ``server.py --port PORT``.
   request shape at ``[batch, 1]``).
 * Batching: ``ModelConfig(max_batch_size=8, batcher=DynamicBatcher(max_queue_delay_microseconds=
   10000))``, one model instance (one infer callable).
+* Deadline (``VISIONLOOP_PEER_MODE``, see common.py): Triton's dynamic batcher has a queue
+  policy (``DynamicBatcher(default_queue_policy=QueuePolicy(...))`` in PyTriton 0.7.0).
+  ``shipped``: none (PyTriton's default: no timeout, unbounded queue); ``slo``:
+  ``QueuePolicy(timeout_action=REJECT, default_timeout_microseconds=VISIONLOOP_PEER_SLO_MS *
+  1000)``: a request still queued after that is rejected with an error instead of run.
 * Decoding: Triton has no per-request hook before its batcher, so the batched callable decodes
   the N images itself, in parallel on a 2-thread pool (visionloop's decode_threads default),
   then runs one forward pass.
@@ -32,7 +37,7 @@ from typing import Any
 
 import numpy as np
 from pytriton.decorators import batch
-from pytriton.model_config import DynamicBatcher, ModelConfig, Tensor
+from pytriton.model_config import DynamicBatcher, ModelConfig, QueuePolicy, Tensor, TimeoutAction
 from pytriton.triton import Triton, TritonConfig
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -43,6 +48,20 @@ INPUT_NAME = "image_bytes"
 MAX_BATCH_SIZE = 8
 MAX_QUEUE_DELAY_US = 10_000
 DECODE_THREADS = 2
+
+
+def queue_policy() -> QueuePolicy | None:
+    """slo mode: Triton rejects a request that is still queued after the SLO (queue wait only:
+    one already in a batch runs to the end). Shipped: no policy (no timeout, no queue bound)."""
+    if not common.slo_mode():
+        return None
+    return QueuePolicy(
+        timeout_action=TimeoutAction.REJECT,
+        default_timeout_microseconds=round(common.SLO_MS * 1000),
+        allow_timeout_override=False,
+        max_queue_size=0,  # Triton's default: unbounded
+    )
+
 
 log = logging.getLogger("pytriton-peer")
 
@@ -115,6 +134,7 @@ def main() -> None:
         exit_timeout_secs=10,
     )
     model = CatDog()
+    print(f"pytriton-peer mode={common.MODE} queue_policy={queue_policy()}", file=sys.stderr)
     print(
         f"pytriton-peer model loaded; Triton metrics on http://{args.host}:{metrics_port}/metrics",
         file=sys.stderr,
@@ -139,7 +159,10 @@ def main() -> None:
             ],
             config=ModelConfig(
                 max_batch_size=MAX_BATCH_SIZE,
-                batcher=DynamicBatcher(max_queue_delay_microseconds=MAX_QUEUE_DELAY_US),
+                batcher=DynamicBatcher(
+                    max_queue_delay_microseconds=MAX_QUEUE_DELAY_US,
+                    default_queue_policy=queue_policy(),
+                ),
             ),
             strict=True,
         )
