@@ -16,11 +16,27 @@ RUN=$PEER/run-$PORT
 rm -rf "$RUN"
 mkdir -p "$RUN/tmp" "$RUN/logs" "$RUN/model-store"
 
+# Mode (VISIONLOOP_PEER_MODE, see ../common.py): shipped = model-config.yaml as it is (the
+# batching cap, TorchServe's other defaults); slo = the same plus clientTimeoutInMills = the
+# SLO (VISIONLOOP_PEER_SLO_MS): TorchServe 0.12 drops a request still queued after that, and a
+# late answer, without answering the client (see peer.json "knobs"). responseTimeout stays:
+# whole seconds only, and its expiry restarts the worker.
+MODE=${VISIONLOOP_PEER_MODE:-shipped}
+SLO_MS=${VISIONLOOP_PEER_SLO_MS:-250}
+cp "$HERE/model-config.yaml" "$RUN/model-config.yaml"
+case $MODE in
+    shipped) ;;
+    slo) printf 'clientTimeoutInMills: %d\n' "$(printf '%.0f' "$SLO_MS")" >> "$RUN/model-config.yaml" ;;
+    *) echo "torchserve/start.sh: VISIONLOOP_PEER_MODE must be shipped or slo, not $MODE" >&2; exit 2 ;;
+esac
+echo "torchserve/start.sh: mode=$MODE threads=${VISIONLOOP_THREADS:-2}; model config:" >&2
+sed -e '/^#/d' -e 's/^/  /' "$RUN/model-config.yaml" >&2
+
 # The .mar: handler + visionloop's shared peer code + batching config, rebuilt every start so
 # it never goes stale against benchmarks/peers/common.py.
 "$VENV/bin/torch-model-archiver" --model-name catdog --version 1.0 \
     --handler "$HERE/handler.py" --extra-files "$ROOT/benchmarks/peers/common.py" \
-    --config-file "$HERE/model-config.yaml" --export-path "$RUN/model-store" --force
+    --config-file "$RUN/model-config.yaml" --export-path "$RUN/model-store" --force
 
 sed -e "s|@PORT@|$PORT|g" -e "s|@MGMT_PORT@|$((PORT + 1))|g" \
     -e "s|@METRICS_PORT@|$((PORT + 2))|g" -e "s|@GRPC_INF_PORT@|$((PORT + 3))|g" \
