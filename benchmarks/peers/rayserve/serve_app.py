@@ -8,6 +8,11 @@ proxy is told 127.0.0.1. One process tree: this driver starts a local Ray "clust
 Routes (all on 127.0.0.1:PORT): ``POST /predict`` raw image bytes -> {"label", "scores"};
 ``GET /ready`` -> 200 once the replica has loaded and warmed the model (before that the
 connection is refused or the proxy answers 404/503).
+
+Deadline (``VISIONLOOP_PEER_MODE``, see ../common.py): Serve's HTTP proxy has an end-to-end
+``request_timeout_s`` (HTTPOptions): past it the proxy answers 408 and cancels the request in
+the replica. ``shipped``: unset (Serve's default: none); ``slo``: ``VISIONLOOP_PEER_SLO_MS``/1000.
+``max_queued_requests`` (per deployment, 503 beyond it) stays at Serve's default (-1: no bound).
 """
 
 from __future__ import annotations
@@ -31,6 +36,19 @@ PEERS_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 MAX_BATCH_SIZE = 8  # visionloop's default max_batch_size
 BATCH_WAIT_S = 0.010  # visionloop's default max_delay_ms = 10
 DECODE_THREADS = int(os.environ.get("VISIONLOOP_DECODE_THREADS", "2") or 2)
+# Read here too (the driver does not import common.py, which loads torch): same names, values.
+MODE = os.environ.get("VISIONLOOP_PEER_MODE", "shipped") or "shipped"
+SLO_MS = float(os.environ.get("VISIONLOOP_PEER_SLO_MS", "250") or 250)
+
+
+def http_options(port: int) -> dict[str, Any]:
+    """Serve's HTTP proxy options: loopback, and in slo mode the end-to-end request timeout."""
+    if MODE not in ("shipped", "slo"):
+        raise SystemExit(f"VISIONLOOP_PEER_MODE must be shipped or slo, not {MODE!r}")
+    options: dict[str, Any] = {"host": "127.0.0.1", "port": port}
+    if MODE == "slo":
+        options["request_timeout_s"] = SLO_MS / 1000
+    return options
 
 
 @serve.deployment(
@@ -120,7 +138,9 @@ def main() -> int:
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
     try:
-        serve.start(http_options={"host": "127.0.0.1", "port": args.port})
+        options = http_options(args.port)
+        print(f"rayserve: mode={MODE} http_options={options}", file=sys.stderr, flush=True)
+        serve.start(http_options=options)
         serve.run(CatDog.bind(), name="catdog", route_prefix="/", blocking=False)
         print(
             f"rayserve: ready on http://127.0.0.1:{args.port} ({time.perf_counter() - t0:.1f}s)",
