@@ -31,7 +31,8 @@ eager PyTorch as they ship; ``<peer>-fast`` gives the peer the same OpenVINO eng
 Repeats and the knee: ``--repeats N`` runs the whole set (systems x levels) N times, the order
 of the systems shuffled per repeat from ``--seed`` (reproducible); repeat i also seeds the
 Poisson arrivals with i. ``--refine K`` (open loop) then adds, per system, K rates bisecting
-toward the grid neighbours of its rate with the best median goodput, each also run N times.
+toward the grid neighbours of its rate with the best median goodput, each also run N times
+(at the grid's top rate only inward: if a system's best is the top rate, widen the grid).
 Every row has ``repeat`` and ``phase`` ("grid" or "refine").
 
 CPU: ``--server-cpus 0 --generator-cpus 1`` pins the server (its whole process tree, set before
