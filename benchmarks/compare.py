@@ -37,7 +37,8 @@ Every row has ``repeat`` and ``phase`` ("grid" or "refine").
 
 CPU: ``--server-cpus 0 --generator-cpus 1`` pins the server (its whole process tree, set before
 exec) and this generator apart; ``--threads N`` (default 2) is every system's compute threads
-(visionloop ``--threads``, peers ``VISIONLOOP_THREADS``): 1 for one pinned core. Rows carry
+(visionloop ``--threads``, peers ``VISIONLOOP_THREADS``): 1 for one pinned core. The
+distributed systems (``redis-*``) keep their own per-worker threads. Rows carry
 ``client_cpu_pct`` (this process) and ``server_cpu_pct`` (the server's process tree), both in %
 of one core over the measured window.
 
