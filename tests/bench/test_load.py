@@ -182,3 +182,13 @@ def test_rows_carry_server_cpu_and_repeat(serve):
     (plain,) = sweep(Target(url), PAYLOADS, "open", [20], 0.3, warmup_s=0)
     assert plain.server_cpu_pct is None
     assert plain.repeat == 0
+
+
+def test_the_open_loop_pool_never_binds_before_the_client_timeout():
+    """Requests a server never answers hold their connection until the client's timeout; the
+    pool must hold every request of that long, or the generator delays the next ones itself."""
+    from visionloop.bench.load import CLIENT_TIMEOUT_S, open_loop_connections
+
+    assert open_loop_connections(60.0, CLIENT_TIMEOUT_S) >= 60 * CLIENT_TIMEOUT_S
+    assert open_loop_connections(0.5, 30.0) == 16
+    assert open_loop_connections(10.1, 30.0) == 303

@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import io
 import json
+import math
 import os
 import random
 import resource
@@ -31,6 +32,8 @@ import httpx
 from PIL import Image
 
 from visionloop import imaging
+
+CLIENT_TIMEOUT_S = 30.0  # a request unanswered this long counts as failed
 
 Protocol = Literal["raw", "v2"]
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".gif", ".bmp")
@@ -262,7 +265,7 @@ async def _measure(
     drive: Callable[[httpx.AsyncClient, _Recorder], Awaitable[None]],
     connections: int,
     window_s: float,
-    timeout_s: float = 30.0,
+    timeout_s: float = CLIENT_TIMEOUT_S,
 ) -> LoadResult:
     """Run ``drive`` and summarise. Rates count answers that *completed* within the load
     window: answers still arriving after it (the backlog of an overloaded server) must not
@@ -342,8 +345,18 @@ async def open_loop(
             scheduled += rng.expovariate(rate)
         await asyncio.gather(*tasks)
 
-    connections = max(16, int(rate * 4))
+    connections = open_loop_connections(rate, CLIENT_TIMEOUT_S)
     return await _measure(label, "open", rate, target, slo_ms, drive, connections, duration_s)
+
+
+def open_loop_connections(rate: float, timeout_s: float) -> int:
+    """Connections an open loop may hold: every request of the last ``timeout_s`` seconds.
+
+    A smaller pool makes the generator part of the result: a server that never answers some
+    requests (TorchServe drops a request past ``clientTimeoutInMills`` without a word) fills it
+    with requests waiting for the client timeout, and the next ones wait for a connection on
+    our side and count as late against the server."""
+    return max(16, math.ceil(rate * timeout_s))
 
 
 async def closed_loop(
