@@ -1,7 +1,7 @@
 """Every benchmark table of BENCHMARKS.md, regenerated from scratch in one command.
 
     .venv/bin/python benchmarks/run_all.py --quick        # ~11.5 min on 2 cores (make bench)
-    .venv/bin/python benchmarks/run_all.py --full         # ~2 h 40 min: what BENCHMARKS.md quotes
+    .venv/bin/python benchmarks/run_all.py --full         # ~1 h 45 min: what BENCHMARKS.md quotes
     .venv/bin/python benchmarks/run_all.py --quick --only fusion,decode
     .venv/bin/python benchmarks/run_all.py --render-only  # no runs: tables from the files
     .venv/bin/python benchmarks/run_all.py --full --dry-run   # print the commands, run nothing
@@ -26,32 +26,35 @@ Sections (estimated minutes on the 2-vCPU dev machine, quick / full):
   alternating (6 / 20 repeats).
 - ``perf_analyzer`` (1 / 3): ``benchmarks/perf_analyzer/run.sh [--quick] --json``; its setup
   (a venv under .perf_analyzer/, apt libb64-0d) must have been done once.
-- ``naive_batched`` (3.4 / 9.3): compare.py, closed loop, 4 and 32 clients, naive vs batched
-  (3 / 5 repeats of 10 / 20 s per level).
-- ``saturation`` (2.7 / 6.2): compare.py, closed loop, 32 clients, fixed vs adaptive (3 / 5
-  repeats), between two model-only ceilings at batch 8 with the served engine (``auto``) on the
-  server's CPU and threads, so "served / ceiling" is measured in the same run.
-- ``peers`` (3.2 / 112): compare.py, open loop, ``X-Timeout-Ms: 250`` and a 250 ms SLO, rates
-  as fractions of the capacity the saturation section just measured (adaptive's median; 30/s
-  if there is no file): full 0.1, 0.3, 0.6, 0.9, 1.2 and 2x capacity, 3 repeats, 2 refined
-  rates around each system's best; two runs, the peers as shipped (with naive, fixed,
-  adaptive) and the peers tuned to the SLO with their own knobs (``<peer>-slo``, with
-  adaptive). Quick: adaptive and LitServe as shipped only, 0.6, 1 and 2x capacity, 2 repeats.
-  Peers need their set-up (``benchmarks/peers/<name>/setup.sh``) done once.
+- ``naive_batched`` (3.4 / 4.6): compare.py, closed loop, 4 and 32 clients, naive vs batched
+  (3 repeats of 10 / 15 s per level).
+- ``saturation`` (2.7 / 3.5): compare.py, closed loop, 32 clients, fixed vs adaptive (3 repeats
+  of 10 / 15 s), between two model-only ceilings at batch 8 with the served engine (``auto``) on
+  the server's CPU and threads, so "served / ceiling" is measured in the same run.
+- ``peers`` (3.2 / 68): compare.py, open loop, ``X-Timeout-Ms: 250`` and a 250 ms SLO, rates as
+  fractions of the capacity the saturation section just measured (adaptive's median; 30/s if
+  there is no file): full 0.3, 0.6, 0.9, 1.2 and 2x capacity, 3 repeats of 10 s after 2 s of
+  warm-up, 2 refined rates around each system's best; two runs, the peers as shipped (with
+  adaptive: each system as a user gets it, the peers on eager PyTorch, visionloop on its default
+  engine) and like for like: the peers on visionloop's engine and tuned to the SLO with their
+  own knobs (``<peer>-fast-slo``, with adaptive), so that only the servers differ. visionloop's
+  naive and fixed policies have their own sections (naive_batched, saturation), not this one.
+  Quick: adaptive and LitServe as shipped only, 0.6, 1 and 2x capacity, 2 repeats. Peers need
+  their set-up (``benchmarks/peers/<name>/setup.sh``) done once.
 - ``drift`` (full only, 6.5): the BatchNorm drift tap, closed loop, 32 clients, 3 repeats.
 - ``distributed`` (full only, 15.3): Redis with 1 or 2 workers vs in process, closed (4, 32
   clients) and open (0.3 and 0.6x capacity), 3 repeats each. Pinned like the rest, Redis, the
   replica and the workers share the server's one core: this measures the cost of the Redis hop;
   1 vs 2 workers only shows scaling with more server CPUs (``--server-cpus 0-2`` on 4 cores).
-- Quick runs no naive in the peers section, so issue 4's "p50 at 10 % load" row reads "not
-  measured" after a quick run.
+- Neither preset runs naive at 10 % load in the peers section, so issue 4's "p50 at 10 %
+  load" row reads "not measured".
 - ``issue4_targets``: no run; the table of issue 4's targets from the saturation and peers
   files.
 
 Estimates: every system start ~10 s (a peer up to 20 s), each level its warm-up plus duration,
 times systems x levels x repeats. Quick: about 11.5 minutes, within the 15 the issue allows
-(3.5 to spare for slower starts). Full: about 2 h 40 min, 112 of it the two peer runs (8 and
-6 systems x 3 repeats x 8 rates x 15 s, plus restarts for the refined rates).
+(3.5 to spare for slower starts). Full: about 1 h 45 min, 68 of it the two peer runs (6 and
+6 systems x 3 repeats x 7 rates x 12 s, plus restarts for the refined rates).
 
 Pinning (serving sections): the server's process tree on CPU 0 (``--server-cpus 0``), the load
 generator on CPU 1 (``--generator-cpus 1``), one compute thread per system (``--threads 1``).
@@ -162,8 +165,11 @@ SECTIONS: dict[str, tuple[str, ...]] = {
     "issue4_targets": ("issue4_targets",),
 }
 FULL_ONLY = ("drift", "distributed")
-PEERS_SHIPPED = "naive,fixed,adaptive,litserve,bentoml,torchserve,pytriton,rayserve"
-PEERS_SLO = "adaptive,litserve-slo,bentoml-slo,torchserve-slo,pytriton-slo,rayserve-slo"
+PEERS_SHIPPED = "adaptive,litserve,bentoml,torchserve,pytriton,rayserve"
+PEERS_SLO = (
+    "adaptive,litserve-fast-slo,bentoml-fast-slo,torchserve-fast-slo,pytriton-fast-slo,"
+    "rayserve-fast-slo"
+)
 
 
 def capacity(results: Path) -> float:
@@ -244,12 +250,13 @@ def _served_steps(section: str, opts: Options) -> list[Step]:
     if section == "naive_batched":
         return [compare(opts, section, "naive_batched", "naive vs batched, closed loop",
                         "--systems", "naive,batched", "--clients", "4,32",
-                        *closed(opts, (3, 5)))]  # fmt: skip
+                        *closed(opts, (3, 3), duration=15))]  # fmt: skip
     if section == "saturation":
         return [
             ceiling_step(opts, "saturation_ceiling_before"),
             compare(opts, section, "saturation", "saturation: fixed vs adaptive, 32 clients",
-                    "--systems", "fixed,adaptive", "--clients", "32", *closed(opts, (3, 5))),
+                    "--systems", "fixed,adaptive", "--clients", "32",
+                    *closed(opts, (3, 3), duration=15)),
             ceiling_step(opts, "saturation_ceiling_after"),
         ]  # fmt: skip
     if section == "peers":
@@ -272,18 +279,19 @@ def _served_steps(section: str, opts: Options) -> list[Step]:
 
 def _peer_steps(opts: Options) -> list[Step]:
     """Open loop, 250 ms deadline and SLO, rates as fractions of the measured capacity."""
-    grid = (0.6, 1.0, 2.0) if opts.quick else (0.1, 0.3, 0.6, 0.9, 1.2, 2.0)
+    grid = (0.6, 1.0, 2.0) if opts.quick else (0.3, 0.6, 0.9, 1.2, 2.0)
     common = ["--mode", "open", "--rates", rates(opts.results, grid),
               *shlex.split("--deadline-ms 250 --slo-ms 250"),
               *shlex.split("--duration 10 --warmup 2 --repeats 2" if opts.quick
-                           else "--duration 12 --warmup 3 --repeats 3 --refine 2")]  # fmt: skip
+                           else "--duration 10 --warmup 2 --repeats 3 --refine 2")]  # fmt: skip
     if opts.quick:
         return [compare(opts, "peers", "peers_shipped", "side by side, peers as shipped, 250 ms",
                         "--systems", "adaptive,litserve", *common)]  # fmt: skip
     return [
         compare(opts, "peers", "peers_shipped", "side by side, peers as shipped, 250 ms",
                 "--systems", PEERS_SHIPPED, *common),
-        compare(opts, "peers", "peers_slo", "side by side, peers tuned to the 250 ms SLO",
+        compare(opts, "peers", "peers_slo",
+                "side by side, peers on our engine, tuned to the 250 ms SLO",
                 "--systems", PEERS_SLO, *common),
     ]  # fmt: skip
 
@@ -335,7 +343,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     mode = parser.add_mutually_exclusive_group(required=True)
     mode.add_argument("--quick", action="store_true", help="about 11.5 minutes on 2 cores")
-    mode.add_argument("--full", action="store_true", help="about 2 h 40 min: what is quoted")
+    mode.add_argument("--full", action="store_true", help="about 1 h 45 min: what is quoted")
     mode.add_argument("--render-only", action="store_true", help="no runs: tables from files")
     parser.add_argument("--only", help=f"comma-separated sections of: {', '.join(SECTIONS)}")
     parser.add_argument("--results-dir", type=Path, default=ROOT / "benchmarks" / "results")

@@ -373,10 +373,13 @@ def test_full_plan_and_rates_from_the_measured_capacity(tmp_path):
     assert list(plan) == [*run_all.SECTIONS][:-1]  # every section but the rendered-only one
     shipped, slo = plan["peers"]
     assert f"--systems {run_all.PEERS_SHIPPED} " in shipped
-    assert "litserve-slo,bentoml-slo,torchserve-slo,pytriton-slo,rayserve-slo" in slo
-    assert "--rates 2.1,6.3,12.6,18.9,25.2,42 --deadline-ms 250" in shipped
+    assert f"--systems {run_all.PEERS_SLO} " in slo
+    for peer in ("litserve", "bentoml", "torchserve", "pytriton", "rayserve"):
+        assert f",{peer}" in shipped  # as shipped: eager torch, their own defaults
+        assert f"{peer}-fast-slo" in slo  # like for like: our engine, their SLO knobs
+    assert "--rates 6.3,12.6,18.9,25.2,42 --deadline-ms 250" in shipped
     assert "--refine 2" in shipped
-    assert "--repeats 5" in plan["naive_batched"][0]
+    assert "--repeats 3" in plan["naive_batched"][0]
     assert "--rates 6.3,12.6" in plan["distributed"][1]
     assert "drift_overhead.json" in plan["drift"][0]
 
