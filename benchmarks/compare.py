@@ -69,6 +69,7 @@ from pathlib import Path
 
 import httpx
 
+from visionloop.bench.ceiling import cpu_model_and_flags
 from visionloop.bench.load import LoadResult, Target, load_payloads, sweep
 from visionloop.bench.plots import plot_latency
 
@@ -352,14 +353,7 @@ def markdown(rows: list[dict[str, object]]) -> str:
 
 def machine() -> dict[str, object]:
     """What the figures were measured on."""
-    model, flags = "", set()
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            key, _, value = line.partition(":")
-            if key.strip() == "model name" and not model:
-                model = value.strip()
-            elif key.strip() == "flags" and not flags:
-                flags = set(value.split())
+    model, flags = cpu_model_and_flags()
     avx512 = sorted(f for f in flags if f.startswith("avx512"))
     return {
         "cpus": os.cpu_count(),

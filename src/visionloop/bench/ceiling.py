@@ -138,9 +138,9 @@ def spread(values: Iterable[float]) -> dict[str, float | int]:
     return {"median": statistics.median(data), "min": data[0], "max": data[-1], "n": len(data)}
 
 
-def machine_info() -> dict[str, object]:
-    """What a results file records about the machine: CPUs, model name, AVX-512 flags,
-    torch version and threads."""
+def cpu_model_and_flags() -> tuple[str, set[str]]:
+    """The CPU's model name and feature flags from /proc/cpuinfo (the platform's processor
+    name and no flags where there is none)."""
     model, flags = "", set[str]()
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
@@ -151,6 +151,13 @@ def machine_info() -> dict[str, object]:
                 flags = set(value.split())
     except OSError:
         model = platform.processor()
+    return model, flags
+
+
+def machine_info() -> dict[str, object]:
+    """What a results file records about the machine: CPUs, model name, AVX-512 flags,
+    torch version and threads."""
+    model, flags = cpu_model_and_flags()
     affinity = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else []
     return {
         "cpu_count": os.cpu_count(),
