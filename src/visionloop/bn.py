@@ -16,8 +16,10 @@ of the new domain; :func:`bn_drift` measures how far a batch's statistics are fr
 from __future__ import annotations
 
 import copy
+import threading
 from collections import Counter
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from itertools import pairwise
 from typing import Any
@@ -32,6 +34,7 @@ Foldable = nn.Conv1d | nn.Conv2d | nn.Conv3d | nn.Linear
 BatchNorm = nn.modules.batchnorm._BatchNorm
 
 __all__ = [
+    "TRACE_GUARD",
     "DriftReport",
     "FusionReport",
     "RecalibrationReport",
@@ -98,9 +101,62 @@ def fuse(model: nn.Module, *, inplace: bool = False) -> tuple[nn.Module, FusionR
     return fused, report
 
 
+class TraceGuard:
+    """Keeps ``torch.fx`` tracing apart from modules running in other threads.
+
+    ``torch.fx.symbolic_trace`` patches ``torch.nn.Module.__call__`` (and ``__getattr__``) for
+    the whole process while it traces: a module that runs in another thread meanwhile goes
+    through the tracer, and both fail (seen when a server loads a new model version while it
+    serves: the serving forward raises ``NameError: module is not installed as a submodule``,
+    the trace ``TraceError``). Tracing holds this guard exclusively; code that runs modules in
+    a thread while a trace may start (the server's executors, warm-up and drift tap) holds it
+    shared. A waiting trace goes before new runs, so it is not starved by a busy server; it
+    lasts milliseconds (Lite0: about 20 ms). Not reentrant: never trace while holding it.
+    """
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition()
+        self._running = 0
+        self._tracing = False
+        self._waiting = 0
+
+    @contextmanager
+    def running(self) -> Iterator[None]:
+        with self._cond:
+            while self._tracing or self._waiting:
+                self._cond.wait()
+            self._running += 1
+        try:
+            yield
+        finally:
+            with self._cond:
+                self._running -= 1
+                if not self._running:
+                    self._cond.notify_all()
+
+    @contextmanager
+    def tracing(self) -> Iterator[None]:
+        with self._cond:
+            self._waiting += 1
+            while self._tracing or self._running:
+                self._cond.wait()
+            self._waiting -= 1
+            self._tracing = True
+        try:
+            yield
+        finally:
+            with self._cond:
+                self._tracing = False
+                self._cond.notify_all()
+
+
+TRACE_GUARD = TraceGuard()
+
+
 def _plan(model: nn.Module) -> FusionReport:
     try:
-        graph = torch.fx.symbolic_trace(model).graph
+        with TRACE_GUARD.tracing():
+            graph = torch.fx.symbolic_trace(model).graph
     except Exception as exc:  # any Python the tracer cannot follow
         report = _plan_sequential(model)
         report.note = f"torch.fx could not trace it: {type(exc).__name__}: {str(exc)[:120]}"

@@ -165,3 +165,34 @@ def test_serve_and_worker_build_their_runner_config_by_one_rule():
     assert (
         RunnerConfig.from_settings(ServeSettings(max_queue=64)).for_worker().policy.max_queue == 64
     )
+
+
+async def test_tracing_a_model_being_loaded_does_not_break_the_one_serving():
+    """torch.fx patches nn.Module for the whole process while it traces: a load that fuses
+    (traces) a network while executors run theirs must break neither (bn.TraceGuard)."""
+    from torch import nn
+
+    from tests.serving.fakes import VersionedModel
+    from visionloop.bn import fuse
+
+    layers = [m for _ in range(20) for m in (nn.Conv2d(4, 4, 3), nn.BatchNorm2d(4), nn.ReLU())]
+    loading_network = nn.Sequential(*layers).eval()  # traceable: fused through torch.fx
+    runner = Runner(VersionedModel(), config(max_batch_size=1, max_delay_ms=0, instances=2))
+    await runner.start()
+    reports = []
+
+    def load_beside() -> None:
+        for _ in range(30):
+            reports.append(fuse(loading_network, inplace=False)[1])
+
+    loading = asyncio.get_running_loop().run_in_executor(None, load_beside)
+    image = np.full((8, 8, 3), 3, np.uint8)
+    answered = 0
+    while not loading.done():
+        await asyncio.gather(*(runner.infer(image) for _ in range(4)))  # ModelFailed would raise
+        answered += 4
+    await loading
+    await runner.stop()
+    assert answered > 0
+    assert [r.method for r in reports] == ["fx"] * 30
+    assert all(r.fused for r in reports)

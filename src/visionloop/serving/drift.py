@@ -21,7 +21,7 @@ import numpy as np
 import numpy.typing as npt
 import torch
 
-from visionloop.bn import bn_drift
+from visionloop.bn import TRACE_GUARD, bn_drift
 from visionloop.models import registry
 from visionloop.models.base import VisionModel
 from visionloop.serving.metrics import Metrics
@@ -103,7 +103,8 @@ class DriftTap:
     def _measure(self, batch: npt.NDArray[np.uint8]) -> float:
         """Runs in the tap's thread."""
         x = self.model.normalise(torch.from_numpy(batch))
-        return bn_drift(self.model.network, x).score
+        with TRACE_GUARD.running():
+            return bn_drift(self.model.network, x).score
 
     def _done(self, future: Future[float]) -> None:
         self._running = None
