@@ -87,8 +87,9 @@ def load_weights(model: VisionModel, path: Path) -> None:
     """
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
-    except (OSError, RuntimeError, pickle.UnpicklingError) as exc:
-        raise ValueError(f"cannot read weights from {path}: {exc}") from None
+    except (OSError, RuntimeError, EOFError, pickle.UnpicklingError) as exc:
+        why = str(exc) or ("empty file" if isinstance(exc, EOFError) else type(exc).__name__)
+        raise ValueError(f"cannot read weights from {path}: {why}") from None
     if not isinstance(state, dict):
         raise ValueError(f"{path} holds a {type(state).__name__}, not a state dict")
     try:
