@@ -187,6 +187,33 @@ class ServeSettings(BaseSettings):
         description="memory: the model runs in this process; redis: this is an API replica "
         "that queues jobs on Redis Streams for `visionloop worker` processes.",
     )
+    model_repository: Path | None = Field(
+        default=None,
+        description="Serve every model of this folder (DIR/<model>/config.toml and "
+        "DIR/<model>/<version>/), each with its own queue, batcher and executors, with the "
+        "repository API for load, unload, canary, shadow, promote and rollback. The model, "
+        "batching and engine settings then come from each model's config.toml.",
+    )
+    memory_budget_mb: float = Field(
+        default=0.0,
+        ge=0.0,
+        description="Model repository: refuse a load that would take the loaded models past "
+        "this much resident memory (0: no budget).",
+    )
+    oversubscribe: bool = Field(
+        default=False,
+        description="Model repository: allow more compute threads (executors x threads, over "
+        "every loaded version) than this process has cores.",
+    )
+
+    @model_validator(mode="after")
+    def _repository_in_process(self) -> ServeSettings:
+        if self.model_repository is not None and self.transport != "memory":
+            raise ValueError(
+                "a model repository is served in process (transport memory); with Redis, "
+                "each worker serves one model version"
+            )
+        return self
 
 
 class RedisSettings(BaseSettings):

@@ -367,7 +367,8 @@ def test_quick_plan(tmp_path):
     assert "saturation_ceiling_after.json" in after
     assert len(plan["peers"]) == 1
     assert "--systems adaptive,litserve" in plan["peers"][0]
-    assert "--rates 18,30,60" in plan["peers"][0]  # 0.6, 1 and 2 x the default capacity 30
+    assert "--rates 9,18,30" in plan["peers"][0]  # 0.3, 0.6 and 1 x the default capacity 30
+    assert "--refine 1" in plan["peers"][0]
 
 
 def test_full_plan_and_rates_from_the_measured_capacity(tmp_path):

@@ -109,3 +109,42 @@ def solid_png(marker: int, size: tuple[int, int] = (16, 12)) -> bytes:
 def slow_fake() -> FakeModel:
     """Registry factory for subprocess tests: ``--model tests.serving.fakes:slow_fake``."""
     return FakeModel(delay_s=0.2)
+
+
+class Offset(nn.Module):
+    """Each image's mean colour plus a learnt offset: the weights say which version it is."""
+
+    def __init__(self, delay_s: float = 0.0) -> None:
+        super().__init__()
+        self.offset = nn.Parameter(torch.zeros(3))
+        self.delay_s = delay_s
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        time.sleep(self.delay_s)
+        return x.mean(dim=(2, 3)) + self.offset
+
+
+class VersionedModel(FakeModel):
+    """A FakeModel whose answers carry its weights: label = marker + offset[0]. A repository
+    version holds ``versioned_weights(v)`` (offset 1000 v), so an answer names the version
+    that computed it."""
+
+    name = "versioned"
+
+    def __init__(self, delay_s: float = 0.0) -> None:
+        super().__init__()
+        self.network = Offset(delay_s)
+
+
+def versioned() -> VersionedModel:
+    """Registry factory: ``architecture = "tests.serving.fakes:versioned"``."""
+    return VersionedModel()
+
+
+def versioned_slow() -> VersionedModel:
+    """As :func:`versioned`, 20 ms per batch: a capacity of 50 batches a second."""
+    return VersionedModel(delay_s=0.02)
+
+
+def versioned_weights(version: int) -> dict[str, torch.Tensor]:
+    return {"offset": torch.tensor([1000.0 * version, 0.0, 0.0])}

@@ -340,7 +340,7 @@ def test_uploads_waiting_for_a_decode_thread_are_bounded(serve):
     first: dict[str, httpx.Response] = {}
     thread = threading.Thread(target=lambda: first.update(r=httpx.post(url, content=solid_png(50))))
     thread.start()
-    eventually(lambda: server.state._decoding >= 1, "an upload in decode")
+    eventually(lambda: sum(server.state._decoding.values()) >= 1, "an upload in decode")
     refused = httpx.post(url, content=solid_png(51))
     gate.set()
     thread.join()
@@ -358,11 +358,11 @@ def test_a_deadline_that_passes_while_waiting_for_decode_is_504_without_decoding
         target=lambda: results.update(a=httpx.post(url, content=solid_png(52)))
     )
     first.start()
-    eventually(lambda: server.state._decoding >= 1, "an upload in decode")
+    eventually(lambda: sum(server.state._decoding.values()) >= 1, "an upload in decode")
     late = threading.Thread(target=lambda: results.update(
         b=httpx.post(url, content=solid_png(53), headers={"X-Timeout-Ms": "50"})))  # fmt: skip
     late.start()
-    eventually(lambda: server.state._decoding >= 2, "two uploads in decode")
+    eventually(lambda: sum(server.state._decoding.values()) >= 2, "two uploads in decode")
     time.sleep(0.1)
     gate.set()
     first.join()

@@ -130,6 +130,9 @@ def test_a_200_that_leaves_after_the_clients_deadline_is_counted(offset_s, late)
         model_name = "fake"
         metrics = Metrics()
 
+        def serves(self, name: str) -> bool:
+            return name == self.model_name
+
         def answer_written(self, checked: float, done: float) -> None:
             raise AssertionError("no route checked this answer")
 

@@ -2,7 +2,8 @@
 
 :mod:`~visionloop.cli.serve` (predict, models, serve, worker), :mod:`~visionloop.cli.bn`,
 :mod:`~visionloop.cli.train` (train, data), :mod:`~visionloop.cli.label`,
-:mod:`~visionloop.cli.export` and :mod:`~visionloop.cli.bench`. They share
+:mod:`~visionloop.cli.export`, :mod:`~visionloop.cli.bench` and :mod:`~visionloop.cli.repo`.
+They share
 :mod:`~visionloop.cli.common` (the consoles, verbatim output, the one error context) and
 :mod:`~visionloop.cli.options` (flags several take, and the rule from flags to settings); none
 imports another command module or this one, and nothing outside this package imports it.
@@ -12,7 +13,7 @@ from __future__ import annotations
 
 import typer
 
-from visionloop.cli import bench, bn, export, label, serve, train
+from visionloop.cli import bench, bn, export, label, repo, serve, train
 
 __all__ = ["app"]
 
@@ -33,6 +34,7 @@ app.add_typer(train.data_app, name="data")
 app.add_typer(label.app, name="label")
 app.command("export")(export.export)
 app.add_typer(bench.app, name="bench")
+app.add_typer(repo.app, name="repo")
 
 
 def main() -> None:  # pragma: no cover - console entry

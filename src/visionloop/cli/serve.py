@@ -17,7 +17,7 @@ import typer
 from rich.table import Table
 
 from visionloop.cli import options
-from visionloop.cli.common import console, escape
+from visionloop.cli.common import console, errors, escape
 from visionloop.cli.options import DeviceOption, ModelOption
 
 EngineOption = Annotated[
@@ -175,12 +175,28 @@ def serve(
     engine: EngineOption = None,
     precision: PrecisionOption = None,
     artifact: ArtifactOption = None,
+    model_repository: Annotated[
+        Path | None,
+        typer.Option(
+            help="Serve every model of this folder (DIR/<model>/config.toml, "
+            "DIR/<model>/<version>/); see `visionloop repo`."
+        ),
+    ] = None,
+    memory_budget_mb: Annotated[
+        float | None, typer.Option(help="Repository: refuse loads past this resident memory.")
+    ] = None,
+    oversubscribe: Annotated[
+        bool | None, typer.Option(help="Repository: allow more compute threads than cores.")
+    ] = None,
     log_level: LogLevelOption = "info",
 ) -> None:
     """Serve the model over HTTP (v1 predict, Open Inference Protocol v2, /metrics).
 
     With --transport redis this process is an API replica: it decodes uploads and queues them
     on Redis Streams for `visionloop worker` processes, on this machine or others.
+
+    With --model-repository DIR it serves every model of DIR, each version with its own queue
+    and executors, and the repository API (load, unload, canary, shadow, promote, rollback).
     """
     from visionloop.serving.api import create_app
     from visionloop.settings import RedisSettings, ServeSettings
@@ -190,8 +206,15 @@ def serve(
         "max_delay_ms": max_delay_ms, "max_queue": max_queue, "timeout_ms": timeout_ms,
         "instances": instances, "pad_to_buckets": pad_to_buckets, "policy": policy,
         "transport": transport, "drift_sample": drift_sample,
+        "model_repository": model_repository, "memory_budget_mb": memory_budget_mb,
+        "oversubscribe": oversubscribe,
     }  # fmt: skip
     settings = options.settings_from(ServeSettings, **flags)
+    if settings.model_repository is not None:
+        from visionloop.serving.repository import Repository, RepositoryError
+
+        with errors(RepositoryError):
+            Repository(settings.model_repository).check()
     model_settings = options.model_settings(
         model=model, device=device, threads=threads, engine=engine, precision=precision,
         artifact=artifact,
@@ -233,7 +256,13 @@ def _log_start(settings: Any, model_settings: Any, redis_settings: Any) -> None:
 
     log = logging.getLogger("visionloop.serve")
     base = f"http://{settings.host}:{settings.port}"
-    if settings.transport == "redis":
+    if settings.model_repository is not None:
+        log.info(
+            "loading every model of %s (each with its own config.toml); repository API: "
+            "%s/v2/repository/index; docs: %s/docs",
+            settings.model_repository, base, base,
+        )  # fmt: skip
+    elif settings.transport == "redis":
         log.info(
             "API replica for %s via %s (batching is the workers'); max_queue=%d; docs: %s/docs",
             model_settings.model, redis_settings.url, settings.max_queue, base,

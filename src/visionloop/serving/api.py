@@ -25,7 +25,8 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from visionloop import __version__, imaging
 from visionloop.models.base import JSONDict, VisionModel
 from visionloop.models.masks import MASK_FORMATS, encode_masks
-from visionloop.serving import protocol_v2
+from visionloop.serving import protocol_v2, repository_api
+from visionloop.serving.fleet import Loader
 from visionloop.serving.lag import thaw_heap
 from visionloop.serving.runner import (
     DeadlineExceeded,
@@ -74,8 +75,13 @@ def create_app(
     imaging_settings: ImagingSettings | None = None,
     model: VisionModel | None = None,
     redis_settings: RedisSettings | None = None,
+    loader: Loader | None = None,
 ) -> FastAPI:
     """Build the ASGI app. ``model`` (already prepared) skips loading from the registry.
+
+    With ``settings.model_repository`` the app serves every model of that folder
+    (:mod:`visionloop.serving.fleet`; ``loader`` replaces how a version is loaded, for tests)
+    and has the repository API (:mod:`visionloop.serving.repository_api`).
 
     With ``settings.transport == "redis"`` the app is an API replica: it loads no model and
     queues jobs on Redis Streams for ``visionloop worker`` processes (``redis_settings``).
@@ -91,7 +97,7 @@ def create_app(
         version=__version__,
         description="Image classification behind a dynamic-batching queue. "
         "v1: raw image in, JSON out. v2: Open Inference Protocol (KServe / Triton).",
-        lifespan=_lifespan(state, model, redis_settings),
+        lifespan=_lifespan(state, model, redis_settings, loader),
     )
     app.state.visionloop = state
     _install_error_handlers(app, state)
@@ -99,22 +105,29 @@ def create_app(
     app.include_router(_v1_router(state))
     app.include_router(_ops_router(state))
     app.include_router(protocol_v2.router(state, _authorise))
+    if state.settings.model_repository is not None:
+        app.include_router(repository_api.router(state, _authorise))
     return app
 
 
 def _lifespan(
-    state: ServerState, model: VisionModel | None, redis_settings: RedisSettings | None
+    state: ServerState,
+    model: VisionModel | None,
+    redis_settings: RedisSettings | None,
+    loader: Loader | None = None,
 ) -> Callable[[FastAPI], AbstractAsyncContextManager[None]]:
     """Start the settings' transport in the background (routes answer 503 until it is ready);
     at shutdown drain it and stop the decode pool and the lag probe."""
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        from visionloop.serving.startup import TRANSPORTS
+        from visionloop.serving.startup import TRANSPORTS, ModelRepository, Startup
 
         settings = state.settings
         # the name was checked against the table when the settings were read
-        startup = TRANSPORTS[settings.transport]
+        startup: Startup = TRANSPORTS[settings.transport]
+        if settings.model_repository is not None:
+            startup = ModelRepository(loader)
         loading = asyncio.create_task(startup.start(state, model, redis_settings))
         try:
             yield
@@ -123,6 +136,8 @@ def _lifespan(
             if state.runner is not None:
                 log.info("draining: %d queued", state.runner.queued())
                 await state.runner.stop(settings.drain_timeout_s)
+            if state.fleet is not None:
+                await state.fleet.stop(settings.drain_timeout_s)
             state.decode_pool.shutdown(wait=False, cancel_futures=True)
             await state.lag.stop()
             thaw_heap()
@@ -135,23 +150,31 @@ def _v1_router(state: ServerState) -> APIRouter:
     api = APIRouter(tags=["v1"])
 
     @api.post("/v1/models/{model}/predict", openapi_extra=_IMAGE_BODY)
-    async def predict(model: str, request: Request) -> Response:
-        """Classify one image (raw body) or several (multipart, one part per file)."""
+    @api.post("/v1/models/{model}/versions/{version}/predict", openapi_extra=_IMAGE_BODY)
+    async def predict(model: str, request: Request, version: str | None = None) -> Response:
+        """Classify one image (raw body) or several (multipart, one part per file); without a
+        version, the model's serving version (or its canary) answers."""
         _authorise(state, request)
-        runner = state.runner_for(model)
-        timeout = timeout_from(request.headers.get("x-timeout-ms"), "X-Timeout-Ms")
-        arrived = state.start_clock(request, runner, timeout)  # the deadline counts from here
-        if request.headers.get("content-type", "").startswith("multipart/form-data"):
-            return await _predict_many(state, request, runner, timeout, arrived)
-        masks = _mask_format(request)
-        data = await read_body(request, state.limits.max_bytes, _left(runner, timeout, arrived))
-        started = time.perf_counter()
-        image = await state.decode(data, runner, timeout, arrived)
-        decode_ms = (time.perf_counter() - started) * 1e3
-        item = await state.infer(request, runner, image, timeout, arrived)
-        return JSONResponse(_v1_body(runner, item, decode_ms, started, masks))
+        with state.lease(model, version) as runner:
+            return await _predict(state, request, runner)
 
     return api
+
+
+async def _predict(state: ServerState, request: Request, runner: Transport) -> Response:
+    """One v1 request on the version it was leased."""
+    timeout = timeout_from(request.headers.get("x-timeout-ms"), "X-Timeout-Ms")
+    arrived = state.start_clock(request, runner, timeout)  # the deadline counts from here
+    if request.headers.get("content-type", "").startswith("multipart/form-data"):
+        return await _predict_many(state, request, runner, timeout, arrived)
+    masks = _mask_format(request)
+    state.admit(runner, timeout, arrived)  # an overloaded model refuses before the body
+    data = await read_body(request, state.limits.max_bytes, _left(runner, timeout, arrived))
+    started = time.perf_counter()
+    image = await state.decode(data, runner, timeout, arrived)
+    decode_ms = (time.perf_counter() - started) * 1e3
+    item = await state.infer(request, runner, image, timeout, arrived)
+    return JSONResponse(_v1_body(runner, item, decode_ms, started, masks))
 
 
 def _ops_router(state: ServerState) -> APIRouter:
@@ -199,7 +222,8 @@ def _v1_body(
         classes = runner.model.classes
         extra = {"mask_format": masks, "masks": encode_masks(item.outputs["masks"], classes, masks)}
     return {
-        "model": runner.model.name,
+        "model": runner.name,
+        "model_version": runner.version,
         **item.result,
         **extra,
         "batch_size": item.batch_size,
@@ -240,7 +264,9 @@ async def _predict_many(
             predictions.append({**item, **_json(response)})
         else:
             predictions.append(answer)
-    return JSONResponse({"model": runner.model.name, "predictions": predictions})
+    return JSONResponse(
+        {"model": runner.name, "model_version": runner.version, "predictions": predictions}
+    )
 
 
 def _json(response: JSONResponse) -> JSONDict:
@@ -320,7 +346,7 @@ class _RequestMetrics:
             await self.app(scope, receive, tracking_send)
         finally:
             model, endpoint = labels
-            if model != self.state.model_name:
+            if not self.state.serves(model):
                 model = "unknown"  # bound the label set: the path is the client's to choose
             metrics = self.state.metrics
             metrics.latency.labels(model=model, endpoint=endpoint).observe(
@@ -333,7 +359,7 @@ class _RequestMetrics:
 
 def _inference_route(path: str) -> tuple[str, str] | None:
     parts = path.strip("/").split("/")
-    if len(parts) == 4 and parts[:2] == ["v1", "models"] and parts[3] == "predict":
+    if len(parts) in (4, 6) and parts[:2] == ["v1", "models"] and parts[-1] == "predict":
         return parts[2], "v1_predict"
     if len(parts) >= 4 and parts[:2] == ["v2", "models"] and parts[-1] == "infer":
         return parts[2], "v2_infer"

@@ -118,6 +118,41 @@ class Metrics:
             registry=r,
         )
 
+        # Model repository (serving/fleet.py): per version, whatever its role.
+        self.version_requests = Counter(
+            "visionloop_version_requests_total",
+            "Requests a model version answered, by its role (serving, canary, shadow, loaded: "
+            "asked for by version) and outcome (ok, refused, error); a shadow's are copies.",
+            ["model", "version", "role", "outcome"],
+            registry=r,
+        )
+        self.version_latency = Histogram(
+            "visionloop_version_latency_seconds",
+            "Queue + compute time of a model version's answers (ok only).",
+            ["model", "version", "role"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.version_agreement = Counter(
+            "visionloop_version_agreement_total",
+            "A canary's or shadow's answers compared with the serving version's on the same "
+            "image: agree is true when the labels (and masks, IoU >= 0.9) match.",
+            ["model", "version", "agree"],
+            registry=r,
+        )
+        self.version_copies_skipped = Counter(
+            "visionloop_version_copies_skipped_total",
+            "Comparison copies not sent because the target version's queue was half full.",
+            ["model", "version"],
+            registry=r,
+        )
+        self.version_role = Gauge(
+            "visionloop_version_role",
+            "1 for the role each loaded version has now (serving, canary, shadow, loaded).",
+            ["model", "version", "role"],
+            registry=r,
+        )
+
     def render(self) -> bytes:
         """The Prometheus text exposition of every metric."""
         return generate_latest(self.registry)

@@ -71,7 +71,7 @@ def router(state: ServerState, authorise: Callable[[ServerState, Request], None]
         return {
             "name": "visionloop",
             "version": __version__,
-            "extensions": ["binary_tensor_data", "statistics", "model_configuration"],
+            "extensions": _extensions(state),
         }
 
     @api.get("/health/live")
@@ -80,17 +80,14 @@ def router(state: ServerState, authorise: Callable[[ServerState, Request], None]
 
     @api.get("/health/ready")
     async def ready() -> Response:
-        ok = state.runner is not None and state.runner.ready
-        body: dict[str, Any] = {"ready": ok}
-        if state.load_error:
-            body["error"] = state.load_error
+        ok, body = readiness(state)
         return JSONResponse(body, status_code=200 if ok else 503)
 
     @api.get("/models/{model}/ready")
     @api.get("/models/{model}/versions/{version}/ready")
     async def model_ready(model: str, version: str | None = None) -> dict[str, Any]:
-        state.runner_for(model)
-        return {"name": model, "ready": True}
+        runner = state.runner_for(model, version)
+        return {"name": model, "version": runner.version, "ready": True}
 
     @api.get("/models/{model}")
     @api.get("/models/{model}/versions/{version}")
@@ -98,12 +95,15 @@ def router(state: ServerState, authorise: Callable[[ServerState, Request], None]
         model: str, request: Request, version: str | None = None
     ) -> dict[str, Any]:
         authorise(state, request)
-        return metadata(state.model(model))
+        return metadata(state.runner_for(model, version), _versions(state, model))
 
     @api.get("/models/{model}/config")
-    async def model_config(model: str, request: Request) -> dict[str, Any]:
+    @api.get("/models/{model}/versions/{version}/config")
+    async def model_config(
+        model: str, request: Request, version: str | None = None
+    ) -> dict[str, Any]:
         authorise(state, request)
-        return config(state, state.runner_for(model))
+        return config(state, state.runner_for(model, version))
 
     @api.get("/models/{model}/stats")
     @api.get("/models/{model}/versions/{version}/stats")
@@ -111,26 +111,61 @@ def router(state: ServerState, authorise: Callable[[ServerState, Request], None]
         model: str, request: Request, version: str | None = None
     ) -> dict[str, Any]:
         authorise(state, request)
-        return stats(state.runner_for(model))
+        return stats(state.runner_for(model, version))
 
     @api.post("/models/{model}/infer")
     @api.post("/models/{model}/versions/{version}/infer")
     async def infer(model: str, request: Request, version: str | None = None) -> Response:
         authorise(state, request)
-        runner = state.runner_for(model)
-        return await _infer(state, runner, request)
+        with state.lease(model, version) as runner:
+            return await _infer(state, runner, request)
 
     return api
 
 
-def metadata(model: ModelInfo) -> dict[str, Any]:
+def readiness(state: ServerState) -> tuple[bool, dict[str, Any]]:
+    """Whether the server takes traffic, and the body that says so. With a model repository:
+    ready while at least one model serves; the others are named with their reason."""
+    ok = state.is_ready()
+    body: dict[str, Any] = {"ready": ok}
+    if state.load_error:
+        body["error"] = state.load_error
+    if state.fleet is not None:
+        unavailable = {
+            row["name"]: row["reason"]
+            for row in state.fleet.index()
+            if row["state"] != "READY" and row["version"] == ""
+        }
+        for name, slot in state.fleet.slots.items():
+            if slot.serving is None and name not in unavailable:
+                unavailable[name] = slot.status.get(0, ("", "not ready"))[1] or "not ready"
+        if unavailable:
+            body["unavailable"] = unavailable
+    return ok, body
+
+
+def _extensions(state: ServerState) -> list[str]:
+    found = ["binary_tensor_data", "statistics", "model_configuration"]
+    return [*found, "model_repository"] if state.fleet is not None else found
+
+
+def _versions(state: ServerState, name: str) -> list[str]:
+    """The model's ready versions (Triton lists the loaded ones)."""
+    if state.fleet is None:
+        return [state.runner.version] if state.runner is not None else ["1"]
+    rows = state.fleet.index(ready_only=True)
+    return [row["version"] for row in rows if row["name"] == name]
+
+
+def metadata(runner: Transport, versions: list[str]) -> dict[str, Any]:
+    model = runner.model
     spec = model.input_spec
     outputs = [
         {"name": o.name, "datatype": o.dtype, "shape": [-1, *o.shape]} for o in model.outputs
     ] + [{"name": "label", "datatype": "BYTES", "shape": [-1]}]
     return {
-        "name": model.name,
-        "versions": ["1"],
+        "name": runner.name,
+        "versions": versions,
         "platform": "pytorch",
         "inputs": [
             # [-1, 1] as Triton derives it from the config (max_batch_size > 0, dims [1]);
@@ -143,18 +178,28 @@ def metadata(model: ModelInfo) -> dict[str, Any]:
 
 
 def config(state: ServerState, runner: Transport) -> dict[str, Any]:
+    """Triton's model configuration, from the runner's own settings where it has them (each
+    version of a model repository has its own), else the server's."""
     s, model = state.settings, runner.model
+    own = getattr(runner, "config", None)
+    policy = getattr(own, "policy", None)
+    max_batch = policy.max_batch_size if policy else s.max_batch_size
+    max_delay_ms = policy.max_delay_ms if policy else s.max_delay_ms
+    max_queue = policy.max_queue if policy else s.max_queue
+    timeout_ms = own.timeout_ms if own is not None and policy else s.timeout_ms
+    instances = own.instances if own is not None and policy else s.instances
     engine = model.engine_info() if hasattr(model, "engine_info") else {}
     platform = {"onnxruntime": "onnxruntime_onnx", "openvino": "openvino"}
     return {
-        "name": model.name,
+        "name": runner.name,
+        "version": runner.version,
         "platform": platform.get(str(engine.get("engine")), "pytorch"),
         "backend": "visionloop",
         # Which engine and precision run the forward pass, and why (Triton's string parameters,
         # and the same as an object for people).
         "parameters": {k: {"string_value": str(v)} for k, v in engine.items()},
         "engine": engine,
-        "max_batch_size": s.max_batch_size,
+        "max_batch_size": max_batch,
         # Either input, never both: Triton's way to say so is "optional" on each.
         "input": [
             {"name": "image_bytes", "data_type": "TYPE_STRING", "dims": [1], "optional": True},
@@ -170,16 +215,16 @@ def config(state: ServerState, runner: Transport) -> dict[str, Any]:
             for o in model.outputs
         ],
         "dynamic_batching": {
-            "max_queue_delay_microseconds": int(s.max_delay_ms * 1000),
+            "max_queue_delay_microseconds": int(max_delay_ms * 1000),
             "preferred_batch_size": list(runner.preferred_batch_sizes),
             "default_queue_policy": {
-                "max_queue_size": s.max_queue,
-                "default_timeout_microseconds": int(s.timeout_ms * 1000),
+                "max_queue_size": max_queue,
+                "default_timeout_microseconds": int(timeout_ms * 1000),
             },
         },
         "instance_group": [
             {
-                "count": s.instances,
+                "count": instances,
                 "kind": "KIND_GPU" if model.device.type == "cuda" else "KIND_CPU",
             }
         ],
@@ -191,8 +236,8 @@ def stats(runner: Transport) -> dict[str, Any]:
     return {
         "model_stats": [
             {
-                "name": runner.model.name,
-                "version": "1",
+                "name": runner.name,
+                "version": runner.version,
                 "last_inference": s.last_inference_ms,
                 "inference_count": s.inference_count,
                 "execution_count": s.execution_count,
@@ -224,7 +269,7 @@ async def _infer(state: ServerState, runner: Transport, request: Request) -> Res
     settings = state.settings
     header_ms = timeout_from(request.headers.get("x-timeout-ms"), "X-Timeout-Ms")
     arrived = state.start_clock(request, runner, header_ms)
-    runner.admit(header_ms, arrived)  # an overloaded server refuses before reading the body
+    state.admit(runner, header_ms, arrived)  # an overloaded server refuses before the body
     within = runner.deadline(header_ms, arrived) - runner.clock()
     declared = request.headers.get(HEADER_LENGTH)
     # A body without the binary extension is all JSON: it stops at the JSON limit as it streams.
@@ -257,7 +302,7 @@ async def _infer(state: ServerState, runner: Transport, request: Request) -> Res
     items = await asyncio.gather(
         *(state.infer(request, runner, image, timeout_ms, arrived) for image in images)
     )
-    return _response(parsed, model, list(items))
+    return _response(parsed, runner, list(items))
 
 
 class _Payload:
@@ -421,7 +466,7 @@ def _flatten(data: Any) -> list[Any]:
     return [data]
 
 
-def _response(parsed: InferRequest, model: ModelInfo, items: list[ItemResult]) -> Response:
+def _response(parsed: InferRequest, runner: Transport, items: list[ItemResult]) -> Response:
     available: dict[str, npt.NDArray[Any]] = {
         name: np.stack([item.outputs[name] for item in items]) for name in items[0].outputs
     }
@@ -448,7 +493,11 @@ def _response(parsed: InferRequest, model: ModelInfo, items: list[ItemResult]) -
                 [str(x) for x in array.ravel()] if array.dtype == object else array.ravel().tolist()
             )
         outputs.append(entry)
-    body: dict[str, Any] = {"model_name": model.name, "model_version": "1", "outputs": outputs}
+    body: dict[str, Any] = {
+        "model_name": runner.name,
+        "model_version": runner.version,
+        "outputs": outputs,
+    }
     if parsed.id is not None:
         body["id"] = parsed.id
     header = json.dumps(body).encode()

@@ -18,6 +18,9 @@ import contextlib
 import dataclasses
 import itertools
 import math
+import os
+import resource
+import threading
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -28,6 +31,7 @@ import numpy as np
 import numpy.typing as npt
 import torch
 
+from visionloop.bn import TRACE_GUARD
 from visionloop.models.base import JSONDict, VisionModel
 from visionloop.serving.batcher import Batcher, BatchPolicy, DeadlineUnreachable, Job, QueueFull
 from visionloop.serving.drift import DriftTap
@@ -144,16 +148,42 @@ class _Executor:
         if padded_size > count:
             staged[count:].zero_()
         t1 = time.perf_counter()
-        outputs = self.model.forward(staged)
-        # Reading results back is the one synchronisation point on CUDA.
-        host = {name: tensor[:count].cpu() for name, tensor in outputs.items()}
-        t2 = time.perf_counter()
-        results = self.model.postprocess(host)
+        with TRACE_GUARD.running():  # not while a model being loaded is traced (bn.TraceGuard)
+            outputs = self.model.forward(staged)
+            # Reading results back is the one synchronisation point on CUDA.
+            host = {name: tensor[:count].cpu() for name, tensor in outputs.items()}
+            t2 = time.perf_counter()
+            results = self.model.postprocess(host)
         if len(results) != count:
             raise RuntimeError(f"postprocess returned {len(results)} results for {count} images")
         arrays = {name: tensor.numpy() for name, tensor in host.items()}
         answers = [({n: a[i] for n, a in arrays.items()}, results[i]) for i in range(count)]
         return answers, Phases(t1 - t0, t2 - t1, time.perf_counter() - t2)
+
+
+@contextlib.contextmanager
+def background_priority(restore: bool = True) -> Iterator[None]:
+    """Run the block in this thread at a lower CPU priority (nice +10; on Linux nice is per
+    thread), so that loading or warming a new model version takes the CPU the serving threads
+    leave. With ``restore`` the priority is put back afterwards, so it is lowered only where it
+    can be (as root, or as RLIMIT_NICE allows); elsewhere the block runs unchanged."""
+    tid = threading.get_native_id()
+    try:
+        before = os.getpriority(os.PRIO_PROCESS, tid)
+        allowed = os.geteuid() == 0 or 20 - resource.getrlimit(resource.RLIMIT_NICE)[0] <= before
+        if restore and not allowed:
+            yield
+            return
+        os.setpriority(os.PRIO_PROCESS, tid, min(before + 10, 19))
+    except (AttributeError, OSError):  # not Linux, or not allowed
+        yield
+        return
+    try:
+        yield
+    finally:
+        if restore:
+            with contextlib.suppress(OSError):
+                os.setpriority(os.PRIO_PROCESS, tid, before)
 
 
 def _set_threads(threads: int) -> None:
@@ -171,8 +201,18 @@ class Runner:
         metrics: Metrics | None = None,
         clock: Callable[[], float] = time.monotonic,
         tap: DriftTap | None = None,
+        name: str | None = None,
+        version: str = "1",
+        background_warmup: bool = False,
     ) -> None:
+        """``name``: what routes and metrics call the model (default: the model's own name;
+        a repository's folder name may differ); ``version``: which version of it this is;
+        ``background_warmup``: warm up at a lower CPU priority (:func:`background_priority`),
+        for a version loaded beside others that serve."""
+        self.background_warmup = background_warmup
         self.model = model
+        self._name = name or model.name
+        self.version = version
         self.tap = tap
         self.config = config
         self.metrics = metrics or Metrics()
@@ -191,13 +231,13 @@ class Runner:
         self._executors: list[_Executor] = []
         self._tasks: list[asyncio.Task[None]] = []
         self._in_flight = 0
-        self._labels = {"model": model.name}
+        self._labels = {"model": self._name}
 
     # -- the Transport interface (see visionloop.serving.transport.base) ---------------------
 
     @property
     def name(self) -> str:
-        return self.model.name
+        return self._name
 
     @property
     def preferred_batch_sizes(self) -> tuple[int, ...]:
@@ -232,11 +272,16 @@ class Runner:
     def _warmup(self, sizes: tuple[int, ...]) -> None:
         """Runs in an executor thread: every size twice; the second run seeds the service-time
         table (the first pays one-off allocation and kernel selection)."""
+        with background_priority() if self.background_warmup else contextlib.nullcontext():
+            self._warm(sizes)
+
+    def _warm(self, sizes: tuple[int, ...]) -> None:
         for size in sizes:
-            self.model.warmup([size])
-            started = time.perf_counter()
-            self.model.warmup([size])
-            self.batcher.observe_service(size, time.perf_counter() - started)
+            with TRACE_GUARD.running():
+                self.model.warmup([size])
+                started = time.perf_counter()
+                self.model.warmup([size])
+                self.batcher.observe_service(size, time.perf_counter() - started)
 
     async def stop(self, drain_timeout_s: float = 30.0) -> None:
         """Refuse new work, let queued and running batches finish (up to the timeout), then

@@ -20,10 +20,11 @@ from visionloop.serving.lag import freeze_heap
 
 if TYPE_CHECKING:
     from visionloop.models.base import VisionModel
+    from visionloop.serving.fleet import Loader
     from visionloop.serving.state import ServerState
     from visionloop.settings import RedisSettings
 
-__all__ = ["TRANSPORTS", "InProcess", "RedisReplica", "Startup"]
+__all__ = ["TRANSPORTS", "InProcess", "ModelRepository", "RedisReplica", "Startup"]
 
 log = logging.getLogger("visionloop.serve")
 
@@ -112,6 +113,50 @@ class RedisReplica:
             "API replica %s for model %s: jobs go to %s on %s",
             transport.replica, transport.name, transport.keys.requests, redis_settings.url,
         )  # fmt: skip
+
+
+class ModelRepository:
+    """``serve --model-repository DIR``: every model of the folder in this process, each
+    version behind its own runner (:class:`~visionloop.serving.fleet.Fleet`). Not a transport:
+    the app starts it in place of the settings' transport."""
+
+    def __init__(self, loader: Loader | None = None) -> None:
+        self.loader = loader
+
+    async def start(
+        self, state: ServerState, model: VisionModel | None, redis_settings: RedisSettings | None
+    ) -> None:
+        from visionloop.serving.fleet import Fleet, FleetLimits, load_version
+        from visionloop.serving.repository import Repository
+
+        settings = state.settings
+        assert settings.model_repository is not None
+        limits = FleetLimits(
+            oversubscribe=settings.oversubscribe,
+            memory_budget_mb=settings.memory_budget_mb,
+            drain_timeout_s=settings.drain_timeout_s,
+        )
+        fleet = Fleet(
+            Repository(settings.model_repository),
+            self.loader or load_version,
+            state.metrics,
+            limits,
+        )
+        state.fleet = fleet
+        try:
+            await fleet.start()
+        except Exception as exc:  # the folder itself: reported by /v2/health/ready
+            state.load_error = f"{type(exc).__name__}: {exc}"
+            log.exception("model repository failed to load")
+            return
+        serving = [row for row in fleet.index() if row.get("role") == "serving"]
+        log.info(
+            "model repository %s: %s; %d objects frozen out of garbage collection; ready",
+            settings.model_repository,
+            ", ".join(f"{r['name']} v{r['version']}" for r in serving) or "nothing serves",
+            freeze_heap(),
+        )
+        state.lag.start()
 
 
 TRANSPORTS: dict[str, Startup] = {

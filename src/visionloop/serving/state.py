@@ -8,8 +8,12 @@ never as a traceback.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import functools
 import logging
 import time
+from collections import Counter, deque
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
@@ -20,6 +24,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 
 from visionloop import imaging
+from visionloop.serving.fleet import Fleet, LoadFailed, Unavailable, UnknownModel
 from visionloop.serving.lag import ANSWER_WRITE_WINDOW_S, LoopLag, SlidingMax
 from visionloop.serving.metrics import Metrics
 from visionloop.serving.runner import (
@@ -80,19 +85,35 @@ class ServerState:
     # From infer's last check to the answer's last byte handed over (recorded by the metrics
     # middleware); infer leaves this much room before the deadline.
     answer_write: SlidingMax = field(default_factory=lambda: SlidingMax(ANSWER_WRITE_WINDOW_S))
-    runner: Transport | None = None
+    runner: Transport | None = None  # the one model, outside a model repository
+    fleet: Fleet | None = None  # a model repository's models and versions
     load_error: str | None = None
     decode_pool: ThreadPoolExecutor = field(init=False)
-    _decoding: int = field(default=0, init=False)  # uploads in or waiting for a decode thread
+    _decoder: FairPool = field(init=False)
+    # Per model: uploads in or waiting for a decode thread (bounded by its queue's bound).
+    _decoding: Counter[str] = field(default_factory=Counter, init=False)
 
     def __post_init__(self) -> None:
         self.decode_pool = ThreadPoolExecutor(
             max_workers=self.settings.decode_threads, thread_name_prefix="visionloop-decode"
         )
+        self._decoder = FairPool(self.decode_pool, self.settings.decode_threads)
 
     @property
     def model_name(self) -> str:
         return self.runner.name if self.runner else self.model_settings.model
+
+    def serves(self, name: str) -> bool:
+        """Whether ``name`` is a model of this server (ready or not)."""
+        if self.fleet is not None:
+            return self.fleet.serves(name)
+        return name == self.model_name
+
+    def is_ready(self) -> bool:
+        """Ready for traffic: the one model is, or (repository) at least one model serves."""
+        if self.fleet is not None:
+            return any(slot.serving is not None for slot in self.fleet.slots.values())
+        return self.runner is not None and self.runner.ready
 
     def start_clock(self, request: Request, runner: Transport, timeout_ms: float | None) -> float:
         """When a request's deadline counts from: :func:`arrived_at` with the loop-lag reserve.
@@ -106,6 +127,15 @@ class ServerState:
         left = runner.deadline(timeout_ms, arrived) - runner.clock()
         request.scope[ANSWER_BY] = time.monotonic() + left + reserve / LoopLag.DELAYS
         return arrived
+
+    def admit(self, runner: Transport, timeout_ms: float | None, arrived: float) -> None:
+        """Refuse before the body is read what the model cannot answer in time: 504 if the
+        deadline has already passed (the request was slow to arrive), else the runner's own
+        admission (503 when overloaded)."""
+        if runner.deadline(timeout_ms, arrived) <= runner.clock():
+            self.metrics.refusals.labels(model=runner.name, reason="deadline").inc()
+            raise DeadlineExceeded("the deadline passed before the body was read")
+        runner.admit(timeout_ms, arrived)
 
     def reserve(self) -> float:
         """Seconds taken off a new request's deadline for the loop's lateness (0 if off)."""
@@ -123,8 +153,12 @@ class ServerState:
         self.answer_write.record(done, done - checked)
         self.metrics.answer_write.set(self.answer_write.worst(done))
 
-    def runner_for(self, name: str) -> Transport:
-        """The runner serving ``name``: 404 if we serve no such model, 503 if not ready."""
+    def runner_for(self, name: str, version: str | None = None) -> Transport:
+        """The runner serving ``name`` (and ``version`` if given): 404 if we serve no such
+        model or version, 503 if not ready. Routes that queue work hold a :meth:`lease`."""
+        if self.fleet is not None:
+            with fleet_errors():
+                return self.fleet.pick(name, version).runner
         if name != self.model_name:
             raise ApiError(
                 404,
@@ -138,10 +172,47 @@ class ServerState:
             raise ApiError(
                 503, f"model {name!r} is not ready ({reason})", {"Retry-After": "1"}, "NotReady"
             )
+        if version is not None and version != self.runner.version:
+            raise ApiError(
+                404,
+                f"model {name!r} has no version {version!r}; it serves version "
+                f"{self.runner.version}",
+                error_type="UnknownModel",
+            )
         return self.runner
 
-    def model(self, name: str) -> ModelInfo:
-        return self.runner_for(name).model
+    @contextlib.contextmanager
+    def lease(self, name: str, version: str | None = None) -> Iterator[Transport]:
+        """:meth:`runner_for`, held until the route has answered: a model repository's hot
+        swap stops a version only once the requests that picked it are answered."""
+        if self.fleet is None:
+            yield self.runner_for(name, version)
+            return
+        with fleet_errors():
+            leased = self.fleet.lease(name, version)
+            runner = leased.__enter__()
+        try:
+            yield runner
+        except QueueFull as exc:
+            exc.retry_after_s = runner.retry_after_s()  # type: ignore[attr-defined]
+            raise
+        finally:
+            leased.__exit__(None, None, None)
+
+    def _answered(
+        self,
+        runner: Transport,
+        image: npt.NDArray[np.uint8],
+        item: ItemResult | None,
+        started: float,
+        outcome: str,
+    ) -> None:
+        """A model repository's per-version count (and its comparison copy after a 200)."""
+        if self.fleet is not None:
+            self.fleet.answered(runner, image, item, time.perf_counter() - started, outcome)
+
+    def model(self, name: str, version: str | None = None) -> ModelInfo:
+        return self.runner_for(name, version).model
 
     async def decode(
         self, data: bytes, runner: Transport, timeout_ms: float | None, arrived_at: float
@@ -151,27 +222,27 @@ class ServerState:
         a queue look-up, not of a decode; the uploads waiting for a decode thread are bounded
         (``max_queue``) like the queue itself; one whose deadline passed while it waited is
         answered 504 without being decoded."""
-        model = runner.model
-        if self._decoding >= self.settings.max_queue:
-            self.metrics.refusals.labels(model=model.name, reason="queue_full").inc()
-            raise QueueFull(f"decode backlog full: {self._decoding} uploads waiting")
+        model, key = runner.model, runner.name
+        if self._decoding[key] >= _max_queue(runner, self.settings.max_queue):
+            self.metrics.refusals.labels(model=key, reason="queue_full").inc()
+            raise QueueFull(f"decode backlog full: {self._decoding[key]} uploads waiting")
         runner.admit(timeout_ms, arrived_at)
         deadline = runner.deadline(timeout_ms, arrived_at)
-        loop = asyncio.get_running_loop()
-        self._decoding += 1
+        self._decoding[key] += 1
         try:
-            return await loop.run_in_executor(
-                self.decode_pool, self._prepare, data, model, runner, deadline
+            image: npt.NDArray[np.uint8] = await self._decoder.run(
+                key, self._prepare, data, model, runner, deadline
             )
+            return image
         except DeadlineExceeded:
-            self.metrics.refusals.labels(model=model.name, reason="deadline").inc()
+            self.metrics.refusals.labels(model=key, reason="deadline").inc()
             raise
         except imaging.ImageError as exc:
-            self.metrics.refusals.labels(model=model.name, reason="bad_input").inc()
+            self.metrics.refusals.labels(model=key, reason="bad_input").inc()
             status = _IMAGE_STATUS.get(type(exc), 400)
             raise ApiError(status, str(exc), error_type=type(exc).__name__) from None
         finally:
-            self._decoding -= 1
+            self._decoding[key] -= 1
 
     def _prepare(
         self, data: bytes, model: ModelInfo, runner: Transport, deadline: float
@@ -190,6 +261,7 @@ class ServerState:
         arrived_at: float,
     ) -> ItemResult:
         """Queue one image; give up (and free its queue slot) if the client disconnects."""
+        started = time.perf_counter()
         work = asyncio.ensure_future(runner.infer(image, timeout_ms, arrived_at))
         gone = asyncio.ensure_future(_disconnected(request))
         try:
@@ -197,7 +269,11 @@ class ServerState:
         finally:
             gone.cancel()
         if work in done:
-            item = work.result()
+            try:
+                item = work.result()
+            except Exception as exc:
+                self._answered(runner, image, None, started, _outcome(exc))
+                raise
             answer_by = request.scope.get(ANSWER_BY)
             now = time.monotonic()
             if answer_by is not None and now + self.write_margin(now) > answer_by:
@@ -205,12 +281,88 @@ class ServerState:
                 # late (or so late that writing the answer would take it past): a 200 now
                 # would reach a client that has stopped waiting.
                 self.metrics.refusals.labels(model=runner.name, reason="deadline_at_answer").inc()
+                self._answered(runner, image, None, started, "refused")
                 raise DeadlineExceeded("the answer was ready only after the request's deadline")
             request.scope[ANSWER_CHECKED] = now
+            self._answered(runner, image, item, started, "ok")
             return item
         work.cancel()
         await asyncio.gather(work, return_exceptions=True)
         raise ClientGone()
+
+
+class FairPool:
+    """A thread pool's work taken in turns between keys (models): a free thread takes the
+    oldest job of the next key that has one, so that one model's backlog of uploads never
+    waits ahead of another model's upload (with FIFO it would: a model at 2x its capacity
+    keeps the pool's queue full). Work-conserving: a lone key uses every thread. The jobs of
+    a cancelled caller that have not started are dropped."""
+
+    def __init__(self, pool: ThreadPoolExecutor, threads: int) -> None:
+        self.pool = pool
+        self.threads = threads
+        self._queues: dict[str, deque[tuple[Any, tuple[Any, ...], asyncio.Future[Any]]]] = {}
+        self._turns: deque[str] = deque()  # keys with waiting jobs, in the order they are served
+        self._running = 0
+
+    async def run(self, key: str, fn: Any, *args: Any) -> Any:
+        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        queue = self._queues.setdefault(key, deque())
+        if not queue:
+            self._turns.append(key)
+        queue.append((fn, args, future))
+        self._pump()
+        return await future
+
+    def _pump(self) -> None:
+        while self._running < self.threads and self._turns:
+            key = self._turns.popleft()
+            queue = self._queues[key]
+            fn, args, future = queue.popleft()
+            if queue:
+                self._turns.append(key)  # its next job after the other keys' next ones
+            else:
+                del self._queues[key]
+            if future.done():  # its caller gave up while it waited
+                continue
+            self._running += 1
+            started = asyncio.get_running_loop().run_in_executor(self.pool, fn, *args)
+            started.add_done_callback(functools.partial(self._finished, target=future))
+
+    def _finished(self, done: asyncio.Future[Any], *, target: asyncio.Future[Any]) -> None:
+        self._running -= 1
+        if not target.done():
+            if done.cancelled():
+                target.cancel()
+            elif done.exception() is not None:
+                target.set_exception(done.exception())  # type: ignore[arg-type]
+            else:
+                target.set_result(done.result())
+        self._pump()
+
+
+def _max_queue(runner: Transport, default: int) -> int:
+    """The runner's own queue bound (a repository version has its own), else the server's."""
+    policy = getattr(getattr(runner, "config", None), "policy", None)
+    return int(policy.max_queue) if policy is not None else default
+
+
+@contextlib.contextmanager
+def fleet_errors() -> Iterator[None]:
+    """A model repository's look-up failures as HTTP answers."""
+    try:
+        yield
+    except UnknownModel as exc:
+        raise ApiError(404, str(exc), error_type="UnknownModel") from None
+    except Unavailable as exc:
+        raise ApiError(503, str(exc), {"Retry-After": "1"}, "NotReady") from None
+    except LoadFailed as exc:
+        raise ApiError(400, str(exc), error_type="LoadFailed") from None
+
+
+def _outcome(exc: BaseException) -> str:
+    """A version's failed answer: refused (overload, deadline) or error (the model raised)."""
+    return "error" if isinstance(exc, ModelFailed) else "refused"
 
 
 async def _disconnected(request: Request) -> None:
@@ -257,7 +409,8 @@ def error_response(exc: Exception, runner: Transport | None = None) -> JSONRespo
         status = _IMAGE_STATUS.get(type(exc), 400)
     elif isinstance(exc, QueueFull):
         status = 503
-        headers = {"Retry-After": str(runner.retry_after_s() if runner else 1)}
+        retry = getattr(exc, "retry_after_s", None) or (runner.retry_after_s() if runner else 1)
+        headers = {"Retry-After": str(retry)}
         message = f"overloaded: {exc}; retry later"
     elif isinstance(exc, DeadlineExceeded):
         status = 504

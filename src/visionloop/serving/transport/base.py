@@ -121,6 +121,11 @@ class Transport(Protocol):
         ...
 
     @property
+    def version(self) -> str:
+        """Which version of the model it serves ("1" outside a model repository)."""
+        ...
+
+    @property
     def model(self) -> ModelInfo:
         """The served model's description. Raises NotReady until it is known."""
         ...

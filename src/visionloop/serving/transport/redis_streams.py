@@ -231,6 +231,10 @@ class RedisTransport:
         return self._name
 
     @property
+    def version(self) -> str:
+        return "1"
+
+    @property
     def model(self) -> ModelCard:
         if self._card is None:
             raise NotReady(f"no worker has published model {self._name!r} yet")
