@@ -177,8 +177,13 @@ async def test_load_swaps_in_a_new_version_and_a_failed_one_changes_nothing(tmp_
     await f.start()
     try:
         first = f.pick("a")
+        for _ in range(5):
+            await answer(f, "a")  # version 1 measures its service times while it serves
+        measured = list(first.runner.batcher.service_times._samples[1])
         add_weights(tmp_path, "a", 2)
         assert await f.load("a") == [2]
+        inherited = f.pick("a").runner.batcher.service_times._samples
+        assert list(inherited[1]) == measured[-3:]  # not its own warm-up beside version 1
         assert await answer(f, "a") == ("2", "2005")
         assert first.retiring
         assert not first.runner.ready

@@ -59,6 +59,17 @@ class ServiceTimes:
     def calibrated(self) -> bool:
         return bool(self._samples)
 
+    def inherit(self, other: ServiceTimes, keep: int = 3) -> None:
+        """Start from the last ``keep`` samples of each size ``other`` measured (replacing
+        this table's): a new version of a model, warmed up at a low priority beside the one
+        it replaces, would otherwise start from warm-up times stretched by that contention.
+        With few samples kept, its own measurements take over within a few batches."""
+        self._samples = {
+            size: deque(list(samples)[-keep:], maxlen=self._window)
+            for size, samples in other._samples.items()
+            if samples
+        }
+
     def estimate(self, size: int) -> float | None:
         """Seconds for one batch of ``size``; None before any measurement."""
         if not self._samples:

@@ -571,7 +571,11 @@ class Fleet:
         self, slot: Slot, fresh: dict[int, Loaded], serving: int, remember: bool = True
     ) -> None:
         """The atomic step: new versions become routable and ``serving`` takes the
-        unversioned traffic, with no await in between."""
+        unversioned traffic, with no await in between. A new serving version that replaces
+        one starts from the service times the old one measured (see ``ServiceTimes.inherit``)."""
+        replaced = slot.loaded.get(slot.serving) if slot.serving is not None else None
+        if serving in fresh and replaced is not None:
+            _inherit_service_times(fresh[serving].runner, replaced.runner)
         slot.loaded.update(fresh)
         for version in fresh:
             slot.status.pop(version, None)
@@ -736,6 +740,13 @@ class Fleet:
         )
         slot.status[version] = ("UNAVAILABLE", reason)
         raise LoadFailed(reason)
+
+
+def _inherit_service_times(new: Transport, old: Transport) -> None:
+    new_times = getattr(getattr(new, "batcher", None), "service_times", None)
+    old_times = getattr(getattr(old, "batcher", None), "service_times", None)
+    if new_times is not None and old_times is not None and old_times.calibrated:
+        new_times.inherit(old_times)
 
 
 async def _in_new_thread(fn: Callable[[], Any]) -> Any:

@@ -125,7 +125,8 @@ def router(state: ServerState, authorise: Callable[[ServerState, Request], None]
 
 def readiness(state: ServerState) -> tuple[bool, dict[str, Any]]:
     """Whether the server takes traffic, and the body that says so. With a model repository:
-    ready while at least one model serves; the others are named with their reason."""
+    ready once every model's first load has been tried and at least one serves; the models
+    that do not serve are named with their reason."""
     ok = state.is_ready()
     body: dict[str, Any] = {"ready": ok}
     if state.load_error:

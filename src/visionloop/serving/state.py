@@ -110,9 +110,11 @@ class ServerState:
         return name == self.model_name
 
     def is_ready(self) -> bool:
-        """Ready for traffic: the one model is, or (repository) at least one model serves."""
+        """Ready for traffic: the one model is, or (repository) the first load of every model
+        has been tried and at least one model serves."""
         if self.fleet is not None:
-            return any(slot.serving is not None for slot in self.fleet.slots.values())
+            fleet = self.fleet
+            return not fleet.starting and any(s.serving is not None for s in fleet.slots.values())
         return self.runner is not None and self.runner.ready
 
     def start_clock(self, request: Request, runner: Transport, timeout_ms: float | None) -> float:
