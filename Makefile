@@ -41,8 +41,8 @@ typecheck: $(VENV)/.dev-installed
 unit: $(VENV)/.dev-installed
 	$(BIN)/pytest
 
-## bench: regenerate benchmarks/results/*.json and the tables of BENCHMARKS.md (about 11.5 min on
-## 2 cores); BENCH=--full for what BENCHMARKS.md quotes (about 1 h 45 min), BENCH=--render-only
+## bench: regenerate benchmarks/results/*.json and the tables of BENCHMARKS.md (about 10.5 min on
+## 2 cores); BENCH=--full for what BENCHMARKS.md quotes (about 3 h), BENCH=--render-only
 ## to rewrite the tables from the committed files, BENCH="--quick --only fusion,decode" for some.
 BENCH ?= --quick
 bench: $(VENV)/.dev-installed

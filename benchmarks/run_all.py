@@ -1,7 +1,7 @@
 """Every benchmark table of BENCHMARKS.md, regenerated from scratch in one command.
 
-    .venv/bin/python benchmarks/run_all.py --quick        # ~11.5 min on 2 cores (make bench)
-    .venv/bin/python benchmarks/run_all.py --full         # ~1 h 45 min: what BENCHMARKS.md quotes
+    .venv/bin/python benchmarks/run_all.py --quick        # ~10.5 min on 2 cores (make bench)
+    .venv/bin/python benchmarks/run_all.py --full         # ~3 h: what BENCHMARKS.md quotes
     .venv/bin/python benchmarks/run_all.py --quick --only fusion,decode
     .venv/bin/python benchmarks/run_all.py --render-only  # no runs: tables from the files
     .venv/bin/python benchmarks/run_all.py --full --dry-run   # print the commands, run nothing
@@ -53,9 +53,13 @@ Sections (estimated minutes on the 2-vCPU dev machine, quick / full):
   files.
 
 Estimates: every system start ~10 s (a peer up to 20 s), each level its warm-up plus duration,
-times systems x levels x repeats. Quick: about 11.5 minutes, within the 15 the issue allows
-(3.5 to spare for slower starts). Full: about 1 h 45 min, 68 of it the two peer runs (6 and
-6 systems x 3 repeats x 7 rates x 12 s, plus restarts for the refined rates).
+times systems x levels x repeats. Measured on 2026-12-01 (2 cores): the whole quick run took
+9 min 48 s with the earlier peer grid (0.6, 1, 2x), and its peers step alone 4 min 12 s with
+the present one, about 10.5 minutes in all, within the 15 the issue allows
+(``benchmarks/results/quick_2026-12-01/``). The full run that BENCHMARKS.md quotes took about
+3 h, not the 1 h 45 min estimated: most of it the two peer runs (6 and 6 systems x 3 repeats
+x 7 rates, with overloaded peers answering their backlog for up to the 30 s client timeout
+after each level, plus restarts for the refined rates).
 
 Pinning (serving sections): the server's process tree on CPU 0 (``--server-cpus 0``), the load
 generator on CPU 1 (``--generator-cpus 1``), one compute thread per system (``--threads 1``).
@@ -345,8 +349,8 @@ def run(opts: Options, only: list[str]) -> list[str]:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     mode = parser.add_mutually_exclusive_group(required=True)
-    mode.add_argument("--quick", action="store_true", help="about 11.5 minutes on 2 cores")
-    mode.add_argument("--full", action="store_true", help="about 1 h 45 min: what is quoted")
+    mode.add_argument("--quick", action="store_true", help="about 10.5 minutes on 2 cores")
+    mode.add_argument("--full", action="store_true", help="about 3 h: what is quoted")
     mode.add_argument("--render-only", action="store_true", help="no runs: tables from files")
     parser.add_argument("--only", help=f"comma-separated sections of: {', '.join(SECTIONS)}")
     parser.add_argument("--results-dir", type=Path, default=ROOT / "benchmarks" / "results")
