@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.live_server import serve  # noqa: F401  (fixture: real servers on loopback)
+from tests.live_server import serve, serve_repository  # noqa: F401  (fixtures: real servers)
 from tests.postgres_server import postgres_url  # noqa: F401  (fixture: a real PostgreSQL)
 from tests.redis_server import redis_server  # noqa: F401  (fixture: a real redis-server)
 from visionloop.models.catdog import CatDog

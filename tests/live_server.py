@@ -91,6 +91,26 @@ def serve() -> Iterator[ServerFactory]:
         server.stop()
 
 
+@pytest.fixture
+def serve_repository() -> Iterator[Callable[..., LiveServer]]:
+    """Start servers of a model repository folder (``start(root, token=None, **settings)``);
+    all are stopped after the test."""
+    servers: list[LiveServer] = []
+
+    def start(root, token: str | None = None, **settings) -> LiveServer:
+        settings.setdefault("lag_reserve", False)  # as in serve: deadline mechanics, not lag
+        app = create_app(
+            ServeSettings(model_repository=root, api_token=token, **settings), ModelSettings()
+        )
+        server = LiveServer(app)
+        servers.append(server)
+        return server.start()
+
+    yield start
+    for server in servers:
+        server.stop()
+
+
 @contextmanager
 def client(server: LiveServer, timeout: float = 30.0) -> Iterator[httpx.Client]:
     with httpx.Client(base_url=server.url, timeout=timeout) as c:

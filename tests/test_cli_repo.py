@@ -7,6 +7,7 @@ the label, so a prediction says which version answered it.
 
 from __future__ import annotations
 
+import functools
 import json
 from pathlib import Path
 
@@ -21,9 +22,7 @@ from tests.live_server import LiveServer
 from tests.serving.fakes import solid_png, versioned_weights
 from tests.serving.test_repository import FAST, make_model
 from visionloop.cli import app
-from visionloop.serving.api import create_app
 from visionloop.serving.repository import ModelConfig, VersionPolicy, read_config
-from visionloop.settings import ModelSettings, ServeSettings
 
 runner = CliRunner()
 # Neither a server nor a token from the environment this suite runs in; wide enough that Rich
@@ -195,23 +194,9 @@ def test_list_from_the_folder_gives_each_version_its_state(tmp_path):
 
 
 @pytest.fixture
-def repo_server(tmp_path):
-    """Start servers of the repository ``tmp_path / "models"``; all stop after the test."""
-    servers: list[LiveServer] = []
-
-    def start(token: str | None = None, **settings) -> LiveServer:
-        settings.setdefault("lag_reserve", False)
-        app_ = create_app(
-            ServeSettings(model_repository=tmp_path / "models", api_token=token, **settings),
-            ModelSettings(),
-        )
-        server = LiveServer(app_)
-        servers.append(server)
-        return server.start()
-
-    yield start
-    for server in servers:
-        server.stop()
+def repo_server(tmp_path, serve_repository):
+    """Servers of the repository ``tmp_path / "models"``."""
+    return functools.partial(serve_repository, tmp_path / "models")
 
 
 def predicted_version(server: LiveServer) -> str:
@@ -344,3 +329,20 @@ def test_no_server_listening_is_one_clear_error():
     assert NOBODY in line
     error_line(repo("load", "a", "--url", NOBODY), "cannot reach", 1)
     error_line(repo("promote", "a", "--url", NOBODY + "/"), f"cannot reach {NOBODY}:", 1)
+
+
+def test_a_folder_that_is_not_a_model_name_does_not_hide_the_others(tmp_path):
+    make_model(tmp_path, "good")
+    (tmp_path / "my model").mkdir()  # a space: not a model name
+    rows = json.loads(ok(repo("list", "-r", str(tmp_path), "--json")))
+    assert [(r["name"], r["state"]) for r in rows] == [
+        ("good", "SELECTED"),
+        ("my model", "INVALID"),
+    ]
+    assert "model name" in rows[1]["reason"]
+
+
+def test_a_canary_share_of_zero_and_a_bad_name_are_refused_before_any_request():
+    # nothing listens on port 9: exit 2 (ours), not 1 (a server's refusal or no server)
+    error_line(repo("canary", "a", "2", "--share", "0", "--url", "http://127.0.0.1:9"), "share", 2)
+    error_line(repo("load", "a b", "--url", "http://127.0.0.1:9"), "model name", 2)

@@ -8,6 +8,7 @@ number to the label, so every answer says which version computed it.
 from __future__ import annotations
 
 import asyncio
+import functools
 import threading
 import time
 from collections import Counter
@@ -19,9 +20,7 @@ import numpy as np
 import pytest
 import torch
 
-from tests.live_server import LiveServer
 from tests.serving.fakes import solid_png, versioned_weights
-from visionloop.serving.api import create_app
 from visionloop.serving.fleet import (
     Fleet,
     FleetLimits,
@@ -42,7 +41,6 @@ from visionloop.serving.repository import (
     write_config,
 )
 from visionloop.serving.transport.base import ItemResult
-from visionloop.settings import ModelSettings, ServeSettings
 
 FAST = "tests.serving.fakes:versioned"
 SLOW = "tests.serving.fakes:versioned_slow"
@@ -391,22 +389,9 @@ def test_agreement_compares_labels_and_masks():
 
 
 @pytest.fixture
-def repo_server(tmp_path):
-    servers: list[LiveServer] = []
-
-    def start(token: str | None = None, **settings) -> LiveServer:
-        settings.setdefault("lag_reserve", False)
-        app = create_app(
-            ServeSettings(model_repository=tmp_path, api_token=token, **settings),
-            ModelSettings(),
-        )
-        server = LiveServer(app)
-        servers.append(server)
-        return server.start()
-
-    yield start
-    for server in servers:
-        server.stop()
+def repo_server(tmp_path, serve_repository):
+    """Servers of the repository ``tmp_path``."""
+    return functools.partial(serve_repository, tmp_path)
 
 
 def test_repository_api_versioned_routes_and_auth(tmp_path, repo_server):
