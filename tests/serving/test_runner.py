@@ -140,7 +140,7 @@ async def test_cuda_runner_matches_cpu_answers(catdog, sample_bytes):
 
 
 def test_serve_and_worker_build_their_runner_config_by_one_rule():
-    from visionloop.serving.runner import WORKER_TIMEOUT_MS
+    from visionloop.serving.runner_config import WORKER_TIMEOUT_MS
     from visionloop.settings import ServeSettings
 
     settings = ServeSettings(

@@ -14,29 +14,14 @@ pointer moves, in one step of the event loop, so every request sees one version 
 The old version takes no new leases; once the leases it has are answered (or the drain timeout
 passes) its runner is stopped. A request is never sent to a stopped or half-loaded runner.
 
-**Canary and shadow.** A canary answers ``share`` of the unversioned requests; each of its
-answers is compared with the serving version's on a copy of the same image. A shadow answers
-nothing: a copy of each served request runs on it and is compared. Copies are best effort: they
-are skipped when the copy's queue is half full, and never change the answer. Per version,
-``/metrics`` counts requests by outcome, times them, and counts agreements
-(:class:`~visionloop.serving.metrics.Metrics`, ``visionloop_version_*``).
+**Canary and shadow** (:mod:`visionloop.serving.comparisons`): a canary answers a share of
+the unversioned requests, a shadow none; both are compared with the serving version.
 
 A route's lease lasts at most its deadline (the model's ``timeout_ms``), so a retiring
 version waits for its leases that long (or the drain timeout, if longer) before its runner stops.
 
-**Budgets.** The compute threads (executors x threads per executor) of the versions the version
-policies select may not pass the cores this process may run on, unless ``oversubscribe``. A
-config that leaves ``threads`` at 0 gets an even share: the cores divided by the repository's
-models and by the versions its policy keeps. Two kinds of version run beside that budget, for a
-while and on purpose: a canary or shadow (the index marks it ``oversubscribed``), and the new
-version of a swap while it warms up next to the one it replaces. Memory has no such exception:
-with a memory budget, a load is refused before it starts if the expected size (the config's
-``memory_mb``, else what this model took when last loaded, else its files' size) would pass it,
-and undone if what it took (the process's resident memory before and after) does. The
-versions a swap retires do not count against the new one.
-
-**Loading runs at a lower CPU priority** (nice +10 for the thread that builds the version and,
-where the priority can be put back, for its warm-up): the versions that serve keep the CPU.
+**Budgets** (:mod:`visionloop.serving.versions` for threads, :mod:`visionloop.serving.loading`
+for memory) and loading at a lower CPU priority (:mod:`visionloop.serving.loading`).
 
 **A load is all or nothing.** If any version the policy selects fails to load or is refused,
 the versions just started are stopped and what served before serves on, unchanged.
@@ -47,121 +32,47 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import os
 import random
-import threading
 import time
-from collections.abc import Awaitable, Callable, Iterator
-from dataclasses import dataclass, field
-from pathlib import Path
+from collections.abc import Iterator
 from typing import Any, Literal
 
 import numpy as np
 import numpy.typing as npt
 
+from visionloop.serving.comparisons import Comparisons
+from visionloop.serving.loading import inherit_service_times, load_one, load_version
 from visionloop.serving.metrics import Metrics
-from visionloop.serving.repository import (
-    ModelConfig,
-    ModelEntry,
-    Repository,
-    RepositoryError,
-    check_name,
-    folder_bytes,
-    version_files,
+from visionloop.serving.repository import ModelEntry, Repository, RepositoryError, check_name
+from visionloop.serving.transport.base import ItemResult, Transport
+from visionloop.serving.versions import (
+    Candidate,
+    FleetLimits,
+    Loaded,
+    Loader,
+    LoadFailed,
+    Slot,
+    Unavailable,
+    UnknownModel,
+    agreement,
+    row,
+    threads_per_executor,
+    version_number,
+    version_row,
 )
-from visionloop.serving.transport.base import ItemResult, ModelFailed, Transport
+
+__all__ = [
+    "Fleet",
+    "FleetLimits",
+    "LoadFailed",
+    "Loader",
+    "Unavailable",
+    "UnknownModel",
+    "agreement",
+    "load_version",
+]
 
 log = logging.getLogger("visionloop.serve")
-
-MB = 1024 * 1024
-Role = Literal["serving", "canary", "shadow", "loaded"]
-# A loader builds, warms and starts one version's runner (``threads``: per executor).
-Loader = Callable[[str, ModelConfig, int, Path, int, Metrics], Awaitable[Transport]]
-
-
-class UnknownModel(LookupError):
-    """No such model (or version) in the repository: 404."""
-
-
-class Unavailable(Exception):
-    """The model exists but has no version that can answer now: 503, with the reason."""
-
-
-class LoadFailed(Exception):
-    """A load, unload, promote or rollback that did not happen; what was serving still is. The
-    message gives the reason and, for a budget, the figures: 400."""
-
-
-@dataclass(eq=False)
-class Loaded:
-    """One version with a started runner (compared by identity)."""
-
-    version: int
-    runner: Transport
-    config: ModelConfig
-    threads: int  # executors x threads per executor
-    memory_bytes: int  # the larger of its config's memory_mb and what it added when loaded
-    oversubscribed: bool = False  # a canary or shadow: beside the thread budget
-    leases: int = 0
-    retiring: bool = False
-    idle: asyncio.Event = field(default_factory=asyncio.Event)
-    stopped: asyncio.Task[None] | None = None
-
-    def acquire(self) -> None:
-        self.leases += 1
-        self.idle.clear()
-
-    def release(self) -> None:
-        self.leases -= 1
-        if self.leases == 0:
-            self.idle.set()
-
-
-@dataclass
-class Candidate:
-    version: int
-    mode: Literal["canary", "shadow"]
-    share: float = 0.0
-
-
-@dataclass
-class Slot:
-    """One model of the repository, as the server holds it."""
-
-    name: str
-    entry: ModelEntry
-    loaded: dict[int, Loaded] = field(default_factory=dict)  # routable versions
-    # Why a version does not serve (UNAVAILABLE, LOADING, UNLOADING); 0 is the model itself.
-    # A routable version's entry here is stale and ignored.
-    status: dict[int, tuple[str, str]] = field(default_factory=dict)
-    serving: int | None = None
-    candidate: Candidate | None = None
-    previous: list[int] = field(default_factory=list)  # earlier serving versions, newest last
-    measured_bytes: int = 0  # what its last load took
-    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
-
-    def role(self, version: int) -> Role:
-        if version == self.serving:
-            return "serving"
-        if self.candidate is not None and self.candidate.version == version:
-            return self.candidate.mode
-        return "loaded"
-
-
-@dataclass(frozen=True)
-class FleetLimits:
-    cores: int = 0  # 0: the CPUs this process may run on
-    oversubscribe: bool = False
-    memory_budget_mb: float = 0.0  # 0: none
-    drain_timeout_s: float = 30.0
-
-    @property
-    def core_count(self) -> int:
-        if self.cores:
-            return self.cores
-        if hasattr(os, "sched_getaffinity"):
-            return len(os.sched_getaffinity(0))
-        return os.cpu_count() or 1
 
 
 class Fleet:
@@ -183,7 +94,7 @@ class Fleet:
         self._rng = rng or random.Random()
         self._load_lock = asyncio.Lock()  # one load at a time: its budget and memory are exact
         self._live: set[Loaded] = set()  # every started runner not yet stopped
-        self._copies: set[asyncio.Task[None]] = set()
+        self.comparisons = Comparisons(metrics)
         self.starting = True
         self.closing = False
 
@@ -204,7 +115,7 @@ class Fleet:
 
     async def stop(self, drain_timeout_s: float) -> None:
         """Refuse new loads; let a load in progress finish; drain and stop every version."""
-        self.closing = True
+        self.closing = self.comparisons.closing = True
         await self.copies_done()
 
         async def close(slot: Slot) -> None:
@@ -217,8 +128,7 @@ class Fleet:
 
     async def copies_done(self) -> None:
         """Wait for the comparison copies sent so far."""
-        while self._copies:
-            await asyncio.gather(*list(self._copies), return_exceptions=True)
+        await self.comparisons.done()
 
     # -- routing ---------------------------------------------------------------------------
 
@@ -239,7 +149,7 @@ class Fleet:
         """The version a request goes to (see Routing): 404 unknown, 503 none ready."""
         slot = self._slot(name)
         if version is not None:
-            number = _version_number(version)
+            number = version_number(version)
             loaded = slot.loaded.get(number) if number is not None else None
             if loaded is None or loaded.retiring:
                 if number is not None and number in slot.entry.versions:
@@ -275,6 +185,8 @@ class Fleet:
 
     # -- what happened to an answer -----------------------------------------------------------
 
+    # -- what happened to an answer -----------------------------------------------------------
+
     def answered(
         self,
         runner: Transport,
@@ -283,68 +195,11 @@ class Fleet:
         seconds: float,
         outcome: str,
     ) -> None:
-        """Count one request on its version, and send the copies that canary and shadow
-        compare (only after a 200: ``item`` is its answer)."""
+        """Count one request on its version; after a 200, send the copies that canary and
+        shadow are compared on (:class:`~visionloop.serving.comparisons.Comparisons`)."""
         slot = self.slots.get(runner.name)
-        version = _version_number(runner.version)
-        if slot is None or version is None:
-            return
-        role = slot.role(version)
-        labels = {"model": slot.name, "version": str(version), "role": role}
-        self.metrics.version_requests.labels(**labels, outcome=outcome).inc()
-        if item is None:
-            return
-        self.metrics.version_latency.labels(**labels).observe(seconds)
-        candidate = slot.candidate
-        if candidate is None or slot.serving is None or self.closing:
-            return
-        if role == "serving" and candidate.mode == "shadow":
-            self._copy(slot, candidate.version, image, item, candidate.version)
-        elif role == "canary":
-            self._copy(slot, slot.serving, image, item, version)
-
-    def _copy(
-        self,
-        slot: Slot,
-        target: int,
-        image: npt.NDArray[np.uint8],
-        answer: ItemResult,
-        judged: int,
-    ) -> None:
-        """Run ``image`` on version ``target`` too and count whether it agrees with
-        ``answer``; the agreement is booked on version ``judged`` (the candidate)."""
-        loaded = slot.loaded.get(target)
-        if loaded is None or loaded.retiring:
-            return
-        runner = loaded.runner
-        judged_labels = {"model": slot.name, "version": str(judged)}
-        policy = getattr(getattr(runner, "config", None), "policy", None)
-        if policy is not None and runner.queued() * 2 >= policy.max_queue:
-            self.metrics.version_copies_skipped.labels(**judged_labels).inc()
-            return
-        own = target != slot.serving  # a shadow's copy is its own (and only) traffic
-        labels = {"model": slot.name, "version": str(target), "role": slot.role(target)}
-
-        async def run() -> None:
-            started = time.perf_counter()
-            try:
-                other = await runner.infer(image)
-            except Exception as exc:  # a copy never changes the answer; counted
-                if own:
-                    outcome = "error" if isinstance(exc, ModelFailed) else "refused"
-                    self.metrics.version_requests.labels(**labels, outcome=outcome).inc()
-                return
-            if own:
-                self.metrics.version_requests.labels(**labels, outcome="ok").inc()
-                self.metrics.version_latency.labels(**labels).observe(time.perf_counter() - started)
-            agree = str(agreement(answer, other)).lower()
-            self.metrics.version_agreement.labels(**judged_labels, agree=agree).inc()
-
-        loaded.acquire()  # released when the task ends, even cancelled before it starts
-        task = asyncio.ensure_future(run())
-        self._copies.add(task)
-        task.add_done_callback(self._copies.discard)
-        task.add_done_callback(lambda _: loaded.release())
+        if slot is not None:
+            self.comparisons.answered(slot, runner, image, item, seconds, outcome)
 
     # -- the repository API ------------------------------------------------------------------
 
@@ -364,33 +219,17 @@ class Fleet:
                     reason = "not loaded"
                 except RepositoryError as exc:
                     reason = str(exc)
-                rows.append(_row(name, "", "UNAVAILABLE", reason))
+                rows.append(row(name, "", "UNAVAILABLE", reason))
                 continue
             if slot.entry.error:
-                rows.append(_row(name, "", "UNAVAILABLE", slot.entry.error))
+                rows.append(row(name, "", "UNAVAILABLE", slot.entry.error))
             elif not slot.entry.versions and not slot.loaded:
-                rows.append(_row(name, "", "UNAVAILABLE", "no version folders"))
+                rows.append(row(name, "", "UNAVAILABLE", "no version folders"))
             for version in sorted(set(slot.entry.versions) | set(slot.loaded)):
-                rows.append(self._version_row(slot, version))
+                rows.append(version_row(slot, version))
         if ready_only:
             rows = [r for r in rows if r["state"] == "READY"]
         return rows
-
-    def _version_row(self, slot: Slot, version: int) -> dict[str, Any]:
-        loaded = slot.loaded.get(version)
-        if loaded is None or loaded.retiring:
-            unread = "its config.toml is not valid" if slot.entry.error else "not loaded"
-            state, reason = slot.status.get(version, ("UNAVAILABLE", unread))
-            return _row(slot.name, str(version), state, reason)
-        row = _row(slot.name, str(version), "READY", "")
-        row["role"] = slot.role(version)
-        if slot.candidate and slot.candidate.version == version and slot.candidate.share:
-            row["share"] = slot.candidate.share
-        row["threads"] = loaded.threads
-        row["memory_mb"] = round(loaded.memory_bytes / MB, 1)
-        if loaded.oversubscribed:
-            row["oversubscribed"] = True
-        return row
 
     def _entry(self, name: str) -> ModelEntry:
         """The model's folder as it is now: 404 if there is none (or the name is not one)."""
@@ -575,7 +414,7 @@ class Fleet:
         one starts from the service times the old one measured (see ``ServiceTimes.inherit``)."""
         replaced = slot.loaded.get(slot.serving) if slot.serving is not None else None
         if serving in fresh and replaced is not None:
-            _inherit_service_times(fresh[serving].runner, replaced.runner)
+            inherit_service_times(fresh[serving].runner, replaced.runner)
         slot.loaded.update(fresh)
         for version in fresh:
             slot.status.pop(version, None)
@@ -617,6 +456,25 @@ class Fleet:
                 slot.status[loaded.version] = ("UNAVAILABLE", "unloaded")
             log.info("model %s: version %d unloaded", slot.name, loaded.version)
 
+    def threads_per_executor(self, config: Any) -> int:
+        """Threads per executor for ``config``: its own, or its share of the cores."""
+        models = len(self.slots)
+        with contextlib.suppress(RepositoryError, OSError):
+            models = max(models, len(self.repository.names()))
+        return threads_per_executor(config, models, self.limits.core_count)
+
+    async def _load_version(
+        self,
+        slot: Slot,
+        entry: ModelEntry,
+        version: int,
+        replacing: list[Loaded] | None = None,
+        candidate: bool = False,
+    ) -> Loaded:
+        """Check the budgets, load and warm one version, not yet routable
+        (:func:`~visionloop.serving.loading.load_one`)."""
+        return await load_one(self, slot, entry, version, replacing, candidate)
+
     async def _stop(self, loaded: Loaded, drain_timeout_s: float) -> None:
         """Wait for ``loaded``'s leases (at most its deadline, or the drain timeout if
         longer: no lease outlives its request's deadline), then stop its runner. Idempotent:
@@ -638,228 +496,3 @@ class Fleet:
 
             loaded.stopped = asyncio.ensure_future(stop())
         await asyncio.shield(loaded.stopped)
-
-    def _threads_per_executor(self, config: ModelConfig) -> int:
-        """The config's threads, or its share of the cores: cores / (models x the versions
-        its policy keeps x its executors), at least 1."""
-        if config.threads:
-            return config.threads
-        models = max(1, len(self.slots))
-        with contextlib.suppress(RepositoryError, OSError):
-            models = max(models, len(self.repository.names()))
-        policy = config.version_policy
-        versions = len(policy.specific) if policy.specific else (policy.latest or 1)
-        return max(1, self.limits.core_count // (models * versions * config.instances))
-
-    async def _load_version(
-        self,
-        slot: Slot,
-        entry: ModelEntry,
-        version: int,
-        replacing: list[Loaded] | None = None,
-        candidate: bool = False,
-    ) -> Loaded:
-        """Check the budgets, load and warm one version (not yet routable). Every started
-        runner counts against the budgets (those of the same call too), but ``replacing``: the
-        versions it takes the place of. ``candidate``: a canary or shadow, beside the thread
-        budget."""
-        assert entry.config is not None
-        config = entry.config
-        folder = entry.version_dir(version)
-        label = f"{slot.name} version {version}"
-        try:
-            version_files(folder)
-        except RepositoryError as exc:
-            slot.status[version] = ("UNAVAILABLE", str(exc))
-            raise LoadFailed(f"{label}: {exc}") from None
-        per_executor = self._threads_per_executor(config)
-        threads = per_executor * config.instances
-        async with self._load_lock:  # the checks and the load, one load at a time
-            staying = [ld for ld in self._live if not ld.retiring and ld not in (replacing or [])]
-            if not candidate:
-                self._check_threads(slot, label, version, threads, per_executor, staying)
-            budget = int(self.limits.memory_budget_mb * MB)
-            used_bytes = sum(ld.memory_bytes for ld in staying)
-            if budget:
-                expected = int((config.memory_mb or 0) * MB) or slot.measured_bytes
-                if not expected:
-                    with contextlib.suppress(OSError):
-                        expected = folder_bytes(folder)
-                if used_bytes + expected > budget:
-                    reason = _budget_reason(label, "expects", expected, used_bytes, budget)
-                    slot.status[version] = ("UNAVAILABLE", reason)
-                    raise LoadFailed(reason)
-            slot.status[version] = ("LOADING", "")
-            before = resident_bytes()
-            try:
-                runner = await self.loader(
-                    slot.name, config, version, folder, per_executor, self.metrics
-                )
-            except Exception as exc:  # any failure of a user's files or code: reported
-                first = (str(exc).strip().splitlines() or [""])[0]
-                reason = f"failed to load: {type(exc).__name__}: {first}"
-                slot.status[version] = ("UNAVAILABLE", reason)
-                log.warning("%s %s", label, reason)
-                raise LoadFailed(f"{label} {reason}") from None
-            took = max(0, resident_bytes() - before)
-            if took:
-                slot.measured_bytes = took
-            footprint = max(took, int((config.memory_mb or 0) * MB))
-            loaded = Loaded(version, runner, config, threads, footprint)
-            self._live.add(loaded)
-            if budget and used_bytes + footprint > budget:
-                await self._stop(loaded, 0.0)
-                reason = _budget_reason(label, "took", footprint, used_bytes, budget)
-                slot.status[version] = ("UNAVAILABLE", reason)
-                raise LoadFailed(reason)
-        loaded.oversubscribed = candidate
-        log.info("%s loaded (%d thread(s), %.0f MB)", label, threads, took / MB)
-        return loaded
-
-    def _check_threads(
-        self,
-        slot: Slot,
-        label: str,
-        version: int,
-        threads: int,
-        per_executor: int,
-        staying: list[Loaded],
-    ) -> None:
-        """Refuse a load that would take the steady versions (all but canaries and shadows)
-        past the cores, unless the server may oversubscribe."""
-        cores = self.limits.core_count
-        used = sum(ld.threads for ld in staying if not ld.oversubscribed)
-        if used + threads <= cores or self.limits.oversubscribe:
-            return
-        config = slot.entry.config
-        assert config is not None
-        reason = (
-            f"{label} needs {threads} compute thread(s) ({config.instances} executor(s) x "
-            f"{per_executor}); {used} of this server's {cores} cores are taken "
-            "(set threads in its config.toml, unload a model, or serve with --oversubscribe)"
-        )
-        slot.status[version] = ("UNAVAILABLE", reason)
-        raise LoadFailed(reason)
-
-
-def _inherit_service_times(new: Transport, old: Transport) -> None:
-    new_times = getattr(getattr(new, "batcher", None), "service_times", None)
-    old_times = getattr(getattr(old, "batcher", None), "service_times", None)
-    if new_times is not None and old_times is not None and old_times.calibrated:
-        new_times.inherit(old_times)
-
-
-async def _in_new_thread(fn: Callable[[], Any]) -> Any:
-    """``fn()`` in a new thread (so that its priority is its own); its result or error."""
-    loop = asyncio.get_running_loop()
-    done: asyncio.Future[Any] = loop.create_future()
-
-    def run() -> None:
-        try:
-            result = fn()
-        except BaseException as exc:  # handed to the awaiting coroutine
-            loop.call_soon_threadsafe(_settle, done, None, exc)
-        else:
-            loop.call_soon_threadsafe(_settle, done, result, None)
-
-    threading.Thread(target=run, name="visionloop-load", daemon=True).start()
-    return await done
-
-
-def _settle(future: asyncio.Future[Any], result: Any, exc: BaseException | None) -> None:
-    if future.done():
-        return
-    if exc is not None:
-        future.set_exception(exc)
-    else:
-        future.set_result(result)
-
-
-def _budget_reason(label: str, verb: str, size: int, used: int, budget: int) -> str:
-    return (
-        f"{label} {verb} {size / MB:.0f} MB; {used / MB:.0f} MB are in use by the loaded "
-        f"models and the memory budget is {budget / MB:.0f} MB: refused"
-    )
-
-
-def _row(name: str, version: str, state: str, reason: str) -> dict[str, Any]:
-    return {"name": name, "version": version, "state": state, "reason": reason}
-
-
-def _version_number(version: str | None) -> int | None:
-    if version is None or not version.isdigit():
-        return None
-    return int(version)
-
-
-def resident_bytes() -> int:
-    """This process's resident memory (0 where /proc is not there)."""
-    try:
-        with open("/proc/self/statm", encoding="ascii") as handle:
-            pages = int(handle.read().split()[1])
-    except (OSError, ValueError, IndexError):
-        return 0
-    return pages * os.sysconf("SC_PAGE_SIZE")
-
-
-def agreement(a: ItemResult, b: ItemResult) -> bool:
-    """Whether two versions' answers to one image agree: the same label, and for masks, an
-    IoU of at least 0.9 on every channel (both empty counts as agreeing)."""
-    if a.result.get("label") != b.result.get("label"):
-        return False
-    masks_a, masks_b = a.outputs.get("masks"), b.outputs.get("masks")
-    if masks_a is None or masks_b is None:
-        return True
-    if masks_a.shape != masks_b.shape:
-        return False
-    for one, two in zip(np.asarray(masks_a) > 0.5, np.asarray(masks_b) > 0.5, strict=True):
-        union = np.logical_or(one, two).sum()
-        if union and np.logical_and(one, two).sum() / union < 0.9:
-            return False
-    return True
-
-
-async def load_version(
-    name: str, config: ModelConfig, version: int, folder: Path, threads: int, metrics: Metrics
-) -> Transport:
-    """The default loader: the architecture with this version's weights and/or artefact,
-    prepared as the config says, behind a started (warmed) :class:`Runner`; a runner whose
-    start fails is stopped (its threads released) before the error goes up."""
-    from visionloop.models import registry
-    from visionloop.serving.batcher import BatchPolicy
-    from visionloop.serving.runner import Runner, RunnerConfig, background_priority
-    from visionloop.settings import ModelSettings
-
-    artifact, weights = version_files(folder)
-    settings = ModelSettings(
-        model=config.architecture or name,
-        weights=weights,
-        artifact=artifact,
-        engine=config.engine,
-        precision=config.precision,
-        device=config.device,
-        threads=threads,
-    )
-
-    def build() -> Any:  # in a thread of its own, which ends with it: no priority to restore
-        with background_priority(restore=False):
-            return registry.load(settings)
-
-    model = await _in_new_thread(build)
-    runner_config = RunnerConfig(
-        policy=BatchPolicy(
-            config.max_batch_size, config.max_delay_ms, config.max_queue, config.policy
-        ),
-        instances=config.instances,
-        timeout_ms=config.timeout_ms,
-        threads=threads,
-    )
-    runner = Runner(
-        model, runner_config, metrics, name=name, version=str(version), background_warmup=True
-    )
-    try:
-        await runner.start()
-    except BaseException:
-        await runner.stop(0)
-        raise
-    return runner

@@ -80,7 +80,7 @@ def router(state: ServerState, authorise: Callable[[ServerState, Request], None]
 
     @api.get("/health/ready")
     async def ready() -> Response:
-        ok, body = readiness(state)
+        ok, body = state.readiness()
         return JSONResponse(body, status_code=200 if ok else 503)
 
     @api.get("/models/{model}/ready")
@@ -95,7 +95,7 @@ def router(state: ServerState, authorise: Callable[[ServerState, Request], None]
         model: str, request: Request, version: str | None = None
     ) -> dict[str, Any]:
         authorise(state, request)
-        return metadata(state.runner_for(model, version), _versions(state, model))
+        return metadata(state.runner_for(model, version), state.versions(model))
 
     @api.get("/models/{model}/config")
     @api.get("/models/{model}/versions/{version}/config")
@@ -123,39 +123,9 @@ def router(state: ServerState, authorise: Callable[[ServerState, Request], None]
     return api
 
 
-def readiness(state: ServerState) -> tuple[bool, dict[str, Any]]:
-    """Whether the server takes traffic, and the body that says so. With a model repository:
-    ready once every model's first load has been tried and at least one serves; the models
-    that do not serve are named with their reason."""
-    ok = state.is_ready()
-    body: dict[str, Any] = {"ready": ok}
-    if state.load_error:
-        body["error"] = state.load_error
-    if state.fleet is not None:
-        unavailable = {
-            row["name"]: row["reason"]
-            for row in state.fleet.index()
-            if row["state"] != "READY" and row["version"] == ""
-        }
-        for name, slot in state.fleet.slots.items():
-            if slot.serving is None and name not in unavailable:
-                unavailable[name] = slot.status.get(0, ("", "not ready"))[1] or "not ready"
-        if unavailable:
-            body["unavailable"] = unavailable
-    return ok, body
-
-
 def _extensions(state: ServerState) -> list[str]:
     found = ["binary_tensor_data", "statistics", "model_configuration"]
     return [*found, "model_repository"] if state.fleet is not None else found
-
-
-def _versions(state: ServerState, name: str) -> list[str]:
-    """The model's ready versions (Triton lists the loaded ones)."""
-    if state.fleet is None:
-        return [state.runner.version] if state.runner is not None else ["1"]
-    rows = state.fleet.index(ready_only=True)
-    return [row["version"] for row in rows if row["name"] == name]
 
 
 def metadata(runner: Transport, versions: list[str]) -> dict[str, Any]:

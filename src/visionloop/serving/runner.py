@@ -18,13 +18,10 @@ import contextlib
 import dataclasses
 import itertools
 import math
-import os
-import resource
-import threading
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -33,9 +30,11 @@ import torch
 
 from visionloop.bn import TRACE_GUARD
 from visionloop.models.base import JSONDict, VisionModel
-from visionloop.serving.batcher import Batcher, BatchPolicy, DeadlineUnreachable, Job, QueueFull
+from visionloop.serving.batcher import Batcher, DeadlineUnreachable, Job, QueueFull
 from visionloop.serving.drift import DriftTap
+from visionloop.serving.loading import background_priority
 from visionloop.serving.metrics import Metrics
+from visionloop.serving.runner_config import RunnerConfig
 from visionloop.serving.transport.base import (
     DeadlineExceeded,
     ItemResult,
@@ -43,7 +42,6 @@ from visionloop.serving.transport.base import (
     ModelStats,
     NotReady,
 )
-from visionloop.settings import ServeSettings
 
 __all__ = [
     "DeadlineExceeded",
@@ -56,52 +54,6 @@ __all__ = [
 ]
 
 Image = npt.NDArray[np.uint8]
-WORKER_TIMEOUT_MS = 24 * 3600 * 1e3
-
-
-@dataclass(frozen=True)
-class RunnerConfig:
-    """Batching and execution settings (validated by :class:`BatchPolicy` and here)."""
-
-    policy: BatchPolicy = field(default_factory=BatchPolicy)
-    instances: int = 1
-    pad_to_buckets: bool = False
-    timeout_ms: float = 5000.0
-    threads: int = 0
-
-    def __post_init__(self) -> None:
-        if self.instances < 1:
-            raise ValueError(f"instances must be >= 1, got {self.instances}")
-        if self.timeout_ms <= 0:
-            raise ValueError(f"timeout_ms must be > 0, got {self.timeout_ms}")
-
-    @classmethod
-    def from_settings(cls, settings: ServeSettings, threads: int = 0) -> RunnerConfig:
-        """The one rule from the server's settings to its runner (``serve`` and ``worker``)."""
-        return cls(
-            policy=BatchPolicy(
-                settings.max_batch_size, settings.max_delay_ms, settings.max_queue, settings.policy
-            ),
-            instances=settings.instances,
-            pad_to_buckets=settings.pad_to_buckets,
-            timeout_ms=settings.timeout_ms,
-            threads=threads,
-        )
-
-    def for_worker(self) -> RunnerConfig:
-        """A Redis worker's: each job carries its own deadline (the runner's timeout only
-        bounds it), and its queue holds at least what its executors take at once plus a batch
-        in waiting, so that it never refuses jobs it has claimed from the stream."""
-        capacity = self.policy.max_batch_size * (self.instances + 1)
-        policy = dataclasses.replace(self.policy, max_queue=max(capacity, self.policy.max_queue))
-        return dataclasses.replace(self, policy=policy, timeout_ms=WORKER_TIMEOUT_MS)
-
-    @property
-    def buckets(self) -> tuple[int, ...]:
-        """Powers of two up to, and always including, ``max_batch_size``."""
-        top = self.policy.max_batch_size
-        sizes = {2**i for i in range(int(math.log2(top)) + 1)} | {top}
-        return tuple(sorted(sizes))
 
 
 @dataclass(frozen=True)
@@ -159,31 +111,6 @@ class _Executor:
         arrays = {name: tensor.numpy() for name, tensor in host.items()}
         answers = [({n: a[i] for n, a in arrays.items()}, results[i]) for i in range(count)]
         return answers, Phases(t1 - t0, t2 - t1, time.perf_counter() - t2)
-
-
-@contextlib.contextmanager
-def background_priority(restore: bool = True) -> Iterator[None]:
-    """Run the block in this thread at a lower CPU priority (nice +10; on Linux nice is per
-    thread), so that loading or warming a new model version takes the CPU the serving threads
-    leave. With ``restore`` the priority is put back afterwards, so it is lowered only where it
-    can be (as root, or as RLIMIT_NICE allows); elsewhere the block runs unchanged."""
-    tid = threading.get_native_id()
-    try:
-        before = os.getpriority(os.PRIO_PROCESS, tid)
-        allowed = os.geteuid() == 0 or 20 - resource.getrlimit(resource.RLIMIT_NICE)[0] <= before
-        if restore and not allowed:
-            yield
-            return
-        os.setpriority(os.PRIO_PROCESS, tid, min(before + 10, 19))
-    except (AttributeError, OSError):  # not Linux, or not allowed
-        yield
-        return
-    try:
-        yield
-    finally:
-        if restore:
-            with contextlib.suppress(OSError):
-                os.setpriority(os.PRIO_PROCESS, tid, before)
 
 
 def _set_threads(threads: int) -> None:

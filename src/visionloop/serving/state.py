@@ -213,6 +213,34 @@ class ServerState:
         if self.fleet is not None:
             self.fleet.answered(runner, image, item, time.perf_counter() - started, outcome)
 
+    def versions(self, name: str) -> list[str]:
+        """The model's ready versions (Triton lists the loaded ones)."""
+        if self.fleet is None:
+            return [self.runner.version] if self.runner is not None else ["1"]
+        rows = self.fleet.index(ready_only=True)
+        return [row["version"] for row in rows if row["name"] == name]
+
+    def readiness(self) -> tuple[bool, dict[str, Any]]:
+        """Whether the server takes traffic, and the body that says so. With a model
+        repository: ready once every model's first load has been tried and at least one
+        serves; the models that do not serve are named with their reason."""
+        ok = self.is_ready()
+        body: dict[str, Any] = {"ready": ok}
+        if self.load_error:
+            body["error"] = self.load_error
+        if self.fleet is not None:
+            unavailable = {
+                row["name"]: row["reason"]
+                for row in self.fleet.index()
+                if row["state"] != "READY" and row["version"] == ""
+            }
+            for name, slot in self.fleet.slots.items():
+                if slot.serving is None and name not in unavailable:
+                    unavailable[name] = slot.status.get(0, ("", "not ready"))[1] or "not ready"
+            if unavailable:
+                body["unavailable"] = unavailable
+        return ok, body
+
     def model(self, name: str, version: str | None = None) -> ModelInfo:
         return self.runner_for(name, version).model
 
