@@ -283,14 +283,13 @@ class Fleet:
         are stopped and :class:`LoadFailed` names every failure."""
         fresh: dict[int, Loaded] = {}
         failures: list[str] = []
-        policy_versions = set(entry.config.version_policy.select(list(entry.versions)))  # type: ignore[union-attr]
+        # what each new version takes the place of: reloaded versions, and those the policy drops
+        kept = self._policy_versions(slot)  # slot.entry is ``entry`` (set by load)
+        replaced = [ld for v, ld in old.items() if v in versions or v not in kept]
         try:
             for version in versions:
-                replaced = [old[v] for v in old if v in versions or v not in policy_versions]
                 try:
-                    fresh[version] = await self._load_version(
-                        slot, entry, version, replacing=replaced
-                    )
+                    fresh[version] = await load_one(self, slot, entry, version, replaced)
                 except LoadFailed as exc:
                     failures.append(str(exc))
         except BaseException:
@@ -298,15 +297,10 @@ class Fleet:
             raise
         if failures:
             await asyncio.gather(*(self._stop(ld, 0.0) for ld in fresh.values()))
-            still = f" (version {slot.serving} still serves)" if slot.serving is not None else ""
-            slot.status[0] = (
-                ("UNAVAILABLE", "; ".join(failures))
-                if slot.serving is None
-                else (slot.status.get(0, ("", "")))
-            )
-            if slot.serving is not None:
-                slot.status.pop(0, None)
-            raise LoadFailed("; ".join(failures) + still)
+            if slot.serving is None:
+                slot.status[0] = ("UNAVAILABLE", "; ".join(failures))
+                raise LoadFailed("; ".join(failures))
+            raise LoadFailed("; ".join(failures) + f" (version {slot.serving} still serves)")
         return fresh
 
     async def unload(self, name: str) -> None:
@@ -341,7 +335,7 @@ class Fleet:
             if version not in slot.loaded:
                 if entry.config is None:
                     raise LoadFailed(entry.error or "bad config")
-                loaded = await self._load_version(slot, entry, version, candidate=True)
+                loaded = await load_one(self, slot, entry, version, candidate=True)
                 self._switch(slot, {version: loaded}, slot.serving, remember=False)
             slot.candidate = Candidate(version, mode, share if mode == "canary" else 0.0)
             self._version_gauges(slot)
@@ -392,7 +386,7 @@ class Fleet:
                 if target not in entry.versions:
                     slot.previous.pop()  # gone from the folder: the next rollback goes further
                     raise LoadFailed(f"version {target} of {name!r} is no longer in the folder")
-                fresh[target] = await self._load_version(slot, entry, target, replacing=[current])
+                fresh[target] = await load_one(self, slot, entry, target, replacing=[current])
             slot.previous.pop()
             self._switch(slot, fresh, target, remember=False)
             await self._retire_all(slot, [current])
@@ -462,18 +456,6 @@ class Fleet:
         with contextlib.suppress(RepositoryError, OSError):
             models = max(models, len(self.repository.names()))
         return threads_per_executor(config, models, self.limits.core_count)
-
-    async def _load_version(
-        self,
-        slot: Slot,
-        entry: ModelEntry,
-        version: int,
-        replacing: list[Loaded] | None = None,
-        candidate: bool = False,
-    ) -> Loaded:
-        """Check the budgets, load and warm one version, not yet routable
-        (:func:`~visionloop.serving.loading.load_one`)."""
-        return await load_one(self, slot, entry, version, replacing, candidate)
 
     async def _stop(self, loaded: Loaded, drain_timeout_s: float) -> None:
         """Wait for ``loaded``'s leases (at most its deadline, or the drain timeout if
