@@ -3,8 +3,10 @@ same way for every command; what cannot be honoured is a clear error, never a si
 
 from __future__ import annotations
 
+import os
 import sys
 import threading
+import time
 
 import numpy as np
 import pytest
@@ -115,6 +117,54 @@ def test_an_openvino_engine_serves_several_threads_at_once(photos, torch_model):
     for t in threads:
         t.join()
     assert not failures
+
+
+@pytest.mark.skipif(not hasattr(os, "sched_getaffinity"), reason="thread CPUs need Linux")
+def test_openvino_leaves_a_computing_thread_on_every_cpu_of_the_process(tmp_path):
+    """OpenVINO's default CPU pinning binds each computing thread to a core of its choice, the
+    same one for every compiled model: two models (or executors) then share one core
+    (benchmarks/results/openvino_pinning.json). The engine turns it off."""
+    from visionloop.engines.graph import onnx_bytes
+    from visionloop.engines.runtimes import OpenVinoEngine
+
+    path = tmp_path / "catdog.onnx"
+    path.write_bytes(onnx_bytes(create("catdog")))
+    engine = OpenVinoEngine(path, "fp32", threads=1)
+    assert engine.compiled.get_property("ENABLE_CPU_PINNING") is False
+    batch = np.zeros((8, *create("catdog").input_spec.shape), np.uint8)
+    engine.run(batch)
+    stop = threading.Event()
+    tids: list[int] = []
+
+    def compute() -> None:
+        tids.append(threading.get_native_id())
+        while not stop.is_set():
+            engine.run(batch)
+
+    thread = threading.Thread(target=compute)
+    thread.start()
+    seen: list[str] = []
+    try:
+        while not tids:
+            time.sleep(0.01)
+        for _ in range(20):  # read from outside while it computes (most of its time)
+            with open(f"/proc/self/task/{tids[0]}/status") as status:
+                seen.extend(ln.split()[1] for ln in status if ln.startswith("Cpus_allowed_list"))
+            time.sleep(0.01)
+    finally:
+        stop.set()
+        thread.join()
+    allowed = sorted(os.sched_getaffinity(0))
+    assert {_cpu_list(s) for s in seen} == {tuple(allowed)}
+
+
+def _cpu_list(text: str) -> tuple[int, ...]:
+    """'0-2,5' -> (0, 1, 2, 5)."""
+    cpus: list[int] = []
+    for part in text.split(","):
+        low, _, high = part.partition("-")
+        cpus.extend(range(int(low), int(high or low) + 1))
+    return tuple(cpus)
 
 
 def test_a_conversion_that_differs_from_torch_is_refused(monkeypatch):

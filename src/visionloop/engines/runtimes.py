@@ -128,6 +128,11 @@ class OpenVinoEngine:
         core = ov.Core()
         target = openvino_device(device)
         config: dict[str, Any] = {"PERFORMANCE_HINT": "LATENCY"}
+        if target == "CPU":
+            # Pinning binds each computing thread to a core OpenVINO picks, the same one for
+            # every compiled model: two models or executors would share one core while the
+            # others idle (benchmarks/results/openvino_pinning.json: 0.93x of one alone).
+            config["ENABLE_CPU_PINNING"] = False
         if threads:
             config["INFERENCE_NUM_THREADS"] = threads
         if precision == "bf16":
