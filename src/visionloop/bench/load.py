@@ -32,12 +32,15 @@ import httpx
 from PIL import Image
 
 from visionloop import imaging
+from visionloop.bench.rawhttp import RawClient
 
 CLIENT_TIMEOUT_S = 30.0  # a request unanswered this long counts as failed
 
 Protocol = Literal["raw", "v2"]
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".gif", ".bmp")
 LIMITS = imaging.ImageLimits()  # the server's defaults
+Client = httpx.AsyncClient | RawClient
+ClientKind = Literal["httpx", "raw"]
 
 
 @dataclass(frozen=True)
@@ -217,7 +220,7 @@ def _percentile(sorted_ms: list[float], p: float) -> float:
     return sorted_ms[min(len(sorted_ms) - 1, int(p * len(sorted_ms)))]
 
 
-async def _batch_totals(client: httpx.AsyncClient, url: str | None) -> tuple[float, float] | None:
+async def _batch_totals(client: Client, url: str | None) -> tuple[float, float] | None:
     if url is None:
         return None
     try:
@@ -241,7 +244,7 @@ class _Recorder:
         self.sent = 0
 
     async def send(
-        self, client: httpx.AsyncClient, url: str, body: tuple[bytes, dict[str, str]], t0: float
+        self, client: Client, url: str, body: tuple[bytes, dict[str, str]], t0: float
     ) -> None:
         self.sent += 1
         try:
@@ -262,19 +265,21 @@ async def _measure(
     offered: float,
     target: Target,
     slo_ms: float,
-    drive: Callable[[httpx.AsyncClient, _Recorder], Awaitable[None]],
+    drive: Callable[[Client, _Recorder], Awaitable[None]],
     connections: int,
     window_s: float,
     timeout_s: float = CLIENT_TIMEOUT_S,
+    client_kind: ClientKind = "httpx",
 ) -> LoadResult:
     """Run ``drive`` and summarise. Rates count answers that *completed* within the load
     window: answers still arriving after it (the backlog of an overloaded server) must not
     dilute the rate by stretching the denominator, nor inflate it later. A request unanswered
-    after ``timeout_s`` counts as failed (a collapsed server must not stall the sweep)."""
-    limits = httpx.Limits(max_connections=connections, max_keepalive_connections=connections)
+    after ``timeout_s`` counts as failed (a collapsed server must not stall the sweep).
+    ``client_kind`` "raw": :class:`~visionloop.bench.rawhttp.RawClient`, for loads that
+    would take httpx a core of the machine the server runs on."""
     recorder = _Recorder(slo_ms)
     tree = ProcessTreeCPU(target.server_pid) if target.server_pid is not None else None
-    async with httpx.AsyncClient(timeout=timeout_s, limits=limits) as client:
+    async with _client(client_kind, connections, timeout_s) as client:
         before = await _batch_totals(client, target.metrics_url)
         server0 = tree.sample() if tree is not None else {}
         cpu0 = resource.getrusage(resource.RUSAGE_SELF)
@@ -316,6 +321,13 @@ async def _measure(
     )
 
 
+def _client(kind: ClientKind, connections: int, timeout_s: float) -> Client:
+    if kind == "raw":
+        return RawClient(timeout=timeout_s, max_connections=connections)
+    limits = httpx.Limits(max_connections=connections, max_keepalive_connections=connections)
+    return httpx.AsyncClient(timeout=timeout_s, limits=limits)
+
+
 async def open_loop(
     target: Target,
     payloads: list[bytes],
@@ -324,6 +336,7 @@ async def open_loop(
     slo_ms: float = 250.0,
     label: str = "",
     seed: int = 0,
+    client_kind: ClientKind = "httpx",
 ) -> LoadResult:
     """Poisson arrivals at ``rate`` requests/s for ``duration_s``; waits for every answer."""
     if rate <= 0:
@@ -331,7 +344,7 @@ async def open_loop(
     bodies = _bodies(target, payloads)
     rng = random.Random(seed)
 
-    async def drive(client: httpx.AsyncClient, recorder: _Recorder) -> None:
+    async def drive(client: Client, recorder: _Recorder) -> None:
         tasks = []
         start = time.perf_counter()
         scheduled, i = start, 0
@@ -346,7 +359,10 @@ async def open_loop(
         await asyncio.gather(*tasks)
 
     connections = open_loop_connections(rate, CLIENT_TIMEOUT_S)
-    return await _measure(label, "open", rate, target, slo_ms, drive, connections, duration_s)
+    return await _measure(
+        label, "open", rate, target, slo_ms, drive, connections, duration_s,
+        client_kind=client_kind,
+    )  # fmt: skip
 
 
 def open_loop_connections(rate: float, timeout_s: float) -> int:
@@ -366,13 +382,14 @@ async def closed_loop(
     duration_s: float,
     slo_ms: float = 250.0,
     label: str = "",
+    client_kind: ClientKind = "httpx",
 ) -> LoadResult:
     """``clients`` concurrent clients, each sending its next request when answered."""
     if clients < 1:
         raise ValueError(f"clients must be >= 1, got {clients}")
     bodies = _bodies(target, payloads)
 
-    async def drive(client: httpx.AsyncClient, recorder: _Recorder) -> None:
+    async def drive(client: Client, recorder: _Recorder) -> None:
         stop_at = time.perf_counter() + duration_s
 
         async def one(index: int) -> None:
@@ -385,7 +402,10 @@ async def closed_loop(
 
         await asyncio.gather(*(one(c) for c in range(clients)))
 
-    return await _measure(label, "closed", clients, target, slo_ms, drive, clients, duration_s)
+    return await _measure(
+        label, "closed", clients, target, slo_ms, drive, clients, duration_s,
+        client_kind=client_kind,
+    )  # fmt: skip
 
 
 def sweep(
