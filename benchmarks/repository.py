@@ -22,9 +22,13 @@ take the server's two cores), served by ``visionloop serve --model-repository`` 
    and at two thirds of the run. Every answer's status and ``model_version`` is counted, per
    phase (before, during each load call, after); the target is zero non-200.
 
-The load generator runs in this process, pinned to ``--generator-cpus`` if given (on 2 cores it
-shares them with the server: its CPU is reported). Results: one JSON file with the command, the
-machine, every level's :class:`~visionloop.bench.load.LoadResult`, the ratios and the counts.
+Each load runs in a process of its own (its own event loop and client: one asyncio loop sending
+two loads delays one with the other's work, which its client counts against the server); on 2
+cores the generators share them with the server (their CPU and the server's are reported), so
+their client is by default the lean one (``--client raw``, :mod:`visionloop.bench.rawhttp`):
+httpx needs most of a core to send ``a``'s 2x, which the server then lacks.
+Results: one JSON file with the command, the machine, every level's
+:class:`~visionloop.bench.load.LoadResult`, the ratios and the counts.
 """
 
 from __future__ import annotations
@@ -33,13 +37,14 @@ import argparse
 import asyncio
 import datetime as dt
 import json
-import os
+import multiprocessing
 import shutil
 import statistics
 import sys
 import tempfile
 import time
 from collections import Counter
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -51,7 +56,13 @@ sys.path.insert(0, str(HERE))
 
 from compare import System, cpu_list, free_port, machine, start, stop  # noqa: E402
 
-from visionloop.bench.load import Target, closed_loop, load_payloads, open_loop  # noqa: E402
+from visionloop.bench.load import (  # noqa: E402
+    ClientKind,
+    Target,
+    closed_loop,
+    load_payloads,
+    open_loop,
+)
 
 CONFIG = """\
 architecture = "catdog"
@@ -59,6 +70,7 @@ max_batch_size = 8
 instances = 1
 threads = 1
 timeout_ms = {timeout_ms}
+
 
 [version_policy]
 latest = 1
@@ -83,48 +95,53 @@ def build_repository(root: Path, timeout_ms: float) -> Path:
 SERVER_PID: list[int] = []  # the server's root process, once started: its CPU is measured
 
 
-def target(base: str, model: str, deadline_ms: float) -> Target:
-    pid = SERVER_PID[0] if SERVER_PID else None
-    return Target(f"{base}/v1/models/{model}/predict", deadline_ms=deadline_ms, server_pid=pid)
+def _loop_in_process(
+    kind: str,
+    url: str,
+    deadline_ms: float,
+    server_pid: int | None,
+    payloads: list[bytes],
+    level: float,
+    seconds: float,
+    slo_ms: float,
+    label: str,
+    seed: int,
+    client: ClientKind,
+) -> dict[str, Any]:
+    """One load (``kind`` open: Poisson at ``level``/s; closed: ``level`` clients) in a
+    process of its own (its own event loop, client and GIL): two loads sent from one asyncio
+    loop delay each other's sends and reads, which a client then counts against the server."""
+    target = Target(url, deadline_ms=deadline_ms, server_pid=server_pid)
+    if kind == "closed":
+        clients = int(level)
+        asyncio.run(closed_loop(target, payloads, clients, 3.0, slo_ms, client_kind=client))
+        result = asyncio.run(
+            closed_loop(target, payloads, clients, seconds, slo_ms, label, client_kind=client)
+        )
+    else:
+        result = asyncio.run(
+            open_loop(target, payloads, level, seconds, slo_ms, label, seed, client_kind=client)
+        )
+    return result.as_dict()
 
 
-async def capacity(base: str, model: str, payloads: list[bytes], args: argparse.Namespace) -> Any:
-    await closed_loop(target(base, model, args.deadline_ms), payloads, 16, 3.0, args.slo_ms)
-    result = await closed_loop(
-        target(base, model, args.deadline_ms), payloads, 16, args.seconds, args.slo_ms, model
-    )
-    return result
-
-
-async def b_alone(
-    base: str, payloads: list[bytes], rate: float, args: argparse.Namespace, seed: int
-) -> Any:
-    return await open_loop(
-        target(base, "b", args.deadline_ms),
-        payloads,
-        rate,
-        args.seconds,
-        args.slo_ms,
-        "b alone",
-        seed,
-    )
-
-
-async def b_with_a(
+def loads_at_once(
     base: str,
     payloads: list[bytes],
-    rate_b: float,
-    rate_a: float,
+    loads: list[tuple[str, str, float, str, int]],
     args: argparse.Namespace,
-    seed: int,
-) -> tuple[Any, Any]:
-    b, a = await asyncio.gather(
-        open_loop(target(base, "b", args.deadline_ms), payloads, rate_b, args.seconds,
-                  args.slo_ms, "b with a at 2x", seed),
-        open_loop(target(base, "a", args.deadline_ms), payloads, rate_a, args.seconds,
-                  args.slo_ms, "a at 2x", seed + 1000),
-    )  # fmt: skip
-    return b, a
+) -> list[dict[str, Any]]:
+    """Run ``(kind, model, level, label, seed)`` loads at once, each in its own process."""
+    pid = SERVER_PID[0] if SERVER_PID else None
+    context = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(max_workers=len(loads), mp_context=context) as pool:
+        futures = [
+            pool.submit(_loop_in_process, kind, f"{base}/v1/models/{model}/predict",
+                        args.deadline_ms, pid, payloads, level, args.seconds, args.slo_ms,
+                        label, seed, args.client)
+            for kind, model, level, label, seed in loads
+        ]  # fmt: skip
+        return [f.result() for f in futures]
 
 
 async def hot_swap(
@@ -268,9 +285,53 @@ def _phases(
     return phases, total
 
 
+def isolation(base: str, payloads: list[bytes], args: argparse.Namespace) -> dict[str, Any]:
+    """Capacity of each model alone, then ``b`` alone and with ``a`` at 2x, in turns."""
+    cap = {}
+    for m in ("a", "b"):
+        [cap[m]] = loads_at_once(base, payloads, [("closed", m, 16, m, 0)], args)
+    print(json.dumps({m: r["throughput_rps"] for m, r in cap.items()}), file=sys.stderr)
+    rate_b = args.b_load * float(cap["b"]["throughput_rps"])
+    rate_a = 2.0 * float(cap["a"]["throughput_rps"])
+    rounds = []
+    for repeat in range(args.repeats):
+        order = ("alone", "together") if repeat % 2 == 0 else ("together", "alone")
+        row: dict[str, Any] = {"repeat": repeat, "order": list(order)}
+        for what in order:
+            before = server_latency(base)
+            if what == "alone":
+                [row["b_alone"]] = loads_at_once(
+                    base, payloads, [("open", "b", rate_b, "b alone", repeat)], args
+                )
+            else:
+                row["b_together"], row["a_overloaded"] = loads_at_once(
+                    base,
+                    payloads,
+                    [("open", "b", rate_b, "b with a at 2x", repeat),
+                     ("open", "a", rate_a, "a at 2x", repeat + 1000)],
+                    args,
+                )  # fmt: skip
+            row[f"b_server_{what}"] = server_quantiles(before, server_latency(base), "b")
+        row["p99_ratio"] = round(row["b_together"]["p99_ms"] / row["b_alone"]["p99_ms"], 3)
+        alone, together = row["b_server_alone"]["p99_ms"], row["b_server_together"]["p99_ms"]
+        row["server_p99_ratio"] = round(together / alone, 3) if alone and together else None
+        print(json.dumps({k: row[k] for k in ("repeat", "p99_ratio")}), file=sys.stderr)
+        rounds.append(row)
+    ratios = [r["p99_ratio"] for r in rounds]
+    return {
+        "capacity": cap,
+        "b_rate": round(rate_b, 2),
+        "a_rate": round(rate_a, 2),
+        "rounds": rounds,
+        "p99_ratio_median": statistics.median(ratios),
+        "p99_ratio_min": min(ratios),
+        "p99_ratio_max": max(ratios),
+        "server_p99_ratios": [r["server_p99_ratio"] for r in rounds],
+        "target": 1.5,
+    }
+
+
 def run(args: argparse.Namespace) -> dict[str, Any]:
-    if args.generator_cpus:
-        os.sched_setaffinity(0, args.generator_cpus)
     payloads = load_payloads(ROOT / "tests" / "data", megapixels=args.megapixels)
     root = Path(tempfile.mkdtemp(prefix="visionloop-repository-"))
     weights = build_repository(root, args.timeout_ms)
@@ -281,45 +342,13 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     system = System("visionloop repository", command, "", "/v2/health/ready")
     process = start(system, port, cpus=args.server_cpus)
     SERVER_PID[:] = [process.pid]
-    ready = {r["name"] for r in httpx.post(f"{base}/v2/repository/index", timeout=10).json()
-             if r["state"] == "READY"}  # fmt: skip
-    if ready != {"a", "b"}:
-        raise RuntimeError(f"not every model loaded: {ready}")
     try:
         index = httpx.post(f"{base}/v2/repository/index", timeout=10).json()
-        cap = {m: asyncio.run(capacity(base, m, payloads, args)) for m in ("a", "b")}
-        print(
-            json.dumps({m: r.throughput_rps for m, r in cap.items()}), file=sys.stderr, flush=True
-        )
-        rate_b = args.b_load * cap["b"].throughput_rps
-        rate_a = 2.0 * cap["a"].throughput_rps
-        rounds = []
-        for repeat in range(args.repeats):
-            order = ("alone", "together") if repeat % 2 == 0 else ("together", "alone")
-            row: dict[str, Any] = {"repeat": repeat, "order": list(order)}
-            for what in order:
-                before = server_latency(base)
-                if what == "alone":
-                    row["b_alone"] = asyncio.run(
-                        b_alone(base, payloads, rate_b, args, repeat)
-                    ).as_dict()
-                else:
-                    b, a = asyncio.run(b_with_a(base, payloads, rate_b, rate_a, args, repeat))
-                    row["b_together"], row["a_overloaded"] = b.as_dict(), a.as_dict()
-                row[f"b_server_{what}"] = server_quantiles(before, server_latency(base), "b")
-            row["p99_ratio"] = round(row["b_together"]["p99_ms"] / row["b_alone"]["p99_ms"], 3)
-            alone, together = row["b_server_alone"]["p99_ms"], row["b_server_together"]["p99_ms"]
-            row["server_p99_ratio"] = round(together / alone, 3) if alone and together else None
-            print(
-                json.dumps({k: row[k] for k in ("repeat", "p99_ratio")}),
-                file=sys.stderr,
-                flush=True,
-            )
-            rounds.append(row)
-        ratios = [r["p99_ratio"] for r in rounds]
-        swap = asyncio.run(
-            hot_swap(base, root, weights, payloads, args.swap_load * cap["a"].throughput_rps, args)
-        )
+        if {r["name"] for r in index if r["state"] == "READY"} != {"a", "b"}:
+            raise RuntimeError(f"not every model loaded: {index}")
+        iso = isolation(base, payloads, args)
+        rate = args.swap_load * float(iso["capacity"]["a"]["throughput_rps"])
+        swap = asyncio.run(hot_swap(base, root, weights, payloads, rate, args))
         final_index = httpx.post(f"{base}/v2/repository/index", timeout=10).json()
     finally:
         stop(process, system)
@@ -331,22 +360,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         "machine": machine(),
         "settings": {k: v for k, v in vars(args).items() if k not in ("argv", "out")}
-        | {
-            "server_cpus": sorted(args.server_cpus or []),
-            "generator_cpus": sorted(args.generator_cpus or []),
-        },
+        | {"server_cpus": sorted(args.server_cpus or [])},
         "index_at_start": index,
-        "capacity": {m: r.as_dict() for m, r in cap.items()},
-        "isolation": {
-            "b_rate": round(rate_b, 2),
-            "a_rate": round(rate_a, 2),
-            "rounds": rounds,
-            "p99_ratio_median": statistics.median(ratios),
-            "server_p99_ratios": [r["server_p99_ratio"] for r in rounds],
-            "p99_ratio_min": min(ratios),
-            "p99_ratio_max": max(ratios),
-            "target": 1.5,
-        },
+        "isolation": iso,
         "hot_swap": swap,
         "index_at_end": final_index,
     }
@@ -367,7 +383,12 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--timeout-ms", type=float, default=1000.0)
     parser.add_argument("--slo-ms", type=float, default=250.0)
     parser.add_argument("--server-cpus", type=cpu_list, default=cpu_list("0-1"))
-    parser.add_argument("--generator-cpus", type=cpu_list, default=None)
+    parser.add_argument(
+        "--client",
+        choices=["raw", "httpx"],
+        default="raw",
+        help="the generators' HTTP client: raw (visionloop.bench.rawhttp, lean) or httpx",
+    )
     args = parser.parse_args(argv)
     args.argv = argv
     return args
