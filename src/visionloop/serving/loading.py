@@ -16,13 +16,13 @@ import asyncio
 import contextlib
 import logging
 import os
-import resource
 import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from visionloop.serving.metrics import Metrics
+from visionloop.serving.priority import may_restore
 from visionloop.serving.repository import (
     ModelConfig,
     ModelEntry,
@@ -55,8 +55,7 @@ def background_priority(restore: bool = True) -> Iterator[None]:
     tid = threading.get_native_id()
     try:
         before = os.getpriority(os.PRIO_PROCESS, tid)
-        allowed = os.geteuid() == 0 or 20 - resource.getrlimit(resource.RLIMIT_NICE)[0] <= before
-        if restore and not allowed:
+        if restore and not may_restore(before):
             yield
             return
         os.setpriority(os.PRIO_PROCESS, tid, min(before + 10, 19))
@@ -214,6 +213,7 @@ async def load_version(
         instances=config.instances,
         timeout_ms=config.timeout_ms,
         threads=threads,
+        yield_when_overloaded=True,
     )
     runner = Runner(
         model, runner_config, metrics, name=name, version=str(version), background_warmup=True

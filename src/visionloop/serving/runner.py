@@ -34,6 +34,7 @@ from visionloop.serving.batcher import Batcher, DeadlineUnreachable, Job, QueueF
 from visionloop.serving.drift import DriftTap
 from visionloop.serving.loading import background_priority
 from visionloop.serving.metrics import Metrics
+from visionloop.serving.priority import OVERLOAD_WINDOW_S, yield_thread
 from visionloop.serving.runner_config import RunnerConfig
 from visionloop.serving.transport.base import (
     DeadlineExceeded,
@@ -90,9 +91,11 @@ class _Executor:
         )
 
     def compute(
-        self, images: list[Image], padded_size: int
+        self, images: list[Image], padded_size: int, yielding: bool = False
     ) -> tuple[list[tuple[dict[str, Any], JSONDict]], Phases]:
-        """Runs in this executor's thread: stage, forward, read back, postprocess."""
+        """Runs in this executor's thread: stage, forward, read back, postprocess; at a lower
+        priority while ``yielding`` (:mod:`visionloop.serving.priority`)."""
+        yield_thread(yielding)
         t0 = time.perf_counter()
         count = len(images)
         staged = self.staging[:padded_size]
@@ -159,6 +162,7 @@ class Runner:
         self._tasks: list[asyncio.Task[None]] = []
         self._in_flight = 0
         self._labels = {"model": self._name}
+        self._overloaded_at = -math.inf  # monotonic time of the last refusal for overload
 
     # -- the Transport interface (see visionloop.serving.transport.base) ---------------------
 
@@ -231,6 +235,16 @@ class Runner:
             self.tap.close()
 
     # -- requests ------------------------------------------------------------------------
+
+    def yielding(self) -> bool:
+        """Whether this model's threads yield the CPU now, if its config asks for it (a model
+        repository's versions do): it refused for overload (queue full, deadline unreachable
+        or passed in the queue) within ``OVERLOAD_WINDOW_S``, or half its queue is taken (it
+        is falling behind: refusals are about to start)."""
+        if not self.config.yield_when_overloaded:
+            return False
+        behind = len(self.batcher) >= max(1, self.config.policy.max_queue // 2)
+        return behind or time.monotonic() - self._overloaded_at < OVERLOAD_WINDOW_S
 
     def retry_after_s(self) -> int:
         """A client's fair wait before retrying: the measured time to drain the queue, >= 1 s."""
@@ -320,6 +334,7 @@ class Runner:
             decision = self.batcher.poll()
             for job in decision.expired:
                 waited_ms = (self.clock() - job.enqueued_at) * 1e3
+                self._overloaded_at = time.monotonic()
                 self._refuse("deadline")
                 _settle(
                     job.payload.future,
@@ -348,7 +363,11 @@ class Runner:
         loop = asyncio.get_running_loop()
         try:
             answers, phases = await loop.run_in_executor(
-                executor.pool, executor.compute, [job.payload.image for job in live], padded
+                executor.pool,
+                executor.compute,
+                [job.payload.image for job in live],
+                padded,
+                self.yielding(),
             )
             compute_s = self.clock() - started
             for job, (outputs, result) in zip(live, answers, strict=True):
@@ -398,6 +417,7 @@ class Runner:
         try:
             yield
         except QueueFull as exc:
+            self._overloaded_at = time.monotonic()
             unreachable = isinstance(exc, DeadlineUnreachable)
             self._refuse("deadline_unreachable" if unreachable else "queue_full")
             raise

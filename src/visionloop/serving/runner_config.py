@@ -22,6 +22,8 @@ class RunnerConfig:
     pad_to_buckets: bool = False
     timeout_ms: float = 5000.0
     threads: int = 0
+    # While overloaded, its threads yield the CPU to other models (visionloop.serving.priority).
+    yield_when_overloaded: bool = False
 
     def __post_init__(self) -> None:
         if self.instances < 1:
