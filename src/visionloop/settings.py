@@ -192,7 +192,9 @@ class ServeSettings(BaseSettings):
         description="Serve every model of this folder (DIR/<model>/config.toml and "
         "DIR/<model>/<version>/), each with its own queue, batcher and executors, with the "
         "repository API for load, unload, canary, shadow, promote and rollback. The model, "
-        "batching and engine settings then come from each model's config.toml.",
+        "batching and engine settings then come from each model's config.toml. With transport "
+        "redis this is an API replica of the folder: `visionloop worker --model-repository` "
+        "processes load the versions, and the repository API rolls them out across them.",
     )
     memory_budget_mb: float = Field(
         default=0.0,
@@ -207,11 +209,16 @@ class ServeSettings(BaseSettings):
     )
 
     @model_validator(mode="after")
-    def _repository_in_process(self) -> ServeSettings:
-        if self.model_repository is not None and self.transport != "memory":
+    def _budgets_in_process(self) -> ServeSettings:
+        repository = self.model_repository is not None
+        if (
+            repository
+            and self.transport == "redis"
+            and (self.memory_budget_mb or self.oversubscribe)
+        ):
             raise ValueError(
-                "a model repository is served in process (transport memory); with Redis, "
-                "each worker serves one model version"
+                "memory_budget_mb and oversubscribe bound the versions loaded in this process; "
+                "with transport redis, API replicas load none (the workers do)"
             )
         return self
 
@@ -245,3 +252,10 @@ class RedisSettings(BaseSettings):
         default=1.0, gt=0, description="Give up connecting after this: 503 fast, not a hang."
     )
     command_timeout_s: float = Field(default=5.0, gt=0, description="Socket timeout per command.")
+    rollout_wait_s: float = Field(
+        default=120.0,
+        gt=0,
+        description="Model repository: how long a repository verb (load, canary, ...) sent to "
+        "an API replica waits for a live worker to announce the versions it asks for before "
+        "answering 202 (the workers go on loading them).",
+    )

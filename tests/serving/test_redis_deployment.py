@@ -440,3 +440,16 @@ def test_consumers_of_killed_workers_are_forgotten(redis_server):
     w.run_worker(body)
     (answer,) = w.answers()  # its job was reclaimed and answered first
     assert answer[b"ok"] == b"1"
+
+
+def test_a_worker_whose_loop_dies_stops_and_exits_1(deployment):
+    """`visionloop worker` does not go on without reading: a loop that ends on an error (here
+    an unexpected Redis answer: its requests key is not a stream) stops it, exit status 1."""
+    client = deployment.redis.client()
+    try:
+        client.set(deployment.keys.requests, "not a stream")
+        worker = deployment.worker("broken")
+        assert worker.process.wait(timeout=120) == 1
+        assert "WRONGTYPE" in worker.log.read_text()
+    finally:
+        client.close()

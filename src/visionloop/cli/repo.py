@@ -4,7 +4,10 @@ Folder commands (``--repository DIR``, no server needed): ``init``, ``add``, and
 without ``--url``. Server commands (``--url``, default ``http://127.0.0.1:8000``; the token from
 ``--token`` or ``VISIONLOOP_API_TOKEN``): ``list``, ``load``, ``unload``, ``canary``, ``shadow``,
 ``promote``, ``rollback``. A server's answer that is not 2xx is printed as ``error: ...`` with
-exit 1 (2 for bad input of ours, as everywhere).
+exit 1 (2 for bad input of ours, as everywhere). A verb answered 202 (an API replica of Redis
+workers recorded the rollout, but no worker serves it yet) prints the answer, then
+``pending: ...`` on stderr, and exits 3: scripts can tell a rollout still going on from one
+done (exit 0).
 
 A rollout, for example::
 
@@ -28,7 +31,7 @@ from typing import Annotated, Any
 import typer
 from rich.table import Table
 
-from visionloop.cli.common import CommandError, console, errors, escape, fail, say
+from visionloop.cli.common import CommandError, console, err_console, errors, escape, fail, say
 
 app = typer.Typer(
     help="A model repository: its folder (init, add, list) and a running server's models "
@@ -196,8 +199,14 @@ def rollback(model: ModelArg, url: UrlOption = None, token: TokenOption = None) 
     _report(_call(url, token, _model_path(model, "rollback")))
 
 
+PENDING_EXIT = 3  # a 202: recorded, not served yet
+
+
 def _report(answer: Any) -> None:
     print(json.dumps(answer))  # one line, unwrapped, for programs
+    if isinstance(answer, dict) and "pending" in answer:
+        err_console.print(f"[yellow]pending:[/yellow] {escape(str(answer['pending']))}")
+        raise typer.Exit(PENDING_EXIT)
 
 
 def _folder_rows(repository: Path) -> list[dict[str, Any]]:

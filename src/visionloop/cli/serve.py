@@ -17,7 +17,7 @@ import typer
 from rich.table import Table
 
 from visionloop.cli import options
-from visionloop.cli.common import console, errors, escape
+from visionloop.cli.common import console, errors, escape, fail
 from visionloop.cli.options import DeviceOption, ModelOption
 
 EngineOption = Annotated[
@@ -256,7 +256,14 @@ def _log_start(settings: Any, model_settings: Any, redis_settings: Any) -> None:
 
     log = logging.getLogger("visionloop.serve")
     base = f"http://{settings.host}:{settings.port}"
-    if settings.model_repository is not None:
+    if settings.model_repository is not None and settings.transport == "redis":
+        log.info(
+            "API replica of the model repository %s via %s (`visionloop worker "
+            "--model-repository` loads the versions); repository API: "
+            "%s/v2/repository/index; docs: %s/docs",
+            settings.model_repository, redis_settings.url, base, base,
+        )  # fmt: skip
+    elif settings.model_repository is not None:
         log.info(
             "loading every model of %s (each with its own config.toml); repository API: "
             "%s/v2/repository/index; docs: %s/docs",
@@ -299,17 +306,48 @@ def worker(
     engine: EngineOption = None,
     precision: PrecisionOption = None,
     artifact: ArtifactOption = None,
+    model_repository: Annotated[
+        Path | None,
+        typer.Option(
+            help="Serve the versions of every model of this folder that the rollout asks for "
+            "(`visionloop repo load|canary|...` sent to an API replica); each model's "
+            "settings come from its config.toml."
+        ),
+    ] = None,
     log_level: LogLevelOption = "info",
 ) -> None:
     """Run a model worker: take jobs from Redis Streams, batch them, answer the API replicas.
 
     Start any number, on any machines that reach the same Redis. SIGTERM (or Ctrl-C) stops
-    taking jobs and finishes the ones taken.
+    taking jobs and finishes the ones taken. If one of its loops ends on an error (e.g. an
+    unexpected Redis answer) it stops the same way and exits 1: run it under a supervisor
+    that restarts it.
+
+    With --model-repository DIR it serves that model repository's versions as the rollout
+    records in Redis say (API replicas: `visionloop serve --transport redis
+    --model-repository DIR`), loading and unloading them as a rollout goes.
     """
     import asyncio
 
     from visionloop.settings import RedisSettings, ServeSettings
 
+    if model_repository is not None:
+        model_flags = {
+            "--model": model, "--device": device, "--max-batch-size": max_batch_size,
+            "--max-delay-ms": max_delay_ms, "--instances": instances,
+            "--pad-to-buckets": pad_to_buckets, "--policy": policy, "--threads": threads,
+            "--drift-sample": drift_sample, "--engine": engine, "--precision": precision,
+            "--artifact": artifact,
+        }  # fmt: skip
+        _repository_worker(
+            model_repository,
+            [flag for flag, value in model_flags.items() if value is not None],
+            options.settings_from(RedisSettings, url=redis_url, claim_idle_ms=claim_idle_ms),
+            name,
+            metrics_port,
+            log_level,
+        )
+        return
     flags: dict[str, Any] = {
         "max_batch_size": max_batch_size, "max_delay_ms": max_delay_ms, "instances": instances,
         "pad_to_buckets": pad_to_buckets, "policy": policy, "drift_sample": drift_sample,
@@ -326,3 +364,31 @@ def worker(
     from visionloop.serving.worker import run_worker
 
     asyncio.run(run_worker(settings, model_settings, redis_settings, name, metrics_port))
+
+
+def _repository_worker(
+    root: Path,
+    model_flags: list[str],
+    redis_settings: Any,
+    name: str | None,
+    metrics_port: int | None,
+    log_level: str,
+) -> None:
+    """``worker --model-repository DIR``: the folder's configs say how each model is served."""
+    import asyncio
+
+    from visionloop.serving.repository import Repository, RepositoryError
+    from visionloop.settings import ServeSettings
+
+    if model_flags:
+        raise fail(
+            f"{', '.join(model_flags)}: with --model-repository each model's settings come "
+            "from its config.toml"
+        )
+    with errors(RepositoryError):
+        Repository(root).check()
+    drain_timeout_s = options.settings_from(ServeSettings).drain_timeout_s
+    _log_to_stderr(log_level)
+    from visionloop.serving.transport.redis_repository_worker import run_repository_worker
+
+    asyncio.run(run_repository_worker(root, redis_settings, name, metrics_port, drain_timeout_s))

@@ -84,11 +84,16 @@ def create_app(
     and has the repository API (:mod:`visionloop.serving.repository_api`).
 
     With ``settings.transport == "redis"`` the app is an API replica: it loads no model and
-    queues jobs on Redis Streams for ``visionloop worker`` processes (``redis_settings``).
+    queues jobs on Redis Streams for ``visionloop worker`` processes (``redis_settings``); with
+    a model repository too, those are ``visionloop worker --model-repository`` processes, and
+    ``loader`` is refused (ValueError: nothing is loaded here).
     """
+    serve = settings or ServeSettings()
+    if loader is not None and serve.model_repository is not None and serve.transport == "redis":
+        raise ValueError("loader: an API replica of Redis workers loads no model version")
     limits_settings = imaging_settings or ImagingSettings()
     state = ServerState(
-        settings=settings or ServeSettings(),
+        settings=serve,
         model_settings=model_settings or ModelSettings(),
         limits=imaging.ImageLimits(limits_settings.max_bytes, limits_settings.max_pixels),
     )
@@ -126,7 +131,12 @@ def _lifespan(
         settings = state.settings
         # the name was checked against the table when the settings were read
         startup: Startup = TRANSPORTS[settings.transport]
-        if settings.model_repository is not None:
+        if settings.model_repository is not None and settings.transport == "redis":
+            # versions served by repository workers: this process loads none (no loader)
+            from visionloop.serving.transport.redis_fleet import RedisRepository
+
+            startup = RedisRepository()
+        elif settings.model_repository is not None:
             startup = ModelRepository(loader)
         loading = asyncio.create_task(startup.start(state, model, redis_settings))
         try:

@@ -59,6 +59,7 @@ from visionloop.serving.versions import (
     threads_per_executor,
     version_number,
     version_row,
+    zero_roles,
 )
 
 __all__ = [
@@ -440,10 +441,7 @@ class Fleet:
                 slot.status[loaded.version] = ("UNLOADING", "draining")
         self._version_gauges(slot)
         for loaded in retiring:
-            for role in ("serving", "canary", "shadow", "loaded"):
-                self.metrics.version_role.labels(
-                    model=slot.name, version=str(loaded.version), role=role
-                ).set(0.0)
+            zero_roles(self.metrics, slot.name, loaded.version)
         await asyncio.gather(*(self._stop(ld, self.limits.drain_timeout_s) for ld in retiring))
         for loaded in retiring:
             if loaded.version not in slot.loaded:

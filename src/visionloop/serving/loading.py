@@ -115,8 +115,7 @@ async def load_one(
                 slot.name, config, version, folder, per_executor, fleet.metrics
             )
         except Exception as exc:  # any failure of a user's files or code: reported
-            first = (str(exc).strip().splitlines() or [""])[0]
-            reason = f"failed to load: {type(exc).__name__}: {first}"
+            reason = failure_reason(exc)
             slot.status[version] = ("UNAVAILABLE", reason)
             log.warning("%s %s", label, reason)
             raise LoadFailed(f"{label} {reason}") from None
@@ -134,6 +133,12 @@ async def load_one(
     loaded.oversubscribed = candidate
     log.info("%s loaded (%d thread(s), %.0f MB)", label, threads, took / MB)
     return loaded
+
+
+def failure_reason(exc: BaseException, what: str = "failed to load") -> str:
+    """Why a version failed, on one line: ``failed to load: ValueError: <first line>``."""
+    first = (str(exc).strip().splitlines() or [""])[0]
+    return f"{what}: {type(exc).__name__}: {first}"
 
 
 def resident_bytes() -> int:

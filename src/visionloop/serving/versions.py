@@ -117,6 +117,15 @@ class FleetLimits:
         return os.cpu_count() or 1
 
 
+ROLES: tuple[Role, ...] = ("serving", "canary", "shadow", "loaded")
+
+
+def zero_roles(metrics: Metrics, model: str, version: int) -> None:
+    """A version that left routing: every role gauge of it back to 0."""
+    for role in ROLES:
+        metrics.version_role.labels(model=model, version=str(version), role=role).set(0.0)
+
+
 def version_row(slot: Slot, version: int) -> dict[str, Any]:
     """One version's index row: Triton's fields, plus role, share, threads, memory and
     whether it runs beside the thread budget."""

@@ -36,17 +36,28 @@ async def run_worker(
     model = await asyncio.to_thread(registry.load, model_settings)
     log.info("engine: %s", model.engine_info())
     config = RunnerConfig.from_settings(settings, model_settings.threads).for_worker()
-    metrics = Metrics()
-    if metrics_port is not None:
-        from prometheus_client import start_http_server
-
-        start_http_server(metrics_port, addr="127.0.0.1", registry=metrics.registry)
+    metrics = serve_metrics(metrics_port)
     tap = await tap_from_settings(model_settings, settings.drift_sample, metrics)
     node = RedisWorker(model, config, redis_settings, metrics=metrics, name=name, tap=tap)
     log.info("%d objects frozen out of garbage collection", freeze_heap())
+    await node.run(stop_on_signals())
+    log.info("worker %s stopped: %s", node.name, node.counts)
+
+
+def serve_metrics(port: int | None) -> Metrics:
+    """A worker's metrics, on http://127.0.0.1:PORT/metrics when ``port`` is given."""
+    metrics = Metrics()
+    if port is not None:
+        from prometheus_client import start_http_server
+
+        start_http_server(port, addr="127.0.0.1", registry=metrics.registry)
+    return metrics
+
+
+def stop_on_signals() -> asyncio.Event:
+    """An event SIGTERM and SIGINT set (in the running loop)."""
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    await node.run(stop)
-    log.info("worker %s stopped: %s", node.name, node.counts)
+    return stop

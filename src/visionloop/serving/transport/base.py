@@ -32,6 +32,8 @@ __all__ = [
     "ModelInfo",
     "ModelStats",
     "NotReady",
+    "RolloutConflict",
+    "RolloutPending",
     "Transport",
     "error_from",
     "error_kind",
@@ -48,6 +50,22 @@ class NotReady(Exception):
 class DeadlineExceeded(Exception):
     """The request's deadline passed while it was queued (it never reached the model) or while
     its batch ran (the late result is dropped)."""
+
+
+class RolloutPending(Exception):
+    """A repository verb on an API replica (transport redis): the rollout is recorded, but no
+    live worker serves what it asks for yet; the workers go on loading it (answered 202).
+    ``result``: what the verb would have returned (e.g. the versions ``load`` asks for)."""
+
+    def __init__(self, message: str, result: Any = None) -> None:
+        super().__init__(message)
+        self.result = result
+
+
+class RolloutConflict(Exception):
+    """A repository verb on an API replica (transport redis) that lost to other verbs: the
+    rollout record kept changing under it, or a later verb replaced it before it completed
+    (answered 409)."""
 
 
 class ModelFailed(Exception):

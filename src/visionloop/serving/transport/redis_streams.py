@@ -7,6 +7,12 @@ Keys (``prefix`` defaults to ``visionloop``)::
     {prefix}:{model}:workers    sorted set: worker name -> last heartbeat (epoch seconds)
     {prefix}:replies:{replica}  one reply stream per API replica; trimmed as read, expires
 
+A model repository served through Redis (:mod:`.redis_fleet`, :mod:`.redis_repository_worker`)
+has the same three keys per version, ``{prefix}:{model}:v{version}:requests|card|workers``,
+and per model ``{prefix}:{model}:versions`` (sorted set: version -> a worker's last heartbeat),
+``{prefix}:{model}:rollout``, ``{prefix}:{model}:generation``, ``{prefix}:{model}:failures``
+and ``{prefix}:{model}:replicas`` (:mod:`.rollout`).
+
 An API replica (:class:`RedisTransport`) decodes and resizes the upload itself, then adds a job
 ``{id, reply, deadline, shape, image}`` (raw uint8 pixels, never a pickle) with one atomic script
 that refuses when ``max_queue`` jobs are outstanding, and awaits the answer on its reply stream.
@@ -95,12 +101,20 @@ def worker_ttl_s(settings: RedisSettings) -> float:
 
 
 class Keys:
-    """The Redis keys for one model."""
+    """The Redis keys for one model, or (``version`` given) for one version of a repository
+    model, plus that model's repository keys (see the module docstring)."""
 
-    def __init__(self, prefix: str, model: str) -> None:
-        self.requests = f"{prefix}:{model}:requests"
-        self.card = f"{prefix}:{model}:card"
-        self.workers = f"{prefix}:{model}:workers"
+    def __init__(self, prefix: str, model: str, version: int | None = None) -> None:
+        base = f"{prefix}:{model}" if version is None else f"{prefix}:{model}:v{version}"
+        self.requests = f"{base}:requests"
+        self.card = f"{base}:card"
+        self.workers = f"{base}:workers"
+        self.versions = f"{prefix}:{model}:versions"
+        self.rollout = f"{prefix}:{model}:rollout"
+        self.failures = f"{prefix}:{model}:failures"
+        self.replicas = f"{prefix}:{model}:replicas"
+        self.generation = f"{prefix}:{model}:generation"
+        self.version = version
         self._prefix = prefix
 
     def replies(self, replica: str) -> str:
@@ -181,7 +195,8 @@ class RedisTransport:
     """An API replica's end: submit jobs, await replies, answer each request once.
 
     It never loads the model: workers publish its :class:`ModelCard`. Ready while Redis answers,
-    the card is known and at least one worker's heartbeat is fresh.
+    the card is known and at least one worker's heartbeat is fresh. With ``version`` it serves
+    that version of a repository model (its own stream, card and workers).
     """
 
     def __init__(
@@ -189,6 +204,7 @@ class RedisTransport:
         model_name: str,
         settings: RedisSettings,
         *,
+        version: int | None = None,
         max_queue: int = 64,
         timeout_ms: float = 5000.0,
         metrics: Metrics | None = None,
@@ -204,7 +220,7 @@ class RedisTransport:
         self.timeout_ms = timeout_ms
         self.metrics = metrics or Metrics()
         self.clock = clock
-        self.keys = Keys(settings.prefix, model_name)
+        self.keys = Keys(settings.prefix, model_name, version)
         self.replica = uuid.uuid4().hex[:12]
         self.reply_key = self.keys.replies(self.replica)
         self._stats = ModelStats()
@@ -219,6 +235,7 @@ class RedisTransport:
         self._last_read = b"0-0"
         self._tasks: list[asyncio.Task[None]] = []
         self._stopping = asyncio.Event()
+        self.checked = asyncio.Event()  # set after the first look at Redis (answered or not)
         self._labels = {"model": model_name}
         self._client = connect(settings)
         self._reader = connect(settings, blocking_s=1.0)
@@ -232,7 +249,12 @@ class RedisTransport:
 
     @property
     def version(self) -> str:
-        return "1"
+        return "1" if self.keys.version is None else str(self.keys.version)
+
+    @property
+    def workers(self) -> int:
+        """Live workers (fresh heartbeats) as last seen."""
+        return self._workers if self._connected else 0
 
     @property
     def model(self) -> ModelCard:
@@ -274,7 +296,8 @@ class RedisTransport:
             raise NotReady("the queue broker (Redis) is unavailable; retrying in the background")
         if self._card is None or self._workers == 0:
             self._refuse("not_ready")
-            raise NotReady(f"no live worker serves model {self._name!r}")
+            which = "" if self.keys.version is None else f" version {self.keys.version}"
+            raise NotReady(f"no live worker serves model {self._name!r}{which}")
         if self._backlog >= self.max_queue:
             self._refuse("queue_full")
             raise QueueFull(f"{self._backlog} jobs outstanding (max_queue {self.max_queue})")
@@ -373,12 +396,14 @@ class RedisTransport:
         while not self._stopping.is_set():
             try:
                 await self._check()
+                self.checked.set()
                 backoff.reset()
                 await pause(self._stopping, self.settings.heartbeat_s)
             except RedisError as exc:
                 if self._connected:
                     log.warning("redis unavailable (%s); answering 503 until it is back", exc)
                 self._connected = False
+                self.checked.set()
                 await backoff.wait()
 
     async def _check(self) -> None:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import json
 import logging
 import math
@@ -43,7 +44,7 @@ from visionloop.serving.transport.redis_streams import (
 )
 from visionloop.settings import RedisSettings
 
-__all__ = ["RedisWorker", "WorkerCounts"]
+__all__ = ["RedisWorker", "WorkerCounts", "default_worker_name"]
 
 log = logging.getLogger("visionloop.redis")
 
@@ -113,7 +114,13 @@ class RedisWorker:
 
     Jobs feed the same :class:`Runner` as the in-process server, so batching follows the same
     policy; the worker holds at most ``max_batch_size x (instances + 1)`` jobs at a time (every
-    executor busy plus one batch forming), leaving the rest of the stream to other workers.
+    executor busy plus one batch forming; never more than the runner's queue takes), leaving
+    the rest of the stream to other workers.
+
+    ``runner`` (already started, e.g. by :func:`visionloop.serving.loading.load_version`) and
+    ``version``: serve that version of a repository model, on the version's keys, announcing
+    the version in its card and in the model's ``versions`` set (while ``announce`` is true);
+    the worker stops the runner when it stops.
     """
 
     def __init__(
@@ -125,16 +132,25 @@ class RedisWorker:
         metrics: Metrics | None = None,
         name: str | None = None,
         tap: DriftTap | None = None,
+        runner: Runner | None = None,
+        version: int | None = None,
     ) -> None:
         self.model = model
         self.settings = settings
         self.metrics = metrics or Metrics()
-        self.runner = Runner(model, config, self.metrics, tap=tap)
-        self.name = name or f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
-        self.keys = Keys(settings.prefix, model.name)
-        self.capacity = config.policy.max_batch_size * (config.instances + 1)
+        self._prepared = runner is not None
+        self.runner = runner or Runner(model, config, self.metrics, tap=tap)
+        self.name = name or default_worker_name()
+        self.version = version
+        self.announce = True  # a version's worker: announce it (False while it drains)
+        self.keys = Keys(settings.prefix, self.runner.name, version)
+        policy = config.policy
+        self.capacity = min(policy.max_batch_size * (config.instances + 1), policy.max_queue)
         self.counts = WorkerCounts()
-        self.card = json.dumps(ModelCard.of(model).to_json())
+        card = dataclasses.replace(ModelCard.of(model), name=self.runner.name).to_json()
+        if version is not None:
+            card["version"] = str(version)
+        self.card = json.dumps(card)
         self._client = connect(settings)
         self._reader = connect(settings, blocking_s=1.0)
         self._local: set[bytes] = set()  # entry ids this worker holds
@@ -142,21 +158,33 @@ class RedisWorker:
         self._jobs: set[asyncio.Task[None]] = set()
         self._stopping = asyncio.Event()  # stop taking jobs
         self._stopped = asyncio.Event()  # stop the heartbeat too
-        self._labels = {"model": model.name}
+        self._labels = {"model": self.runner.name}
 
     async def run(self, stop: asyncio.Event) -> None:
         """Warm up, then serve until ``stop`` is set; then finish what was taken (up to the
-        drain timeout: what is left stays pending and is reclaimed by other workers)."""
-        await self.runner.start()
+        drain timeout: what is left stays pending and is reclaimed by other workers). If one
+        of its loops ends on its own (an error), it stops the same way and raises that error."""
+        if not self._prepared:
+            await self.runner.start()
         tasks = [
             asyncio.create_task(self._heartbeat()),
             asyncio.create_task(self._read()),
             asyncio.create_task(self._reclaim()),
         ]
-        log.info("worker %s serving %s from %s", self.name, self.model.name, self.settings.url)
+        which = "" if self.version is None else f" version {self.version}"
+        log.info(
+            "worker %s serving %s%s from %s", self.name, self.runner.name, which, self.settings.url
+        )
+        stopped = asyncio.create_task(stop.wait())
+        failed: asyncio.Task[None] | None = None
         try:
-            await stop.wait()
+            await asyncio.wait([stopped, *tasks], return_when=asyncio.FIRST_COMPLETED)
+            failed = next((t for t in tasks if t.done()), None)
+            if failed is not None:
+                # a loop died (a bug or an unexpected Redis answer): stop serving, loudly
+                log.error("worker %s: %s stopped: %r", self.name, failed.get_name(), failed)
         finally:
+            stopped.cancel()
             await halt(self._stopping, tasks[1:])  # stop taking work; heartbeat goes on
             if self._jobs:
                 await asyncio.wait(self._jobs, timeout=30)
@@ -167,6 +195,9 @@ class RedisWorker:
                 await self._client.xgroup_delconsumer(self.keys.requests, GROUP, self.name)
             await self._client.aclose()
             await self._reader.aclose()
+        if failed is not None:
+            failed.result()  # its error goes up: the caller sees the worker died
+            raise RuntimeError(f"worker {self.name}: {failed.get_name()} ended on its own")
 
     # -- loops ---------------------------------------------------------------------------
 
@@ -182,6 +213,11 @@ class RedisWorker:
                         self.keys.workers, "-inf", time.time() - worker_ttl_s(self.settings)
                     )
                     pipe.set(self.keys.card, self.card, ex=ttl)
+                    if self.version is not None and self.announce:  # forget long-gone ones
+                        pipe.zadd(self.keys.versions, {str(self.version): time.time()})
+                        pipe.zremrangebyscore(
+                            self.keys.versions, "-inf", time.time() - worker_ttl_s(self.settings)
+                        )
                     await pipe.execute()
                 backoff.reset()
                 await pause(self._stopped, self.settings.heartbeat_s)
@@ -359,6 +395,11 @@ _COUNTERS = {  # outcome label -> WorkerCounts field
     "bad_job": "bad_jobs",
     "gave_up": "gave_up",
 }
+
+
+def default_worker_name() -> str:
+    """host-pid-random: unique across restarts and machines."""
+    return f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
 
 
 class GaveUp(Exception):
