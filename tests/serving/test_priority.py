@@ -15,8 +15,8 @@ import pytest
 from tests.serving.fakes import FakeModel
 from visionloop.serving import priority
 from visionloop.serving.batcher import BatchPolicy, QueueFull
+from visionloop.serving.fairpool import FairPool
 from visionloop.serving.runner import Runner, RunnerConfig
-from visionloop.serving.state import FairPool
 
 needs_nice = pytest.mark.skipif(
     not priority.allowed(), reason="lowering a thread's nice back needs root or RLIMIT_NICE"
@@ -31,19 +31,23 @@ def _nice() -> int:
 def test_a_thread_yields_and_comes_back():
     seen: list[int] = []
 
+    base: list[int] = []
+
     def work() -> None:
-        base = _nice()
+        base.append(_nice())
+        base_nice = base[0]
         priority.yield_thread(True)
-        seen.append(_nice() - base)
+        seen.append(_nice() - base_nice)
         priority.yield_thread(True)  # already there: unchanged
-        seen.append(_nice() - base)
+        seen.append(_nice() - base_nice)
         priority.yield_thread(False)
-        seen.append(_nice() - base)
+        seen.append(_nice() - base_nice)
 
     thread = threading.Thread(target=work)
     thread.start()
     thread.join()
-    assert seen == [priority.YIELD_NICE, priority.YIELD_NICE, 0]
+    step = min(priority.YIELD_NICE, 19 - base[0])
+    assert seen == [step, step, 0]
 
 
 @needs_nice
@@ -78,7 +82,7 @@ async def test_an_overloaded_models_executor_runs_at_a_lower_priority(asked):
     finally:
         await runner.stop()
     base = levels[0]
-    assert levels[-2] == (base + priority.YIELD_NICE if asked else base)
+    assert levels[-2] == (min(base + priority.YIELD_NICE, 19) if asked else base)
     assert levels[-1] == base
 
 
@@ -92,8 +96,8 @@ async def test_a_key_at_its_limit_leaves_a_thread_to_the_others():
         release.wait(timeout=30)
         return name
 
-    first = asyncio.ensure_future(pool.run("a", job, "a1", limit=1))
-    second = asyncio.ensure_future(pool.run("a", job, "a2", limit=1))
+    first = asyncio.ensure_future(pool.run("a", job, "a1", limit=lambda: 1))
+    second = asyncio.ensure_future(pool.run("a", job, "a2", limit=lambda: 1))
     while not started:
         await asyncio.sleep(0.01)
     await asyncio.sleep(0.05)
@@ -104,3 +108,28 @@ async def test_a_key_at_its_limit_leaves_a_thread_to_the_others():
     assert await asyncio.gather(first, second) == ["a1", "a2"]
     assert started == ["a1", "b", "a2"]
     pool.pool.shutdown()
+
+
+def test_a_priority_that_cannot_be_put_back_turns_yielding_off(monkeypatch):
+    """Root without CAP_SYS_NICE may raise a thread's nice but not lower it again: the first
+    failure to put it back stops every later yield (a thread must not stay slow for ever)."""
+    monkeypatch.setattr(priority, "_ALLOWED", True)
+    real = os.setpriority
+
+    def refuse_lowering(which: int, who: int, value: int) -> None:
+        if value < os.getpriority(which, who):
+            raise PermissionError("lowering nice needs CAP_SYS_NICE")
+        real(which, who, value)
+
+    monkeypatch.setattr(os, "setpriority", refuse_lowering)
+    outcome: list[bool] = []
+
+    def work() -> None:
+        priority.yield_thread(True)
+        priority.yield_thread(False)
+        outcome.append(priority.allowed())
+
+    thread = threading.Thread(target=work)
+    thread.start()
+    thread.join()
+    assert outcome == [False]

@@ -10,16 +10,23 @@ decode threads for each of its uploads. The scheduler is still work-conserving, 
 overloaded model alone uses every idle cycle; it only stops taking them from the others. A
 second after its last refusal, its threads are back at their own priority.
 
-Linux sets nice per thread. Going back up needs the right to lower nice (root, or
-``RLIMIT_NICE``): where that is missing, :func:`allowed` is False and nothing is ever lowered
-(a thread that cannot get its priority back would stay slow for ever).
+Linux sets nice per thread. Going back up needs the right to lower nice (CAP_SYS_NICE, or
+``RLIMIT_NICE``; root in a container often has neither): :func:`allowed` tries it once, in a
+thread of its own, and where it fails nothing is ever lowered (a thread that cannot get its
+priority back would stay slow for ever). Only the threads named above yield: a version with
+``threads`` > 1 computes partly in its engine's own worker threads, which keep their priority.
 """
 
 from __future__ import annotations
 
+import logging
 import os
 import resource
 import threading
+from collections.abc import Callable
+from typing import Any
+
+log = logging.getLogger("visionloop.serve")
 
 YIELD_NICE = 19
 OVERLOAD_WINDOW_S = 1.0  # a model refused for overload this recently yields
@@ -29,13 +36,34 @@ _ALLOWED: bool | None = None
 
 
 def may_restore(before: int) -> bool:
-    """Whether this process may set a thread's nice back to ``before`` after raising it."""
+    """Whether this process may set a thread's nice back to ``before`` after raising it:
+    ``RLIMIT_NICE`` allows it, or trying it in a throwaway thread works (CAP_SYS_NICE)."""
     try:
         soft = resource.getrlimit(resource.RLIMIT_NICE)[0]
     except (AttributeError, OSError, ValueError):
         return False
-    unlimited = soft == resource.RLIM_INFINITY
-    return os.geteuid() == 0 or unlimited or 20 - soft <= before
+    if soft == resource.RLIM_INFINITY or 20 - soft <= before:
+        return True
+    return _try_and_undo()
+
+
+def _try_and_undo() -> bool:
+    worked: list[bool] = []
+
+    def attempt() -> None:
+        tid = threading.get_native_id()
+        try:
+            before = os.getpriority(os.PRIO_PROCESS, tid)
+            os.setpriority(os.PRIO_PROCESS, tid, min(before + 1, 19))
+            os.setpriority(os.PRIO_PROCESS, tid, before)
+            worked.append(os.getpriority(os.PRIO_PROCESS, tid) == before)
+        except OSError:
+            worked.append(False)
+
+    thread = threading.Thread(target=attempt, name="visionloop-nice-probe")
+    thread.start()
+    thread.join()
+    return bool(worked and worked[0])
 
 
 def allowed() -> bool:
@@ -63,11 +91,19 @@ def yield_thread(yielding: bool) -> None:
             _thread.base = os.getpriority(os.PRIO_PROCESS, tid)
         os.setpriority(os.PRIO_PROCESS, tid, min(_thread.base + offset, 19))
         _thread.offset = offset
-    except OSError:  # not ours to change after all: leave it as it is
-        pass
+    except OSError:  # could not be undone after all: never yield again in this process
+        global _ALLOWED
+        _ALLOWED = False
+        log.warning("thread priorities cannot be changed here: overloaded models do not yield")
 
 
-def run_at(yielding: bool, fn: object, *args: object) -> object:
-    """``fn(*args)`` in this thread at the priority ``yielding`` asks for (a pool job)."""
-    yield_thread(yielding)
-    return fn(*args)  # type: ignore[operator]
+def run_at(yielding: Callable[[], bool], fn: Callable[..., Any], *args: Any) -> Any:
+    """``fn(*args)`` in this thread at the priority ``yielding()`` asks for when the job
+    starts (a pool job: its model may have recovered, or fallen behind, while it waited)."""
+    yield_thread(yielding())
+    return fn(*args)
+
+
+def never() -> bool:
+    """For :func:`run_at`: a job of no model that yields."""
+    return False

@@ -255,9 +255,8 @@ async def _infer(state: ServerState, runner: Transport, request: Request) -> Res
     model = runner.model
     # Parsing JSON and converting tensors is CPU work: done off the event loop, in the bounded
     # decode pool, so a large request neither stalls other clients nor multiplies its memory.
-    loop = asyncio.get_running_loop()
-    parsed, payload = await loop.run_in_executor(
-        state.decode_pool, _parse, body, header_length, settings.max_files, model
+    parsed, payload = await state.off_loop(
+        runner, _parse, body, header_length, settings.max_files, model
     )
     del body
     timeout_us = timeout_from(parsed.parameters.get("timeout"), "parameters.timeout")

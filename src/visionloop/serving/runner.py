@@ -236,6 +236,11 @@ class Runner:
 
     # -- requests ------------------------------------------------------------------------
 
+    def note_overload(self) -> None:
+        """A refusal for overload outside the runner (its uploads' backlog full, a deadline
+        passed while an upload waited to be decoded): the model yields as for its own."""
+        self._overloaded_at = time.monotonic()
+
     def yielding(self) -> bool:
         """Whether this model's threads yield the CPU now, if its config asks for it (a model
         repository's versions do): it refused for overload (queue full, deadline unreachable
@@ -311,6 +316,7 @@ class Runner:
             if future.done():  # settled in the same instant
                 return future.result()
             waited_ms = (self.clock() - job.enqueued_at) * 1e3
+            self._overloaded_at = time.monotonic()
             if self.batcher.cancel(job.id):
                 self._refuse("deadline")
                 self._queue_changed()

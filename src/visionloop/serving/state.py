@@ -9,10 +9,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import functools
 import logging
 import time
-from collections import Counter, deque
+from collections import Counter
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -24,10 +23,11 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 
 from visionloop import imaging
+from visionloop.serving.fairpool import FairPool
 from visionloop.serving.fleet import Fleet, LoadFailed, Unavailable, UnknownModel
 from visionloop.serving.lag import ANSWER_WRITE_WINDOW_S, LoopLag, SlidingMax
 from visionloop.serving.metrics import Metrics
-from visionloop.serving.priority import run_at
+from visionloop.serving.priority import never, run_at
 from visionloop.serving.runner import (
     DeadlineExceeded,
     ItemResult,
@@ -245,6 +245,21 @@ class ServerState:
     def model(self, name: str, version: str | None = None) -> ModelInfo:
         return self.runner_for(name, version).model
 
+    async def off_loop(self, runner: Transport, fn: Any, *args: Any) -> Any:
+        """``fn(*args)`` for ``runner``'s model in the decode pool: in turns with the other
+        models, and, while the model yields the CPU (``Runner.yielding``), at a lower priority
+        and on all but one thread (both decided when the job starts)."""
+        yielding = getattr(runner, "yielding", never)
+        spare = max(1, self._decoder.threads - 1)
+        return await self._decoder.run(
+            runner.name,
+            run_at,
+            yielding,
+            fn,
+            *args,
+            limit=lambda: spare if yielding() else None,
+        )
+
     async def decode(
         self, data: bytes, runner: Transport, timeout_ms: float | None, arrived_at: float
     ) -> npt.NDArray[np.uint8]:
@@ -256,26 +271,19 @@ class ServerState:
         model, key = runner.model, runner.name
         if self._decoding[key] >= _max_queue(runner, self.settings.max_queue):
             self.metrics.refusals.labels(model=key, reason="queue_full").inc()
+            _note_overload(runner)
             raise QueueFull(f"decode backlog full: {self._decoding[key]} uploads waiting")
         runner.admit(timeout_ms, arrived_at)
         deadline = runner.deadline(timeout_ms, arrived_at)
         self._decoding[key] += 1
         try:
-            yielding = bool(getattr(runner, "yielding", lambda: False)())
-            image: npt.NDArray[np.uint8] = await self._decoder.run(
-                key,
-                run_at,
-                yielding,
-                self._prepare,
-                data,
-                model,
-                runner,
-                deadline,
-                limit=max(1, self._decoder.threads - 1) if yielding else None,
+            image: npt.NDArray[np.uint8] = await self.off_loop(
+                runner, self._prepare, data, model, runner, deadline
             )
             return image
         except DeadlineExceeded:
             self.metrics.refusals.labels(model=key, reason="deadline").inc()
+            _note_overload(runner)
             raise
         except imaging.ImageError as exc:
             self.metrics.refusals.labels(model=key, reason="bad_input").inc()
@@ -331,78 +339,10 @@ class ServerState:
         raise ClientGone()
 
 
-_Job = tuple[Any, tuple[Any, ...], "asyncio.Future[Any]", int | None]  # fn, args, caller, limit
-
-
-class FairPool:
-    """A thread pool's work taken in turns between keys (models): a free thread takes the
-    oldest job of the next key that has one, so that one model's backlog of uploads never
-    waits ahead of another model's upload (with FIFO it would: a model at 2x its capacity
-    keeps the pool's queue full). Work-conserving: a lone key uses every thread, except that
-    a job submitted with ``limit`` starts only while its key runs fewer than ``limit`` jobs (a
-    model that yields the CPU keeps a thread free for the others: its own jobs, run at a low
-    priority, would hold every thread for long). The jobs of a cancelled caller that have not
-    started are dropped."""
-
-    def __init__(self, pool: ThreadPoolExecutor, threads: int) -> None:
-        self.pool = pool
-        self.threads = threads
-        self._queues: dict[str, deque[_Job]] = {}
-        self._turns: deque[str] = deque()  # keys with waiting jobs, in the order they are served
-        self._running = 0
-        self._per_key: Counter[str] = Counter()  # jobs running, per key
-
-    async def run(self, key: str, fn: Any, *args: Any, limit: int | None = None) -> Any:
-        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
-        queue = self._queues.setdefault(key, deque())
-        if not queue:
-            self._turns.append(key)
-        queue.append((fn, args, future, limit))
-        self._pump()
-        return await future
-
-    def _next_key(self) -> str | None:
-        """The first key in turn whose next job may start (taken out of the turns)."""
-        for i, key in enumerate(self._turns):
-            limit = self._queues[key][0][3]
-            if limit is None or self._per_key[key] < limit:
-                del self._turns[i]
-                return key
-        return None
-
-    def _pump(self) -> None:
-        while self._running < self.threads:
-            key = self._next_key()
-            if key is None:
-                return
-            queue = self._queues[key]
-            fn, args, future, _ = queue.popleft()
-            if queue:
-                self._turns.append(key)  # its next job after the other keys' next ones
-            else:
-                del self._queues[key]
-            if future.done():  # its caller gave up while it waited
-                continue
-            self._running += 1
-            self._per_key[key] += 1
-            started = asyncio.get_running_loop().run_in_executor(self.pool, fn, *args)
-            started.add_done_callback(functools.partial(self._finished, key=key, target=future))
-
-    def _finished(
-        self, done: asyncio.Future[Any], *, key: str, target: asyncio.Future[Any]
-    ) -> None:
-        self._running -= 1
-        self._per_key[key] -= 1
-        if not self._per_key[key]:
-            del self._per_key[key]
-        if not target.done():
-            if done.cancelled():
-                target.cancel()
-            elif done.exception() is not None:
-                target.set_exception(done.exception())  # type: ignore[arg-type]
-            else:
-                target.set_result(done.result())
-        self._pump()
+def _note_overload(runner: Transport) -> None:
+    note = getattr(runner, "note_overload", None)
+    if note is not None:
+        note()
 
 
 def _max_queue(runner: Transport, default: int) -> int:
