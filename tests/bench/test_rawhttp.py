@@ -133,3 +133,34 @@ def test_failures_are_httpx_errors():
         asyncio.run(_with_server(hang_up, post))
     with pytest.raises(httpx.UnsupportedProtocol):
         asyncio.run(post("https://127.0.0.1:1"))
+
+
+def test_trailers_are_read_and_a_connection_closed_while_idle_is_replaced():
+    served: list[int] = []
+
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await _read_request(reader)
+        served.append(1)
+        if len(served) == 1:  # chunked, with a trailer, kept alive
+            writer.write(
+                b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n"
+                b"2\r\nok\r\n0\r\nx-check: 1\r\n\r\n"
+            )
+            await writer.drain()
+            await _read_request(reader)  # the second request on the same connection
+            served.append(2)
+            writer.write(b"HTTP/1.1 200 OK\r\ncontent-length: 3\r\n\r\ntwo")
+        else:  # no length: the body ends with the connection
+            writer.write(b"HTTP/1.1 200 OK\r\n\r\nuntil the end")
+        await writer.drain()
+        writer.close()  # closes without saying so: the client finds out when it reuses it
+
+    async def work(base: str) -> list[bytes]:
+        async with RawClient(max_connections=1) as client:
+            first = await client.post(f"{base}/x", content=b"{}")
+            second = await client.post(f"{base}/x", content=b"{}")
+            await asyncio.sleep(0.1)  # the server has closed that connection meanwhile
+            third = await client.post(f"{base}/x", content=b"{}")
+            return [first.content, second.content, third.content]
+
+    assert asyncio.run(_with_server(handler, work)) == [b"ok", b"two", b"until the end"]

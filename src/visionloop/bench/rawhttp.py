@@ -77,15 +77,17 @@ class RawClient:
                 f"content-length: {len(body)}"]  # fmt: skip
         head += [f"{k}: {v}" for k, v in headers.items() if k.lower() != "content-length"]
         request = ("\r\n".join(head) + "\r\n\r\n").encode("latin-1") + body
-        async with self._slots:
-            try:
-                async with asyncio.timeout(self.timeout):
-                    return await self._exchange(key, request)
-            except TimeoutError:
-                raise httpx.ReadTimeout(f"no answer in {self.timeout} s") from None
+        try:
+            async with asyncio.timeout(self.timeout):  # waiting for a connection slot too
+                async with self._slots:
+                    return await self._exchange(key, request, method == "HEAD")
+        except TimeoutError:
+            raise httpx.ReadTimeout(f"no answer in {self.timeout} s") from None
 
-    async def _exchange(self, key: tuple[str, int], request: bytes) -> RawResponse:
+    async def _exchange(self, key: tuple[str, int], request: bytes, head: bool) -> RawResponse:
         idle = self._idle.setdefault(key, [])
+        while idle and idle[-1][0].at_eof():  # the server closed it while it was idle
+            idle.pop()[1].close()
         reused = bool(idle)
         if idle:
             reader, writer = idle.pop()
@@ -97,15 +99,16 @@ class RawClient:
         try:
             writer.write(request)
             await writer.drain()
-            response, keep = await _read_response(reader)
-        except (OSError, asyncio.IncompleteReadError, ValueError) as exc:
-            writer.close()
-            if reused and isinstance(exc, asyncio.IncompleteReadError) and not exc.partial:
-                return await self._exchange(key, request)  # the server closed an idle one
-            raise httpx.ReadError(f"{type(exc).__name__}: {exc}") from None
-        except BaseException:
+            response, keep = await _read_response(reader, head)
+        except (TimeoutError, asyncio.CancelledError):
             writer.close()
             raise
+        except Exception as exc:
+            writer.close()
+            nothing_read = not isinstance(exc, asyncio.IncompleteReadError) or not exc.partial
+            if reused and nothing_read and isinstance(exc, OSError | asyncio.IncompleteReadError):
+                return await self._exchange(key, request, head)  # a stale kept-alive one
+            raise httpx.ReadError(f"{type(exc).__name__}: {exc}") from None
         if keep:
             idle.append((reader, writer))
         else:
@@ -113,25 +116,34 @@ class RawClient:
         return response
 
 
-async def _read_response(reader: asyncio.StreamReader) -> tuple[RawResponse, bool]:
-    """One response; whether the connection may carry the next request."""
-    head = await reader.readuntil(b"\r\n\r\n")
-    lines = head.decode("latin-1").split("\r\n")
+async def _read_response(
+    reader: asyncio.StreamReader, head: bool = False
+) -> tuple[RawResponse, bool]:
+    """One response (to a HEAD request if ``head``: no body); whether the connection may
+    carry the next request."""
+    start = await reader.readuntil(b"\r\n\r\n")
+    lines = start.decode("latin-1").split("\r\n")
     version, status, *_ = lines[0].split(" ", 2)
     headers = {}
     for line in lines[1:]:
         if line:
             name, _, value = line.partition(":")
             headers[name.strip().lower()] = value.strip()
-    if headers.get("transfer-encoding", "").lower() == "chunked":
-        chunks = []
-        while True:
-            size = int((await reader.readuntil(b"\r\n")).split(b";")[0], 16)
-            chunks.append(await reader.readexactly(size + 2))
-            if size == 0:
-                break
-        content = b"".join(c[:-2] for c in chunks)
-    else:
-        content = await reader.readexactly(int(headers.get("content-length", "0")))
+    code = int(status)
     keep = version == "HTTP/1.1" and headers.get("connection", "").lower() != "close"
-    return RawResponse(int(status), headers, content), keep
+    if head or code in (204, 304) or 100 <= code < 200:
+        content = b""
+    elif headers.get("transfer-encoding", "").lower() == "chunked":
+        chunks = []
+        while size := int((await reader.readuntil(b"\r\n")).split(b";")[0], 16):
+            chunks.append(await reader.readexactly(size))
+            if await reader.readexactly(2) != b"\r\n":
+                raise ValueError("a chunk does not end with CRLF")
+        while await reader.readuntil(b"\r\n") != b"\r\n":  # trailers, up to the empty line
+            pass
+        content = b"".join(chunks)
+    elif "content-length" in headers:
+        content = await reader.readexactly(int(headers["content-length"]))
+    else:  # delimited by the end of the connection
+        content, keep = await reader.read(), False
+    return RawResponse(code, headers, content), keep
