@@ -92,6 +92,7 @@ def build_repository(root: Path, timeout_ms: float) -> Path:
     return weights
 
 
+START_DELAY_S = 5.0  # for the load processes to start and import before a round begins
 SERVER_PID: list[int] = []  # the server's root process, once started: its CPU is measured
 
 
@@ -107,11 +108,13 @@ def _loop_in_process(
     label: str,
     seed: int,
     client: ClientKind,
+    start_at: float,
 ) -> dict[str, Any]:
     """One load (``kind`` open: Poisson at ``level``/s; closed: ``level`` clients) in a
     process of its own (its own event loop, client and GIL): two loads sent from one asyncio
     loop delay each other's sends and reads, which a client then counts against the server."""
     target = Target(url, deadline_ms=deadline_ms, server_pid=server_pid)
+    time.sleep(max(0.0, start_at - time.time()))  # every load of a round starts together
     if kind == "closed":
         clients = int(level)
         asyncio.run(closed_loop(target, payloads, clients, 3.0, slo_ms, client_kind=client))
@@ -131,14 +134,16 @@ def loads_at_once(
     loads: list[tuple[str, str, float, str, int]],
     args: argparse.Namespace,
 ) -> list[dict[str, Any]]:
-    """Run ``(kind, model, level, label, seed)`` loads at once, each in its own process."""
+    """Run ``(kind, model, level, label, seed)`` loads at once, each in its own process, all
+    starting at the same moment (once every process has started and imported)."""
     pid = SERVER_PID[0] if SERVER_PID else None
+    start_at = time.time() + START_DELAY_S
     context = multiprocessing.get_context("spawn")
     with ProcessPoolExecutor(max_workers=len(loads), mp_context=context) as pool:
         futures = [
             pool.submit(_loop_in_process, kind, f"{base}/v1/models/{model}/predict",
                         args.deadline_ms, pid, payloads, level, args.seconds, args.slo_ms,
-                        label, seed, args.client)
+                        label, seed, args.client, start_at)
             for kind, model, level, label, seed in loads
         ]  # fmt: skip
         return [f.result() for f in futures]
