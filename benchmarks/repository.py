@@ -38,6 +38,7 @@ import asyncio
 import datetime as dt
 import json
 import multiprocessing
+import os
 import shutil
 import statistics
 import sys
@@ -77,23 +78,28 @@ latest = 1
 """
 
 
-def build_repository(root: Path, timeout_ms: float) -> Path:
-    """``a`` and ``b``, version 1 each: the built-in catdog weights as weights.pt."""
+def build_repository(root: Path, timeout_ms: float, layout: str) -> tuple[Path, dict[str, Path]]:
+    """``a`` and ``b``, version 1 each: the built-in catdog weights as weights.pt; in one
+    folder (layout ``one``) or in a folder each (``per-model``). Returns the weights and each
+    model's folder."""
     import torch
 
     from visionloop.models import registry
 
     weights = root / "catdog.pt"
     torch.save(registry.create("catdog").network.state_dict(), weights)
+    folders = {}
     for name in ("a", "b"):
-        (root / name / "1").mkdir(parents=True)
-        (root / name / "config.toml").write_text(CONFIG.format(timeout_ms=timeout_ms))
-        shutil.copyfile(weights, root / name / "1" / "weights.pt")
-    return weights
+        folders[name] = root / name if layout == "per-model" else root / "repository"
+        (folders[name] / name / "1").mkdir(parents=True)
+        (folders[name] / name / "config.toml").write_text(CONFIG.format(timeout_ms=timeout_ms))
+        shutil.copyfile(weights, folders[name] / name / "1" / "weights.pt")
+    return weights, folders
 
 
 START_DELAY_S = 5.0  # for the load processes to start and import before a round begins
-SERVER_PID: list[int] = []  # the server's root process, once started: its CPU is measured
+SERVER_PID: dict[str, int] = {}  # model -> its server's root process: its CPU is measured
+GENERATOR_CPUS: dict[str, set[int] | None] = {}  # model -> the CPUs its load processes run on
 
 
 def _loop_in_process(
@@ -109,10 +115,13 @@ def _loop_in_process(
     seed: int,
     client: ClientKind,
     start_at: float,
+    cpus: set[int] | None,
 ) -> dict[str, Any]:
     """One load (``kind`` open: Poisson at ``level``/s; closed: ``level`` clients) in a
     process of its own (its own event loop, client and GIL): two loads sent from one asyncio
     loop delay each other's sends and reads, which a client then counts against the server."""
+    if cpus:
+        os.sched_setaffinity(0, cpus)
     target = Target(url, deadline_ms=deadline_ms, server_pid=server_pid)
     time.sleep(max(0.0, start_at - time.time()))  # every load of a round starts together
     if kind == "closed":
@@ -129,21 +138,21 @@ def _loop_in_process(
 
 
 def loads_at_once(
-    base: str,
+    bases: dict[str, str],
     payloads: list[bytes],
     loads: list[tuple[str, str, float, str, int]],
     args: argparse.Namespace,
 ) -> list[dict[str, Any]]:
     """Run ``(kind, model, level, label, seed)`` loads at once, each in its own process, all
     starting at the same moment (once every process has started and imported)."""
-    pid = SERVER_PID[0] if SERVER_PID else None
     start_at = time.time() + START_DELAY_S
     context = multiprocessing.get_context("spawn")
     with ProcessPoolExecutor(max_workers=len(loads), mp_context=context) as pool:
         futures = [
-            pool.submit(_loop_in_process, kind, f"{base}/v1/models/{model}/predict",
-                        args.deadline_ms, pid, payloads, level, args.seconds, args.slo_ms,
-                        label, seed, args.client, start_at)
+            pool.submit(_loop_in_process, kind, f"{bases[model]}/v1/models/{model}/predict",
+                        args.deadline_ms, SERVER_PID.get(model), payloads, level, args.seconds,
+                        args.slo_ms, label, seed, args.client, start_at,
+                        GENERATOR_CPUS.get(model))
             for kind, model, level, label, seed in loads
         ]  # fmt: skip
         return [f.result() for f in futures]
@@ -290,11 +299,13 @@ def _phases(
     return phases, total
 
 
-def isolation(base: str, payloads: list[bytes], args: argparse.Namespace) -> dict[str, Any]:
+def isolation(
+    bases: dict[str, str], payloads: list[bytes], args: argparse.Namespace
+) -> dict[str, Any]:
     """Capacity of each model alone, then ``b`` alone and with ``a`` at 2x, in turns."""
     cap = {}
     for m in ("a", "b"):
-        [cap[m]] = loads_at_once(base, payloads, [("closed", m, 16, m, 0)], args)
+        [cap[m]] = loads_at_once(bases, payloads, [("closed", m, 16, m, 0)], args)
     print(json.dumps({m: r["throughput_rps"] for m, r in cap.items()}), file=sys.stderr)
     rate_b = args.b_load * float(cap["b"]["throughput_rps"])
     rate_a = 2.0 * float(cap["a"]["throughput_rps"])
@@ -303,20 +314,20 @@ def isolation(base: str, payloads: list[bytes], args: argparse.Namespace) -> dic
         order = ("alone", "together") if repeat % 2 == 0 else ("together", "alone")
         row: dict[str, Any] = {"repeat": repeat, "order": list(order)}
         for what in order:
-            before = server_latency(base)
+            before = server_latency(bases["b"])
             if what == "alone":
                 [row["b_alone"]] = loads_at_once(
-                    base, payloads, [("open", "b", rate_b, "b alone", repeat)], args
+                    bases, payloads, [("open", "b", rate_b, "b alone", repeat)], args
                 )
             else:
                 row["b_together"], row["a_overloaded"] = loads_at_once(
-                    base,
+                    bases,
                     payloads,
                     [("open", "b", rate_b, "b with a at 2x", repeat),
                      ("open", "a", rate_a, "a at 2x", repeat + 1000)],
                     args,
                 )  # fmt: skip
-            row[f"b_server_{what}"] = server_quantiles(before, server_latency(base), "b")
+            row[f"b_server_{what}"] = server_quantiles(before, server_latency(bases["b"]), "b")
         row["p99_ratio"] = round(row["b_together"]["p99_ms"] / row["b_alone"]["p99_ms"], 3)
         alone, together = row["b_server_alone"]["p99_ms"], row["b_server_together"]["p99_ms"]
         row["server_p99_ratio"] = round(together / alone, 3) if alone and together else None
@@ -336,27 +347,50 @@ def isolation(base: str, payloads: list[bytes], args: argparse.Namespace) -> dic
     }
 
 
+def servers_cpus(args: argparse.Namespace) -> dict[str, set[int] | None]:
+    """Each model's server's CPUs: layout ``one``, the one server's (``--server-cpus``) for
+    both; ``per-model``, the i-th CPU of ``--server-cpus`` for the i-th model (each its core)."""
+    if args.layout == "one":
+        return {"a": args.server_cpus, "b": args.server_cpus}
+    cpus = sorted(args.server_cpus or set(range(os.cpu_count() or 1)))
+    return {m: ({cpus[i]} if len(cpus) >= 2 else set(cpus)) for i, m in enumerate(("a", "b"))}
+
+
 def run(args: argparse.Namespace) -> dict[str, Any]:
     payloads = load_payloads(ROOT / "tests" / "data", megapixels=args.megapixels)
     root = Path(tempfile.mkdtemp(prefix="visionloop-repository-"))
-    weights = build_repository(root, args.timeout_ms)
-    port = free_port()
-    base = f"http://127.0.0.1:{port}"
-    command = [sys.executable, "-m", "visionloop", "serve", "--model-repository", str(root),
-               "--port", str(port), "--log-level", "warning"]  # fmt: skip
-    system = System("visionloop repository", command, "", "/v2/health/ready")
-    process = start(system, port, cpus=args.server_cpus)
-    SERVER_PID[:] = [process.pid]
+    weights, folders = build_repository(root, args.timeout_ms, args.layout)
+    cpus = servers_cpus(args)
+    if args.generators_with_server:
+        GENERATOR_CPUS.update(cpus)
+    bases: dict[str, str] = {}
+    processes = []
     try:
-        index = httpx.post(f"{base}/v2/repository/index", timeout=10).json()
-        if {r["name"] for r in index if r["state"] == "READY"} != {"a", "b"}:
+        for model, folder in folders.items():
+            shared = [m for m in bases if folders[m] == folder]  # layout one: a server for both
+            if shared:
+                bases[model], SERVER_PID[model] = bases[shared[0]], SERVER_PID[shared[0]]
+                continue
+            port = free_port()
+            bases[model] = f"http://127.0.0.1:{port}"
+            command = [sys.executable, "-m", "visionloop", "serve", "--model-repository",
+                       str(folder), "--port", str(port), "--log-level", "warning"]  # fmt: skip
+            system = System("visionloop repository", command, "", "/v2/health/ready")
+            process = start(system, port, cpus=cpus[model])
+            processes.append((process, system))
+            SERVER_PID[model] = process.pid
+        index = {m: httpx.post(f"{bases[m]}/v2/repository/index", timeout=10).json()
+                 for m in folders}  # fmt: skip
+        if any(not any(r["name"] == m and r["state"] == "READY" for r in index[m])
+               for m in folders):  # fmt: skip
             raise RuntimeError(f"not every model loaded: {index}")
-        iso = isolation(base, payloads, args)
+        iso = isolation(bases, payloads, args)
         rate = args.swap_load * float(iso["capacity"]["a"]["throughput_rps"])
-        swap = asyncio.run(hot_swap(base, root, weights, payloads, rate, args))
-        final_index = httpx.post(f"{base}/v2/repository/index", timeout=10).json()
+        swap = asyncio.run(hot_swap(bases["a"], folders["a"], weights, payloads, rate, args))
+        final_index = httpx.post(f"{bases['a']}/v2/repository/index", timeout=10).json()
     finally:
-        stop(process, system)
+        for process, system in processes:
+            stop(process, system)
         shutil.rmtree(root, ignore_errors=True)
     return {
         "what": "model repository: isolation of one model from another's overload, and hot swaps "
@@ -365,8 +399,11 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         "machine": machine(),
         "settings": {k: v for k, v in vars(args).items() if k not in ("argv", "out")}
-        | {"server_cpus": sorted(args.server_cpus or [])},
-        "index_at_start": index,
+        | {
+            "server_cpus": sorted(args.server_cpus or []),
+            "servers_cpus": {m: sorted(c or []) for m, c in cpus.items()},
+        },
+        "index_at_start": index if args.layout == "per-model" else index["a"],
         "isolation": iso,
         "hot_swap": swap,
         "index_at_end": final_index,
@@ -388,6 +425,19 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--timeout-ms", type=float, default=1000.0)
     parser.add_argument("--slo-ms", type=float, default=250.0)
     parser.add_argument("--server-cpus", type=cpu_list, default=cpu_list("0-1"))
+    parser.add_argument(
+        "--layout",
+        choices=["one", "per-model"],
+        default="one",
+        help="one server for both models, or a server process per model, each pinned to its "
+        "own CPU of --server-cpus",
+    )
+    parser.add_argument(
+        "--generators-with-server",
+        action="store_true",
+        help="run each model's load processes on that model's server CPUs (with --layout "
+        "per-model: a's traffic costs a's core only, as clients on other machines would)",
+    )
     parser.add_argument(
         "--client",
         choices=["raw", "httpx"],
