@@ -111,3 +111,38 @@ def test_a_bomb_among_the_material_is_a_clear_error(material, tmp_path, where):
     assert result.exit_code == 2
     assert "Traceback" not in result.output
     assert "exceeds 50000000 pixels" in result.output
+
+
+def test_objects_and_scale_set_how_many_and_how_large(material, tmp_path):
+    """One object per image at 45-55 % of the side: each image has one labelled or distractor
+    object, and a labelled one's longer side is 45-55 % of the image's (the disc's bounding
+    box is 30 of the cut-out's 40 px). A cut-out is never enlarged: at 80-90 % of 64 px it
+    keeps its own 40 px."""
+    cutouts, backgrounds = material
+    out = tmp_path / "one"
+    compose(out, cutouts, backgrounds, 12, size=64, seed=2, objects=(1, 1), scale=(0.45, 0.55))
+    compose(tmp_path / "big", cutouts, backgrounds, 12, size=64, seed=2, objects=(1, 1),
+            scale=(0.8, 0.9))  # fmt: skip
+    data = SegDataset(out, size=64)
+    big = SegDataset(tmp_path / "big", size=64)
+    for dataset, low, high in ((data, 0.45 * 64 * 30 / 40, 0.55 * 64 * 30 / 40), (big, 31, 31)):
+        for index in range(12):
+            _, masks, _ = dataset[index]
+            assert sum(bool(m.any()) for m in masks) <= 1  # the one object may be a distractor
+            for plane in masks:
+                rows = np.flatnonzero(plane.numpy().any(axis=1))
+                cols = np.flatnonzero(plane.numpy().any(axis=0))
+                if len(rows) and min(rows[0], cols[0]) > 0 and max(rows[-1], cols[-1]) < 63:
+                    side = max(rows[-1] - rows[0], cols[-1] - cols[0]) + 1  # not cut by an edge
+                    assert low - 2 <= side <= high + 2
+    with pytest.raises(ValueError, match="objects must be a range"):
+        compose(tmp_path / "x", cutouts, backgrounds, 1, objects=(2, 1))
+    with pytest.raises(ValueError, match="scale must be a range"):
+        compose(tmp_path / "y", cutouts, backgrounds, 1, scale=(0.0, 0.5))
+    base = ["data", "compose", str(tmp_path / "cli"), "--cutouts", str(cutouts),
+            "--backgrounds", str(backgrounds), "--count", "2", "--size", "48"]  # fmt: skip
+    result = CliRunner().invoke(app, [*base, "--objects", "1", "--scale", "0.5-0.7"])
+    assert result.exit_code == 0, result.output
+    bad = CliRunner().invoke(app, [*base, "--objects", "one"])
+    assert bad.exit_code == 2
+    assert "--objects must be a number or a range like 1-4, got 'one'" in bad.output

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, TypeVar
 
 import typer
 
@@ -83,11 +83,35 @@ def compose(
     size: Annotated[int, typer.Option(min=32)] = 128,
     seed: Annotated[int, typer.Option()] = 0,
     parent: Annotated[list[str] | None, typer.Option(help="child:parent, e.g. cat:animal.")] = None,
+    objects: Annotated[
+        str, typer.Option(help="Cut-outs per image, a range: 1-4, or one number.")
+    ] = "1-4",
+    scale: Annotated[
+        str,
+        typer.Option(
+            help="A cut-out's longer side, a range of fractions of --size (never enlarged)."
+        ),
+    ] = "0.25-0.6",
 ) -> None:
     """Paste real RGBA cut-outs (class = folder name, alpha = mask) onto background photos."""
     from visionloop.train.compose import compose as run
 
     with errors(OSError, ValueError):
         parents = dict(p.split(":", 1) for p in parent or [])
-        classes = run(out, cutouts, backgrounds, count, size=size, seed=seed, parents=parents)
+        low, high = _range(objects, int, "--objects")
+        small, large = _range(scale, float, "--scale")
+        classes = run(out, cutouts, backgrounds, count, size=size, seed=seed, parents=parents,
+                      objects=(low, high), scale=(small, large))  # fmt: skip
     say(f"wrote {count} images with classes {', '.join(classes)} to {out}")
+
+
+_Number = TypeVar("_Number", int, float)
+
+
+def _range(text: str, kind: type[_Number], flag: str) -> tuple[_Number, _Number]:
+    """``"a-b"`` or ``"a"`` as a pair of numbers; a clear error otherwise."""
+    low, _, high = text.partition("-")
+    try:
+        return kind(low), kind(high or low)
+    except ValueError:
+        raise ValueError(f"{flag} must be a number or a range like 1-4, got {text!r}") from None

@@ -37,9 +37,15 @@ def compose(
     seed: int = 0,
     parents: Mapping[str, str] | None = None,
     objects: tuple[int, int] = (1, 4),
+    scale: tuple[float, float] = (0.25, 0.6),
 ) -> list[str]:
-    """Write ``count`` composed images, their masks and labels.csv; returns the classes."""
+    """Write ``count`` composed images, their masks and labels.csv; returns the classes.
+
+    Each image gets ``objects`` (inclusive range) cut-outs, each of a class drawn with equal
+    odds, its longer side ``scale`` (a range, fractions of ``size``) of the image's; a cut-out
+    is never enlarged (a smaller one keeps its own size)."""
     parents = dict(parents or {})
+    _check_ranges(objects, scale)
     if not cutouts.is_dir():
         raise ValueError(f"{cutouts}: not a folder of <class>/ cut-out folders")
     pools = {d.name: _pngs(d) for d in sorted(cutouts.iterdir()) if d.is_dir()}
@@ -59,7 +65,7 @@ def compose(
     rows = []
     for index in range(count):
         rng = random.Random(seed * 1_000_003 + index)
-        image, masks = _scene(rng, size, pools, scenes, objects)
+        image, masks = _scene(rng, size, pools, scenes, objects, scale)
         for child, parent in parents.items():
             masks[parent] = masks.get(parent, np.zeros((size, size), bool)) | masks[child]
         name = f"{index:06d}.png"
@@ -73,6 +79,13 @@ def compose(
         writer.writerow(["image", *classes])
         writer.writerows(rows)
     return classes
+
+
+def _check_ranges(objects: tuple[int, int], scale: tuple[float, float]) -> None:
+    if not 1 <= objects[0] <= objects[1]:
+        raise ValueError(f"objects must be a range of at least 1, got {objects[0]}-{objects[1]}")
+    if not 0.0 < scale[0] <= scale[1] <= 2.0:
+        raise ValueError(f"scale must be a range in (0, 2], got {scale[0]}-{scale[1]}")
 
 
 def _pngs(folder: Path) -> list[Path]:
@@ -98,6 +111,7 @@ def _scene(
     pools: dict[str, list[Path]],
     scenes: list[Path],
     objects: tuple[int, int],
+    scale: tuple[float, float],
 ) -> tuple[Image.Image, dict[str, np.ndarray]]:
     with _load(rng.choice(scenes)) as raw:
         background = ImageOps.fit(raw.convert("RGB"), (size, size), Image.Resampling.BILINEAR)
@@ -107,7 +121,7 @@ def _scene(
         kind = rng.choice(sorted(pools))
         with _load(rng.choice(pools[kind])) as raw:
             cutout = raw.convert("RGBA")
-        side = int(size * rng.uniform(0.25, 0.6))
+        side = max(1, int(size * rng.uniform(*scale)))
         cutout.thumbnail((side, side), Image.Resampling.BILINEAR)
         if rng.random() < 0.5:
             cutout = ImageOps.mirror(cutout)
