@@ -33,7 +33,7 @@ import sys
 import tarfile
 import zlib
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 
 PHOTO_ACTIVITIES = {
@@ -164,21 +164,28 @@ def collect(debs: Path) -> list[dict[str, object]]:
     return items
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--out", type=Path, default=Path(".photos"))
-    parser.add_argument("--debs", type=Path, default=Path(".photos/debs"))
-    args = parser.parse_args()
-    items = collect(args.debs)
-    manifest = []
+def unique(
+    items: Iterable[dict[str, object]],
+) -> Iterator[tuple[dict[str, object], bytes, str]]:
+    """Each item without its ``data``, with those bytes and their sha256; the same bytes
+    shipped twice (under two names, or in two packages) come once."""
     seen: set[str] = set()
     for item in items:
         data = item.pop("data")
         assert isinstance(data, bytes)
         digest = hashlib.sha256(data).hexdigest()
-        if digest in seen:  # the same picture shipped twice: keep one
-            continue
-        seen.add(digest)
+        if digest not in seen:
+            seen.add(digest)
+            yield item, data, digest
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--out", type=Path, default=Path(".photos"))
+    parser.add_argument("--debs", type=Path, default=Path(".photos/debs"))
+    args = parser.parse_args()
+    manifest = []
+    for item, data, digest in unique(collect(args.debs)):
         key = f"{item['package']}/{item['name']}"
         split = (
             "calibration" if int(hashlib.sha256(key.encode()).hexdigest(), 16) % 6 == 0 else "check"
