@@ -58,3 +58,47 @@ def test_v1_masks_as_rle_and_png_match_v2(serve, catseg, sample_bytes):
     assert "masks" not in none.json()
     assert bad.status_code == 400
     assert "masks must be one of png, rle, none" in bad.json()["error"]
+
+
+def test_classes_choose_masks_and_a_missing_class_is_a_400_naming_the_classes(
+    serve, catseg, sample_bytes
+):
+    """``?classes=`` returns the masks of those classes only; a class the model lacks (a plane
+    asked of a catseg without one) is refused before the upload is read, naming the classes
+    the version has; the same for a model without masks."""
+    server = serve(model=catseg)
+    data = sample_bytes["cat_chelsea.png"]
+    headers = {"content-type": "image/png"}
+    with client(server) as http:
+        everything = http.post("/v1/models/catseg/predict?masks=rle", content=data,
+                               headers=headers).json()  # fmt: skip
+        animal = http.post("/v1/models/catseg/predict?masks=rle&classes=animal", content=data,
+                           headers=headers)  # fmt: skip
+        plane = http.post("/v1/models/catseg/predict?classes=plane,cat", content=data,
+                          headers=headers)  # fmt: skip
+        empty = http.post("/v1/models/catseg/predict?classes=,", content=data, headers=headers)
+        files = {"file": ("cat.png", data, "image/png")}
+        many = http.post("/v1/models/catseg/predict?classes=plane", files=files)
+    assert animal.status_code == 200
+    assert set(animal.json()["masks"]) == {"animal"}
+    assert animal.json()["masks"]["animal"] == everything["masks"]["animal"]
+    assert set(animal.json()["areas"]) == {"cat", "animal"}  # the answer itself is whole
+    for refused in (plane, many):
+        assert refused.status_code == 400
+        assert refused.json()["error"] == (
+            "model 'catseg' version 1 has no class 'plane'; its classes are cat, animal"
+        )
+    assert empty.status_code == 400
+    assert "no class" in empty.json()["error"]
+
+
+def test_classes_on_a_model_without_masks_is_a_400(serve, sample_bytes):
+    server = serve()  # a fake classifier: no masks output, no classes
+    with client(server) as http:
+        answer = http.post("/v1/models/fake/predict?classes=plane",
+                           content=sample_bytes["cat_chelsea.png"],
+                           headers={"content-type": "image/png"})  # fmt: skip
+    assert answer.status_code == 400
+    assert answer.json()["error"] == (
+        "model 'fake' version 1 returns no masks: ?classes= chooses masks (its classes: none)"
+    )

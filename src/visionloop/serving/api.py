@@ -14,8 +14,10 @@ import logging
 import time
 from collections.abc import AsyncIterator, Callable, MutableMapping
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 from fastapi import APIRouter, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException
@@ -23,7 +25,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from visionloop import __version__, imaging
-from visionloop.models.base import JSONDict, VisionModel
+from visionloop.models.base import MASKS, JSONDict, VisionModel
 from visionloop.models.masks import MASK_FORMATS, encode_masks
 from visionloop.serving import protocol_v2, repository_api
 from visionloop.serving.fleet import Loader
@@ -177,7 +179,7 @@ async def _predict(state: ServerState, request: Request, runner: Transport) -> R
     arrived = state.start_clock(request, runner, timeout)  # the deadline counts from here
     if request.headers.get("content-type", "").startswith("multipart/form-data"):
         return await _predict_many(state, request, runner, timeout, arrived)
-    masks = _mask_format(request)
+    masks = _mask_request(request, runner)
     state.admit(runner, timeout, arrived)  # an overloaded model refuses before the body
     data = await read_body(request, state.limits.max_bytes, _left(runner, timeout, arrived))
     started = time.perf_counter()
@@ -216,21 +218,52 @@ def _authorise(state: ServerState, request: Request) -> None:
         )
 
 
-def _mask_format(request: Request) -> str:
-    """``?masks=png|rle|none`` for segmentation models (default png); checked before work."""
+@dataclass(frozen=True)
+class MaskRequest:
+    """What a v1 request asks of a segmenter's masks: ``?masks=png|rle|none`` (default png)
+    and ``?classes=plane,cat`` (default every class the model has)."""
+
+    fmt: str = "png"
+    classes: tuple[str, ...] | None = None
+
+
+def _mask_request(request: Request, runner: Transport) -> MaskRequest:
+    """The request's mask parameters, checked against the version that will answer, before
+    any work: a class the version does not have is a 400 naming the classes it has."""
     fmt = request.query_params.get("masks", "png")
     if fmt not in MASK_FORMATS:
         raise ApiError(400, f"masks must be one of {', '.join(MASK_FORMATS)}, got {fmt!r}")
-    return fmt
+    wanted = request.query_params.get("classes")
+    if wanted is None:
+        return MaskRequest(fmt)
+    model = runner.model
+    where = f"model {runner.name!r} version {runner.version}"
+    if not any(o.name == MASKS for o in model.outputs):
+        raise ApiError(400, f"{where} returns no masks: ?classes= chooses masks (its "
+                       f"classes: {', '.join(model.classes) or 'none'})")  # fmt: skip
+    names = tuple(dict.fromkeys(c.strip() for c in wanted.split(",") if c.strip()))
+    unknown = [c for c in names if c not in model.classes]
+    if not names or unknown:
+        asked = ", ".join(repr(c) for c in unknown) if unknown else "no class"
+        raise ApiError(400, f"{where} has no class {asked}; its classes are "
+                       f"{', '.join(model.classes)}")  # fmt: skip
+    return MaskRequest(fmt, names)
 
 
 def _v1_body(
-    runner: Transport, item: ItemResult, decode_ms: float, started: float, masks: str = "png"
+    runner: Transport,
+    item: ItemResult,
+    decode_ms: float,
+    started: float,
+    masks: MaskRequest = MaskRequest(),
 ) -> JSONDict:
     extra: JSONDict = {}
-    if "masks" in item.outputs and masks != "none":
-        classes = runner.model.classes
-        extra = {"mask_format": masks, "masks": encode_masks(item.outputs["masks"], classes, masks)}
+    if MASKS in item.outputs and masks.fmt != "none":
+        classes, planes = runner.model.classes, np.asarray(item.outputs[MASKS])
+        if masks.classes is not None and len(planes) == len(classes):
+            keep = [classes.index(c) for c in masks.classes]
+            classes, planes = masks.classes, planes[keep]
+        extra = {"mask_format": masks.fmt, "masks": encode_masks(planes, classes, masks.fmt)}
     return {
         "model": runner.name,
         "model_version": runner.version,
@@ -249,7 +282,7 @@ def _v1_body(
 async def _predict_many(
     state: ServerState, request: Request, runner: Transport, timeout: float | None, arrived: float
 ) -> Response:
-    masks = _mask_format(request)  # a bad parameter costs no upload
+    masks = _mask_request(request, runner)  # a bad parameter costs no upload
     settings = state.settings
     limits = UploadLimits(settings.max_request_bytes, state.limits.max_bytes, settings.max_files)
     files = await read_multipart(request, limits, _left(runner, timeout, arrived))
