@@ -41,7 +41,16 @@ import torch.nn.functional as F
 
 from visionloop.models.efficientnet_lite import EfficientNetLite
 
-__all__ = ["PLANE_CLASSES", "CamSettings", "PlaneCam", "iou_counts", "refine", "tune"]
+__all__ = [
+    "PLANE_CLASSES",
+    "CamSettings",
+    "PlaneCam",
+    "decide",
+    "iou_counts",
+    "plane_maps",
+    "refine",
+    "tune",
+]
 
 PLANE_CLASSES = (404, 895, 908)  # airliner, warplane, wing (imagenet_labels() names them)
 
@@ -97,27 +106,9 @@ class PlaneCam:
 
     @torch.inference_mode()
     def maps(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """P(plane) (N,) and the map (N, H, W) in [0, 1] at the input's size (all zeros where
-        no position is positive). The input is first enlarged ``zoom`` times (a cell per
-        ``32 / zoom`` input pixels). P(plane) is the largest, over cells, of the plane
-        classes' summed softmax when the classifier reads one cell's features alone: a plane
-        that does not fill the frame is missed by the pooled softmax, not by its own cells."""
-        net = self.network
-        size = x.shape[-2:]
-        if self.zoom != 1.0:
-            x = F.interpolate(x, scale_factor=self.zoom, mode="bilinear", align_corners=False)
-        features = net.head(net.blocks(net.stem(x))).float()  # (N, 1280, h, w)
-        weight, bias = net.classifier.weight.float(), net.classifier.bias.float()
-        cells = torch.einsum("kc,nchw->nkhw", weight, features) + bias[None, :, None, None]
-        probability = cells.softmax(dim=1)[:, list(self.classes)].sum(1).flatten(1).amax(1)
-        pooled = net.classifier(torch.flatten(net.pool(features), 1)).float()
-        shares = pooled.softmax(dim=1)[:, list(self.classes)]  # (N, K)
-        shares = shares / shares.sum(1, keepdim=True).clamp_min(1e-12)
-        per_class = cells[:, list(self.classes)] - bias[list(self.classes)][None, :, None, None]
-        cam = torch.einsum("nk,nkhw->nhw", shares, per_class).clamp_min(0.0)
-        cam = F.interpolate(cam[:, None], size=size, mode="bilinear", align_corners=False)[:, 0]
-        peak = cam.flatten(1).amax(1).clamp_min(1e-12)[:, None, None]
-        return probability, (cam / peak).clamp(0.0, 1.0)
+        """P(plane) (N,) and the map (N, H, W): :func:`plane_maps` with this object's
+        classes and zoom."""
+        return plane_maps(self.network, x, self.classes, self.zoom)
 
     def masks(
         self, images: npt.NDArray[np.uint8], x: torch.Tensor
@@ -133,6 +124,33 @@ class PlaneCam:
         out = np.stack([decide(image, m, float(q), self.settings)
                         for image, m, q in zip(images, maps, p, strict=True)])  # fmt: skip
         return out, p, maps
+
+
+def plane_maps(
+    net: EfficientNetLite, x: torch.Tensor, classes: Sequence[int], zoom: float
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """P(plane) (N,) and the map (N, H, W) in [0, 1] at the input's size (all zeros where no
+    position is positive), for normalised images ``x``. The input is first enlarged ``zoom``
+    times (a cell per ``32 / zoom`` input pixels). P(plane) is the largest, over cells, of the
+    classes' summed softmax when the classifier reads one cell's features alone: a plane that
+    does not fill the frame is missed by the pooled softmax, not by its own cells. Pure
+    tensor operations: it traces into an ONNX graph."""
+    size = x.shape[-2:]
+    if zoom != 1.0:
+        x = F.interpolate(x, scale_factor=zoom, mode="bilinear", align_corners=False)
+    features = net.head(net.blocks(net.stem(x))).float()  # (N, 1280, h, w)
+    weight, bias = net.classifier.weight.float(), net.classifier.bias.float()
+    cells = torch.einsum("kc,nchw->nkhw", weight, features) + bias[None, :, None, None]
+    picked = list(classes)
+    probability = cells.softmax(dim=1)[:, picked].sum(1).flatten(1).amax(1)
+    pooled = net.classifier(torch.flatten(net.pool(features), 1)).float()
+    shares = pooled.softmax(dim=1)[:, picked]  # (N, K)
+    shares = shares / shares.sum(1, keepdim=True).clamp_min(1e-12)
+    per_class = cells[:, picked] - bias[picked][None, :, None, None]
+    cam = torch.einsum("nk,nkhw->nhw", shares, per_class).clamp_min(0.0)
+    cam = F.interpolate(cam[:, None], size=size, mode="bilinear", align_corners=False)[:, 0]
+    peak = cam.flatten(1).amax(1).clamp_min(1e-12)[:, None, None]
+    return probability, (cam / peak).clamp(0.0, 1.0)
 
 
 def decide(
