@@ -16,7 +16,8 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Literal, Protocol, runtime_checkable
+from types import MappingProxyType
+from typing import TYPE_CHECKING, Any, ClassVar, Literal, Protocol, runtime_checkable
 
 import numpy as np
 import torch
@@ -104,6 +105,9 @@ class VisionModel(ABC):
     input_spec: InputSpec
     outputs: tuple[OutputSpec, ...]
     classes: tuple[str, ...] = ()  # see the class docstring: labels, or mask channels
+    # Classes made without labels, each with how (e.g. a zero-label plane channel): users see
+    # it in the description, so they know not to take it for a trained class.
+    weak: ClassVar[Mapping[str, str]] = MappingProxyType({})
     # True when ``network`` is a pure function of its input that ONNX export traces faithfully
     # (no data-dependent Python branches, no side effects): ``engine auto`` then converts it.
     # Any model can still be converted by naming the engine; the conversion is verified.
@@ -166,11 +170,16 @@ class VisionModel(ABC):
     def forward(self, batch: torch.Tensor) -> dict[str, torch.Tensor]:
         """Run one batch: uint8 NHWC images (through ``engine`` when one is attached), or float
         NCHW already normalised (always the torch network)."""
+        return self.outputs_from(self.raw(batch))
+
+    def raw(self, batch: torch.Tensor) -> torch.Tensor:
+        """The network's raw output for one batch, as :meth:`forward` takes it."""
         if self.engine is not None and batch.dtype == torch.uint8:
             images = batch.numpy() if batch.device.type == "cpu" else batch.cpu().numpy()
-            return self.outputs_from(torch.from_numpy(self.engine.run(np.asarray(images))))
+            return torch.from_numpy(self.engine.run(np.asarray(images)))
         x = self.normalise(batch) if batch.dtype == torch.uint8 else batch.to(self.device)
-        return self.outputs_from(self.network(x))
+        output: torch.Tensor = self.network(x)
+        return output
 
     @abstractmethod
     def outputs_from(self, raw: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -190,7 +199,8 @@ class VisionModel(ABC):
 
     def describe(self) -> JSONDict:
         """Metadata for listings and the v2 model endpoint, with the engine that runs it."""
-        info = describe(self.name, self.description, self.input_spec, self.outputs, self.classes)
+        info = describe(self.name, self.description, self.input_spec, self.outputs, self.classes,
+                        self.weak)  # fmt: skip
         info["engine"] = self.engine_info()
         return info
 
@@ -211,9 +221,11 @@ def describe(
     spec: InputSpec,
     outputs: Iterable[OutputSpec],
     classes: Iterable[str],
+    weak: Mapping[str, str] | None = None,
 ) -> JSONDict:
-    """A model's metadata as JSON: what listings and the v2 model endpoint show."""
-    return {
+    """A model's metadata as JSON: what listings and the v2 model endpoint show (``weak``
+    only when some class is)."""
+    info: JSONDict = {
         "name": name,
         "description": description,
         "classes": list(classes),
@@ -228,6 +240,9 @@ def describe(
         },
         "outputs": [{"name": o.name, "shape": list(o.shape), "dtype": o.dtype} for o in outputs],
     }
+    if weak:
+        info["weak"] = dict(weak)
+    return info
 
 
 # -- segmenters ------------------------------------------------------------------------------

@@ -134,9 +134,11 @@ def metadata(runner: Transport, versions: list[str]) -> dict[str, Any]:
     outputs = [
         {"name": o.name, "datatype": o.dtype, "shape": [-1, *o.shape]} for o in model.outputs
     ] + [{"name": "label", "datatype": "BYTES", "shape": [-1]}]
+    weak = dict(getattr(model, "weak", {}))  # classes made without labels, and how
     return {
         "name": runner.name,
         "versions": versions,
+        **({"weak": weak} if weak else {}),
         "platform": "pytorch",
         "inputs": [
             # [-1, 1] as Triton derives it from the config (max_batch_size > 0, dims [1]);

@@ -212,6 +212,7 @@ class ModelCard:
     device_name: str = "cpu"
     classes: tuple[str, ...] = ()  # VisionModel.classes: a classifier's labels or mask channels
     engine: JSONDict = field(default_factory=dict)  # what runs the forward pass, on the worker
+    weak: dict[str, str] = field(default_factory=dict)  # VisionModel.weak: unlabelled classes
 
     def engine_info(self) -> JSONDict:
         return dict(self.engine)
@@ -230,6 +231,7 @@ class ModelCard:
             str(model.device),
             tuple(model.classes),
             dict(model.engine_info()) if hasattr(model, "engine_info") else {},
+            dict(getattr(model, "weak", {})),
         )
 
     def to_json(self) -> JSONDict:
@@ -244,6 +246,7 @@ class ModelCard:
             "outputs": [[o.name, list(o.shape), o.dtype, o.description] for o in self.outputs],
             "classes": list(self.classes),
             "engine": self.engine,
+            "weak": self.weak,
         }
 
     @classmethod
@@ -265,6 +268,9 @@ class ModelCard:
             engine = data.get("engine", {})
             if not isinstance(engine, dict):
                 raise TypeError(f"engine must be an object, got {type(engine).__name__}")
+            weak = data.get("weak", {})
+            if not isinstance(weak, dict):
+                raise TypeError(f"weak must be an object, got {type(weak).__name__}")
             return cls(
                 str(data["name"]),
                 str(data["description"]),
@@ -273,12 +279,14 @@ class ModelCard:
                 str(data["device"]),
                 classes,
                 engine,
+                {str(k): str(v) for k, v in weak.items()},
             )
         except (KeyError, TypeError, ValueError, IndexError) as exc:
             raise BadJob(f"not a model card: {type(exc).__name__}: {exc}") from None
 
     def describe(self) -> JSONDict:
-        info = describe(self.name, self.description, self.input_spec, self.outputs, self.classes)
+        info = describe(self.name, self.description, self.input_spec, self.outputs, self.classes,
+                        self.weak)  # fmt: skip
         info["engine"] = self.engine_info()
         return info
 
