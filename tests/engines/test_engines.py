@@ -7,6 +7,7 @@ import os
 import sys
 import threading
 import time
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -71,6 +72,23 @@ def test_the_segmentation_model_runs_on_an_engine_too(photos):
     torch.testing.assert_close(
         outputs["probabilities"], reference["probabilities"], atol=1e-4, rtol=1e-3
     )
+
+
+def test_the_plane_aware_segmenter_runs_on_an_engine_with_the_same_masks(photos):
+    """Both halves trace into one graph; GrabCut runs after it on the host either way."""
+    model = create("catseg_plane").prepare(ModelSettings(model="catseg_plane"))
+    model.plane = replace(model.plane, gate=0.0)  # every photo refined: GrabCut is exercised
+    reference = model.forward(torch.from_numpy(photos))
+    assert reference["masks"][:, 2].any()
+    attach(model, ModelSettings(model="catseg_plane", engine="openvino"))
+    assert model.engine is not None
+    outputs = model.forward(torch.from_numpy(photos))
+    assert outputs["masks"].shape == reference["masks"].shape == (4, 3, 224, 224)
+    torch.testing.assert_close(
+        outputs["probabilities"], reference["probabilities"], atol=1e-4, rtol=1e-3
+    )
+    disagree = (outputs["masks"] != reference["masks"]).float().mean()
+    assert float(disagree) < 1e-3  # GrabCut on the same pixels from near-equal maps
 
 
 def test_a_missing_engine_package_names_the_extra_and_auto_falls_back(monkeypatch):

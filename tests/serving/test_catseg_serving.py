@@ -102,3 +102,23 @@ def test_classes_on_a_model_without_masks_is_a_400(serve, sample_bytes):
     assert answer.json()["error"] == (
         "model 'fake' version 1 returns no masks: ?classes= chooses masks (its classes: none)"
     )
+
+
+def test_the_plane_aware_segmenter_serves_its_weak_plane_channel(serve, sample_bytes):
+    """catseg_plane through the server: ?classes=plane gives the plane mask alone, the answer
+    has all three areas, and the v2 metadata marks the plane channel weak."""
+    from visionloop.models.planeseg import PlaneSeg, PlaneSegNet
+
+    model = PlaneSeg(PlaneSegNet(pretrained=False, zoom=1.0), size=64)
+    server = serve(model=model.prepare(ModelSettings(model="catseg_plane", engine="torch")))
+    data = sample_bytes["cat_chelsea.png"]
+    with client(server) as http:
+        answer = http.post("/v1/models/catseg_plane/predict?masks=rle&classes=plane",
+                           content=data, headers={"content-type": "image/png"})  # fmt: skip
+        metadata = http.get("/v2/models/catseg_plane").json()
+    assert answer.status_code == 200, answer.text
+    body = answer.json()
+    assert set(body["masks"]) == {"plane"}
+    assert set(body["areas"]) == {"cat", "animal", "plane"}
+    assert coco_decode(body["masks"]["plane"]).shape == (64, 64)
+    assert "zero labels" in metadata["weak"]["plane"]

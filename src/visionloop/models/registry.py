@@ -21,6 +21,7 @@ ENTRY_POINT_GROUP = "visionloop.models"
 BUILTINS: dict[str, str] = {
     "catdog": "visionloop.models.catdog:build_catdog",
     "catseg": "visionloop.models.catseg:build_catseg",
+    "catseg_plane": "visionloop.models.planeseg:build_catseg_plane",
 }
 
 ModelFactory = Callable[[], VisionModel]
