@@ -145,6 +145,19 @@ def test_add_numbers_versions_and_never_overwrites(tmp_path):
     ]
 
 
+def test_add_with_its_own_architecture_writes_version_toml_and_refuses_a_typo(tmp_path):
+    root, sources = tmp_path / "models", tmp_path / "sources"
+    root.mkdir()
+    w1 = weights_file(sources, 1)
+    ok(repo("add", "catseg", str(w1), "-r", str(root), "--architecture", "catseg_plane"))
+    assert (root / "catseg" / "1" / "version.toml").read_text() == (
+        'architecture = "catseg_plane"\n'
+    )
+    error_line(repo("add", "catseg", str(w1), "-r", str(root), "--architecture", "catsge"),
+               "unknown model 'catsge'", 2)  # fmt: skip
+    assert sorted(p.name for p in (root / "catseg").iterdir()) == ["1", "config.toml"]
+
+
 def test_list_from_the_folder_gives_each_version_its_state(tmp_path):
     root = tmp_path
     make_model(root, "good", versions=(1, 2, 3), version_policy=VersionPolicy(latest=2))

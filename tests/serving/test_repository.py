@@ -545,3 +545,67 @@ def test_one_models_upload_backlog_does_not_queue_ahead_of_another(tmp_path, rep
         assert all(f.result().status_code == 200 for f in backlog)
     # b after the one that held the thread and at most one more of a's (FIFO: after all 12)
     assert order.index("b") <= 2
+
+
+def test_a_version_with_its_own_architecture_adds_a_class(tmp_path, serve_repository):
+    """catseg version 2 is a catseg_plane (its version.toml says so): the model keeps its
+    name and routes, version 2 answers plane masks, version 1 refuses the class with a 400
+    naming its own; a version.toml that does not validate leaves that version unavailable
+    with its reason."""
+    from visionloop.models.catseg import SegNet
+    from visionloop.serving.repository import read_version_config
+
+    weights = tmp_path / "best.pt"
+    torch.save(SegNet(2, pretrained=False).state_dict(), weights)
+    root = tmp_path / "models"
+    root.mkdir()
+    repository = Repository(root)
+    config = ModelConfig(architecture="catseg", engine="torch",
+                         version_policy=VersionPolicy(latest=2))  # fmt: skip
+    assert repository.add_version("catseg", weights, config=config) == 1
+    assert repository.add_version("catseg", weights, architecture="catseg_plane") == 2
+    assert read_version_config(root / "catseg" / "2").architecture == "catseg_plane"
+    assert read_version_config(root / "catseg" / "1").architecture is None
+    assert repository.add_version("broken", weights, config=config) == 1
+    (root / "broken" / "1" / "version.toml").write_text('colour = "red"\n')
+    server = serve_repository(root, oversubscribe=True)
+    png = solid_png(7, (64, 64))
+    with httpx.Client(base_url=server.url, timeout=60) as c:
+        states = {(r["name"], r["version"]): (r["state"], r.get("reason", ""))
+                  for r in c.post("/v2/repository/index").json()}  # fmt: skip
+        assert states["catseg", "1"][0] == states["catseg", "2"][0] == "READY"
+        assert states["broken", "1"][0] == "UNAVAILABLE"
+        assert "not a valid version config: colour" in states["broken", "1"][1]
+        two = c.post("/v1/models/catseg/versions/2/predict?masks=rle&classes=plane", content=png)
+        one = c.post("/v1/models/catseg/versions/1/predict?classes=plane", content=png)
+        metadata = c.get("/v2/models/catseg/versions/2").json()
+    assert two.status_code == 200, two.text
+    assert set(two.json()["masks"]) == {"plane"}
+    assert set(two.json()["areas"]) == {"cat", "animal", "plane"}
+    assert one.status_code == 400
+    assert one.json()["error"] == (
+        "model 'catseg' version 1 has no class 'plane'; its classes are cat, animal"
+    )
+    assert "plane" in metadata["weak"]
+
+
+def test_agreement_of_versions_with_different_classes_is_on_the_classes_they_share():
+    def item(label, masks):
+        return ItemResult({"masks": masks}, {"label": label}, 0.0, 0.0, 1)
+
+    old = np.zeros((2, 4, 4), np.uint8)
+    old[0, :2] = 1  # cat
+    new = np.zeros((3, 4, 4), np.uint8)
+    new[0, :2] = 1  # the same cat, and a plane the old version cannot see
+    new[2, 3] = 1
+    two, three = ("cat", "animal"), ("cat", "animal", "plane")
+    assert agreement(item("cat", old), item("cat", new), two, three)
+    assert not agreement(item("cat", old), item("cat", new))  # shapes differ, classes unknown
+    moved = new.copy()
+    moved[0] = 0
+    moved[0, 2:] = 1
+    assert not agreement(item("cat", old), item("cat", moved), two, three)
+    only_plane = np.zeros((3, 4, 4), np.uint8)
+    only_plane[2] = 1
+    assert agreement(item("none", np.zeros_like(old)), item("plane", only_plane), two, three)
+    assert not agreement(item("cat", old), item("plane", only_plane), two, three)  # cat lost

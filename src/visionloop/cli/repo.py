@@ -108,13 +108,25 @@ def add(
     version: Annotated[
         int | None, typer.Option(min=1, help="Version number (default: one past the newest).")
     ] = None,
+    architecture: Annotated[
+        str | None,
+        typer.Option(
+            help="This version's network, when not the model's (e.g. catseg_plane as a "
+            "version of catseg); written to its version.toml."
+        ),
+    ] = None,
 ) -> None:
     """Copy an export (or a state dict) into the repository as a new version of MODEL. A
     running server picks it up with `repo load MODEL` (or `repo canary MODEL VERSION`)."""
+    from visionloop.models.registry import UnknownModel, resolve
     from visionloop.serving.repository import Repository, RepositoryError
 
-    with errors(RepositoryError, OSError):
-        added = Repository(repository).add_version(model, source, version)
+    with errors(RepositoryError, OSError, UnknownModel):
+        if architecture is not None:
+            resolve(architecture)  # a typo is refused here, not at the version's first load
+        added = Repository(repository).add_version(
+            model, source, version, architecture=architecture
+        )
     say(f"added {model} version {added} in {repository / model / str(added)}")
 
 

@@ -57,10 +57,11 @@ class Comparisons:
         candidate = slot.candidate
         if candidate is None or slot.serving is None or self.closing:
             return
+        classes = tuple(runner.model.classes)
         if role == "serving" and candidate.mode == "shadow":
-            self._copy(slot, candidate.version, image, item, candidate.version)
+            self._copy(slot, candidate.version, image, item, candidate.version, classes)
         elif role == "canary":
-            self._copy(slot, slot.serving, image, item, version)
+            self._copy(slot, slot.serving, image, item, version, classes)
 
     def _copy(
         self,
@@ -69,9 +70,11 @@ class Comparisons:
         image: npt.NDArray[np.uint8],
         answer: ItemResult,
         judged: int,
+        classes: tuple[str, ...] = (),
     ) -> None:
         """Run ``image`` on version ``target`` too and count whether it agrees with
-        ``answer``; the agreement is booked on version ``judged`` (the candidate)."""
+        ``answer`` (made by a version with ``classes``); the agreement is booked on version
+        ``judged`` (the candidate)."""
         loaded = slot.loaded.get(target)
         if loaded is None or loaded.retiring:
             return
@@ -96,7 +99,7 @@ class Comparisons:
             if own:
                 self.metrics.version_requests.labels(**labels, outcome="ok").inc()
                 self.metrics.version_latency.labels(**labels).observe(time.perf_counter() - started)
-            agree = str(agreement(answer, other)).lower()
+            agree = str(agreement(answer, other, classes, tuple(runner.model.classes))).lower()
             self.metrics.version_agreement.labels(**judged_labels, agree=agree).inc()
 
         loaded.acquire()  # released when the task ends, even cancelled before it starts

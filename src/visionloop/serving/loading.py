@@ -28,6 +28,7 @@ from visionloop.serving.repository import (
     ModelEntry,
     RepositoryError,
     folder_bytes,
+    read_version_config,
     version_files,
 )
 from visionloop.serving.transport.base import Transport
@@ -88,6 +89,7 @@ async def load_one(
     label = f"{slot.name} version {version}"
     try:
         version_files(folder)
+        read_version_config(folder)  # a bad version.toml: unavailable, with its reason
     except RepositoryError as exc:
         slot.status[version] = ("UNAVAILABLE", str(exc))
         raise LoadFailed(f"{label}: {exc}") from None
@@ -196,8 +198,9 @@ async def load_version(
     from visionloop.settings import ModelSettings
 
     artifact, weights = version_files(folder)
+    own = read_version_config(folder)
     settings = ModelSettings(
-        model=config.architecture or name,
+        model=own.architecture or config.architecture or name,
         weights=weights,
         artifact=artifact,
         engine=config.engine,

@@ -11,7 +11,9 @@
 
 A version folder holds ``card.json`` (an artefact from ``visionloop export``, checked against
 its sha256 and the model before it serves), ``weights.pt`` (a state dict, read with
-``weights_only=True``), or both (an artefact made from those weights). Version names are
+``weights_only=True``), or both (an artefact made from those weights); and optionally
+``version.toml``, whose ``architecture`` overrides the model's for that version (a version
+that adds a class). Version names are
 positive integers, as in Triton; anything else in a model's folder is ignored.
 
 Everything here reads and writes the folder only; :mod:`visionloop.serving.fleet` loads what it
@@ -37,6 +39,7 @@ from visionloop.engines.kinds import ENGINES
 from visionloop.serving.batcher import POLICIES
 
 CONFIG = "config.toml"
+VERSION_CONFIG = "version.toml"
 WEIGHTS = "weights.pt"
 CARD = "card.json"
 MAX_CONFIG_BYTES = 64 * 1024
@@ -176,13 +179,15 @@ class Repository:
         source: Path,
         version: int | None = None,
         config: ModelConfig | None = None,
+        architecture: str | None = None,
     ) -> int:
         """Copy ``source`` (an export folder, or a ``weights.pt`` file or a folder holding one)
         into ``DIR/name/<version>/`` (default: one past the newest) and return the version.
 
         The copy is written beside the target and renamed into place, so a server that reads
         the folder meanwhile sees the whole version or none of it. A new model folder gets
-        ``config`` (or the defaults) as its config.toml.
+        ``config`` (or the defaults) as its config.toml. ``architecture``, when the version's
+        network is not the model's, is written to the version's version.toml.
 
         Raises:
             RepositoryError: bad name, source without card.json or weights.pt, existing version.
@@ -190,15 +195,7 @@ class Repository:
         check_name(name)
         self.check()
         source = Path(source)
-        if not source.exists():
-            raise RepositoryError(f"{source} does not exist")
-        if source.is_dir():
-            if not (source / CARD).is_file() and not (source / WEIGHTS).is_file():
-                raise RepositoryError(
-                    f"{source} holds neither {CARD} (made by `visionloop export`) nor {WEIGHTS}"
-                )
-        elif source.suffix not in (".pt", ".pth"):
-            raise RepositoryError(f"{source}: a version is a folder, or a .pt state dict")
+        _check_source(source)
         folder = self.root / name
         folder.mkdir(exist_ok=True)
         if not (folder / CONFIG).exists():
@@ -216,11 +213,56 @@ class Repository:
                 shutil.copytree(source, staging, dirs_exist_ok=True)
             else:
                 shutil.copyfile(source, staging / WEIGHTS)
+            if architecture is not None:
+                (staging / VERSION_CONFIG).write_text(
+                    f"architecture = {_toml(architecture)}\n", encoding="utf-8"
+                )
             os.replace(staging, target)
         finally:
             if staging.exists():
                 shutil.rmtree(staging, ignore_errors=True)
         return version
+
+
+class VersionConfig(BaseModel):
+    """``DIR/<model>/<version>/version.toml`` (optional): what one version sets apart from its
+    model's config.toml. Only the architecture: a version may add a class (``catseg`` 2 is a
+    ``catseg_plane``) while the model keeps its name, routes and rollout."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    architecture: str | None = Field(
+        default=None,
+        description="Registry name or module:factory of this version's network (default: "
+        "the model's).",
+    )
+
+
+def read_version_config(folder: Path) -> VersionConfig:
+    """A version folder's version.toml (the defaults when there is none).
+
+    Raises:
+        RepositoryError: too large, not TOML, or not a valid :class:`VersionConfig`.
+    """
+    data = _read_toml(folder / VERSION_CONFIG)
+    try:
+        return VersionConfig.model_validate(data)
+    except ValidationError as exc:
+        raise RepositoryError(
+            f"{folder / VERSION_CONFIG} is not a valid version config: {_problems(exc)}"
+        ) from None
+
+
+def _check_source(source: Path) -> None:
+    if not source.exists():
+        raise RepositoryError(f"{source} does not exist")
+    if source.is_dir():
+        if not (source / CARD).is_file() and not (source / WEIGHTS).is_file():
+            raise RepositoryError(
+                f"{source} holds neither {CARD} (made by `visionloop export`) nor {WEIGHTS}"
+            )
+    elif source.suffix not in (".pt", ".pth"):
+        raise RepositoryError(f"{source}: a version is a folder, or a .pt state dict")
 
 
 def check_name(name: str) -> None:
@@ -243,20 +285,30 @@ def read_config(path: Path) -> ModelConfig:
     """
     if not path.exists():
         return ModelConfig()
+    data = _read_toml(path)
+    try:
+        return ModelConfig.model_validate(data)
+    except ValidationError as exc:
+        raise RepositoryError(f"{path} is not a valid model config: {_problems(exc)}") from None
+
+
+def _read_toml(path: Path) -> dict[str, object]:
+    """A small TOML file ({} when there is none), its size checked before it is read."""
+    if not path.exists():
+        return {}
     try:
         size = path.stat().st_size
         if size > MAX_CONFIG_BYTES:
             raise RepositoryError(f"{path} is {size} bytes; a config is at most {MAX_CONFIG_BYTES}")
-        data = tomllib.loads(path.read_text(encoding="utf-8"))
+        return tomllib.loads(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
         raise RepositoryError(f"cannot read {path}: {exc}") from None
-    try:
-        return ModelConfig.model_validate(data)
-    except ValidationError as exc:
-        problems = "; ".join(
-            f"{'.'.join(map(str, e['loc'])) or 'config'}: {e['msg']}" for e in exc.errors()
-        )
-        raise RepositoryError(f"{path} is not a valid model config: {problems}") from None
+
+
+def _problems(exc: ValidationError) -> str:
+    return "; ".join(
+        f"{'.'.join(map(str, e['loc'])) or 'config'}: {e['msg']}" for e in exc.errors()
+    )
 
 
 def write_config(path: Path, config: ModelConfig) -> None:
