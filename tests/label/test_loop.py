@@ -210,6 +210,47 @@ def test_make_batch_mixes_in_honeypots_from_gold_with_recorded_spoilings(world):
         loop.make_batch(store, "b", 6)
 
 
+@pytest.mark.slow
+def test_a_plane_batch_mines_prelabels_with_the_weak_channel_and_asks_only_plane(world):
+    """The plane path through the CLI: mine the ImageNet plane group, pre-label with
+    catseg_plane (its zero-label plane channel), honeypots from gold labelled for plane
+    only, and a batch that asks for plane alone."""
+    tmp = world
+    gold = tmp / "plane_gold"
+    for folder in ("images", "masks/plane"):
+        (gold / folder).mkdir(parents=True)
+    rows = ["image,plane"]
+    for i in range(4):
+        image = np.full((48, 48, 3), 200, np.uint8)
+        image[20:28, 8 + i : 40 - i] = (40, 40, 60)  # a dark fuselage on a light sky
+        mask = np.zeros((48, 48), np.uint8)
+        mask[20:28, 8 + i : 40 - i] = 255
+        Image.fromarray(image).save(gold / "images" / f"p{i}.png")
+        Image.fromarray(mask).save(gold / "masks" / "plane" / f"p{i}.png")
+        rows.append(f"p{i}.png,1")
+    (gold / "labels.csv").write_text("\n".join(rows) + "\n")
+    cli("label", "add", str(tmp / "pool" / "images"))
+    assert "added 4 gold" in cli("label", "add-gold", str(gold))
+    assert "selected 6 of 24 pool images for plane" in cli("label", "mine", "plane", "--k", "6")
+    assert "pre-labelled 6" in cli("label", "prelabel", "--model", "catseg_plane")
+    out = cli("label", "make-batch", "planes", "--size", "6", "--honeypots", "0.25",
+              "--overlap", "0", "--classes", "plane",
+              "--out", str(tmp / "planes.json"))  # fmt: skip
+    assert "batch planes: 8 tasks" in out
+    config = (tmp / "planes.label_config.xml").read_text()
+    assert '<Label value="plane"/>' in config
+    assert '<Label value="cat"/>' not in config
+    tasks = json.loads((tmp / "planes.json").read_text())
+    shown = {r["value"]["brushlabels"][0] for t in tasks for p in t.get("predictions", [])
+             for r in p["result"]}  # fmt: skip
+    assert shown == {"plane"}  # only the asked class is pre-labelled on these tasks
+    store = open_store(f"sqlite:///{tmp / 'labels.db'}")
+    with store.session() as s:
+        baits = [t for t in s.scalars(select(Task)) if t.kind == "honeypot"]
+    assert len(baits) == 2
+    assert all(set(label_from_json(t.gold)) == {"plane"} for t in baits)
+
+
 def test_cli_errors_are_one_line(world):
     out = cli("label", "make-batch", "x", code=2)
     assert "select" in out

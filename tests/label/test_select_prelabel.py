@@ -14,7 +14,9 @@ from tests.live_server import client
 from visionloop.label.prelabel import LibraryPrelabeler, ServerPrelabeler, _resize, square_input
 from visionloop.label.select import group_indices, kcenter, mine_scores, pick, pool_scores
 from visionloop.models import registry
+from visionloop.models.catdog import imagenet_labels
 from visionloop.models.catseg import CatSeg
+from visionloop.models.planecam import PLANE_CLASSES
 from visionloop.settings import ModelSettings
 
 DATA = Path(__file__).resolve().parents[1] / "data"
@@ -45,6 +47,9 @@ def test_class_groups_parse():
     assert group_indices("cat") == [281, 282, 283, 284, 285]
     assert len(group_indices("animal")) == 398
     assert group_indices("7-8,cat") == [7, 8, 281, 282, 283, 284, 285]
+    assert group_indices("plane") == list(PLANE_CLASSES) == [404, 895, 908]
+    names = imagenet_labels()
+    assert [names[i] for i in group_indices("plane")] == ["airliner", "warplane", "wing"]
     with pytest.raises(ValueError, match="0-999"):
         group_indices("990-1200")
 

@@ -133,7 +133,9 @@ def select_images(
 
 @app.command("mine")
 def mine(
-    group: Annotated[str, typer.Argument(help="ImageNet classes: animal, dog, bird, 151-268 ...")],
+    group: Annotated[
+        str, typer.Argument(help="ImageNet classes: animal, dog, bird, plane, 151-268 ...")
+    ],
     k: Annotated[int, typer.Option(min=1, help="How many images to pick.")],
     exclude: Annotated[str, typer.Option(help="Classes to subtract, e.g. cat.")] = "",
     db: Db = DEFAULT_DB,

@@ -34,6 +34,9 @@ GROUPS: dict[str, tuple[tuple[int, int], ...]] = {
     "cat": ((281, 285),),
     "bigcat": ((286, 293),),
     "bird": ((7, 24), (80, 100), (127, 146)),
+    # airliner, warplane, wing (as visionloop.models.planecam reads planes); not 726, a
+    # carpenter's plane, nor 812, a space shuttle
+    "plane": ((404, 404), (895, 895), (908, 908)),
 }
 
 
