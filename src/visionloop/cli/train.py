@@ -72,6 +72,21 @@ def synth(
     say(f"wrote {count} images to {out}")
 
 
+@data_app.command("merge")
+def merge(
+    out: Annotated[Path, typer.Argument(help="Folder to write the merged dataset to.")],
+    sources: Annotated[list[Path], typer.Argument(help="Two or more dataset folders.")],
+) -> None:
+    """One dataset from several labelled for different classes: each image stays annotated
+    for its own dataset's classes only (0 for the others in labels.csv)."""
+    from visionloop.train.data import DatasetError
+    from visionloop.train.merge import merge as run
+
+    with errors(OSError, DatasetError):
+        classes = run(out, sources)
+    say(f"merged {len(sources)} datasets into {out}: classes {', '.join(classes)}")
+
+
 @data_app.command("compose")
 def compose(
     out: Annotated[Path, typer.Argument(help="Folder to write the dataset to.")],
