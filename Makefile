@@ -16,7 +16,7 @@ $(VENV)/.serve-installed: pyproject.toml constraints.txt | $(BIN)/python
 	touch $@
 
 $(VENV)/.dev-installed: pyproject.toml constraints.txt | $(BIN)/python
-	$(PIP_INSTALL) -e ".[serve,redis,bench,label,export,dev]"
+	$(PIP_INSTALL) -e ".[serve,redis,bench,label,export,planes,dev]"
 	touch $@ $(VENV)/.serve-installed
 
 ## serve: set up, then serve the built-in catdog model on http://127.0.0.1:8000 (docs at /docs;

@@ -4,6 +4,8 @@ described."""
 
 from __future__ import annotations
 
+import sys
+
 import numpy as np
 import pytest
 import torch
@@ -106,3 +108,12 @@ def test_a_plain_catseg_state_dict_loads_into_the_catseg_half(tmp_path, parts):
     torch.save({"seg.nothing": torch.zeros(1)}, bad)
     with pytest.raises(ValueError, match="do not fit model 'catseg_plane'"):
         create("catseg_plane", weights=bad)
+
+
+def test_without_opencv_the_model_refuses_to_load_and_names_the_extra(monkeypatch):
+    monkeypatch.setitem(sys.modules, "cv2", None)  # import cv2 now raises
+    with pytest.raises(RuntimeError, match=r"pip install 'visionloop\[planes\]'"):
+        PlaneSeg(PlaneSegNet(pretrained=False), size=64)
+    unrefined = PlaneSeg(PlaneSegNet(pretrained=False), size=64,
+                         plane=CamSettings(refine=False))  # fmt: skip
+    assert unrefined.classes == ("cat", "animal", "plane")

@@ -23,8 +23,7 @@ A map that coarse is a region, not a mask. Two steps make it one:
 
 ``gate``, ``seed`` and ``background`` are chosen on a small labelled set that is never used to
 evaluate (:func:`tune`). OpenCV is needed for the refinement only (``pip install
-opencv-python-headless`` or ``opencv-python``); without it, ``refine=False`` gives the
-thresholded map.
+'visionloop[planes]'``); without it, ``refine=False`` gives the thresholded map.
 """
 
 from __future__ import annotations
@@ -47,6 +46,7 @@ __all__ = [
     "PlaneCam",
     "decide",
     "iou_counts",
+    "opencv",
     "plane_maps",
     "refine",
     "tune",
@@ -168,13 +168,7 @@ def refine(
     image: npt.NDArray[np.uint8], cam: npt.NDArray[np.float32], s: CamSettings
 ) -> npt.NDArray[np.bool_]:
     """GrabCut initialised from the map: sure / probable plane and background by threshold."""
-    try:
-        import cv2
-    except ImportError as exc:  # pragma: no cover - opencv is a dev dependency
-        raise RuntimeError(
-            "refining plane masks needs OpenCV: pip install opencv-python-headless "
-            "(or use refine=False)"
-        ) from exc
+    cv2 = opencv()
     if image.shape[:2] != cam.shape:
         raise ValueError(f"image {image.shape[:2]} and map {cam.shape} differ in size")
     init = np.full(cam.shape, cv2.GC_PR_BGD, dtype=np.uint8)
@@ -195,6 +189,18 @@ def refine(
     except cv2.error:  # a degenerate colour model (e.g. a flat image): keep the seeds
         return np.asarray(cam >= s.seed)
     return np.asarray((init == cv2.GC_FGD) | (init == cv2.GC_PR_FGD))
+
+
+def opencv() -> Any:
+    """The ``cv2`` module, or a RuntimeError that says how to install it."""
+    try:
+        import cv2
+    except ImportError as exc:
+        raise RuntimeError(
+            "refining plane masks needs OpenCV: pip install 'visionloop[planes]' "
+            "(or CamSettings(refine=False): the thresholded map)"
+        ) from exc
+    return cv2
 
 
 def iou_counts(

@@ -33,7 +33,7 @@ from torch import nn
 from visionloop.models.base import MASKS, JSONDict, OutputSpec
 from visionloop.models.catseg import CatSeg, SegNet
 from visionloop.models.efficientnet_lite import EfficientNetLite, efficientnet_lite0
-from visionloop.models.planecam import PLANE_CLASSES, CamSettings, decide, plane_maps
+from visionloop.models.planecam import PLANE_CLASSES, CamSettings, decide, opencv, plane_maps
 
 __all__ = ["PLANE_SETTINGS", "PLANE_ZOOM", "PlaneSeg", "PlaneSegNet", "build_catseg_plane"]
 
@@ -103,6 +103,8 @@ class PlaneSeg(CatSeg):
         threshold: float = 0.5,
         plane: CamSettings = PLANE_SETTINGS,
     ) -> None:
+        if plane.refine:
+            opencv()  # missing: an error at load, naming the extra, not one per request
         self.plane = plane
         super().__init__(
             cast(SegNet, network if network is not None else PlaneSegNet()),
