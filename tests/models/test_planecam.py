@@ -199,3 +199,18 @@ def test_settings_are_checked() -> None:
         PlaneCam(efficientnet_lite0(pretrained=False), classes=(1000,))
     with pytest.raises(ValueError, match="zoom"):
         PlaneCam(efficientnet_lite0(pretrained=False), zoom=8.0)
+
+
+def test_maps_of_a_bfloat16_network_match_its_float32_twin():
+    """Served in bf16 (``--precision bf16``), the classifier's weights are bf16 while the maps
+    are computed in fp32: no dtype clash, and the same answer within bf16's precision."""
+    torch.manual_seed(0)
+    net = efficientnet_lite0(pretrained=False)
+    x = torch.randn(2, 3, 64, 64)
+    p32, m32 = PlaneCam(net, zoom=1.0).maps(x)
+    half = efficientnet_lite0(pretrained=False)
+    half.load_state_dict(net.state_dict())
+    p16, m16 = PlaneCam(half.to(torch.bfloat16), zoom=1.0).maps(x.to(torch.bfloat16))
+    assert p16.dtype == m16.dtype == torch.float32
+    torch.testing.assert_close(p16, p32, atol=0.05, rtol=0.2)
+    assert m16.shape == m32.shape

@@ -143,7 +143,7 @@ def plane_maps(
     cells = torch.einsum("kc,nchw->nkhw", weight, features) + bias[None, :, None, None]
     picked = list(classes)
     probability = cells.softmax(dim=1)[:, picked].sum(1).flatten(1).amax(1)
-    pooled = net.classifier(torch.flatten(net.pool(features), 1)).float()
+    pooled = features.mean(dim=(2, 3)) @ weight.T + bias  # in fp32, whatever the network's
     shares = pooled.softmax(dim=1)[:, picked]  # (N, K)
     shares = shares / shares.sum(1, keepdim=True).clamp_min(1e-12)
     per_class = cells[:, picked] - bias[picked][None, :, None, None]
