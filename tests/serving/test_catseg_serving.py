@@ -89,7 +89,9 @@ def test_classes_choose_masks_and_a_missing_class_is_a_400_naming_the_classes(
             "model 'catseg' version 1 has no class 'plane'; its classes are cat, animal"
         )
     assert empty.status_code == 400
-    assert "no class" in empty.json()["error"]
+    assert empty.json()["error"] == (
+        "?classes= names no class; the classes of model 'catseg' version 1 are cat, animal"
+    )
 
 
 def test_classes_on_a_model_without_masks_is_a_400(serve, sample_bytes):

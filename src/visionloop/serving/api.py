@@ -242,11 +242,13 @@ def _mask_request(request: Request, runner: Transport) -> MaskRequest:
         raise ApiError(400, f"{where} returns no masks: ?classes= chooses masks (its "
                        f"classes: {', '.join(model.classes) or 'none'})")  # fmt: skip
     names = tuple(dict.fromkeys(c.strip() for c in wanted.split(",") if c.strip()))
-    unknown = [c for c in names if c not in model.classes]
-    if not names or unknown:
-        asked = ", ".join(repr(c) for c in unknown) if unknown else "no class"
-        raise ApiError(400, f"{where} has no class {asked}; its classes are "
+    if not names:
+        raise ApiError(400, f"?classes= names no class; the classes of {where} are "
                        f"{', '.join(model.classes)}")  # fmt: skip
+    unknown = [c for c in names if c not in model.classes]
+    if unknown:
+        raise ApiError(400, f"{where} has no class {', '.join(map(repr, unknown))}; its "
+                       f"classes are {', '.join(model.classes)}")  # fmt: skip
     return MaskRequest(fmt, names)
 
 
