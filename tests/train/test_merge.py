@@ -60,6 +60,18 @@ def test_merge_refuses_a_broken_source_and_a_full_folder_and_writes_nothing(tmp_
         merge(tmp_path / "full", [tmp_path / "old", tmp_path / "old"])
     with pytest.raises(DatasetError, match="at least two"):
         merge(tmp_path / "one", [tmp_path / "old"])
+    twice = plane_dataset(tmp_path / "twice", count=2)  # one stem in two subfolders
+    (twice / "images" / "sub").mkdir()
+    (twice / "images" / "000000.png").rename(twice / "images" / "sub" / "000000.png")
+    (twice / "images" / "000001.png").rename(twice / "images" / "000000.jpg")
+    Image.open(twice / "images" / "000000.jpg").convert("RGB").save(
+        twice / "images" / "000000.jpg", format="JPEG"
+    )
+    (twice / "labels.csv").write_text("image,plane\nsub/000000.png,1\n000000.jpg,1\n")
+    with pytest.raises(DatasetError, match="share the name '000000'"):
+        merge(tmp_path / "dup", [tmp_path / "old", twice])
+    assert not (tmp_path / "dup").exists()
+    assert not (tmp_path / ".dup.partial").exists()
     result = CliRunner().invoke(app, ["data", "merge", str(tmp_path / "cli"),
                                       str(tmp_path / "old"), str(broken)])  # fmt: skip
     assert result.exit_code == 2

@@ -7,8 +7,10 @@ the merged ``labels.csv`` an old image says 0 for ``plane`` and a plane image 0 
 loss on a class an image was not labelled for: the same "one if" as the partial-label study.
 
 Every source is opened as a :class:`~visionloop.train.data.SegDataset` first (its names, masks
-and guards checked), so a broken source fails before anything is written. Files are copied
-under new names, ``s<i>_<stem>``, so two sources may use the same names.
+and guards checked), so a broken source fails before anything is written; the copy is made
+beside ``out`` and renamed into place. Files are copied under new names, ``s<i>_<stem>``, so
+two sources may use the same names; one source naming two images with the same stem (in two
+subfolders) is refused, as their masks would share a file.
 """
 
 from __future__ import annotations
@@ -32,20 +34,49 @@ def merge(out: Path, sources: Sequence[Path]) -> tuple[str, ...]:
         raise DatasetError(f"{out}: not empty; merge writes a new dataset")
     opened = [SegDataset(Path(s)) for s in sources]
     classes = tuple(dict.fromkeys(c for data in opened for c in data.classes))
-    for folder in ("images", *(f"masks/{c}" for c in classes)):
-        (out / folder).mkdir(parents=True, exist_ok=True)
+    _check_unique(opened)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    staging = out.parent / f".{out.name}.partial"
+    shutil.rmtree(staging, ignore_errors=True)
+    try:
+        _write(staging, opened, classes)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    if out.exists():
+        out.rmdir()  # empty: checked above
+    staging.rename(out)  # all or nothing: a failure above leaves no half-written dataset
+    return classes
+
+
+def _check_unique(opened: Sequence[SegDataset]) -> None:
+    """Refuse a source naming two images with the same stem (a/x.png, b/x.png)."""
+    seen: dict[str, Path] = {}
+    for index, data in enumerate(opened):
+        for sample in data.samples:
+            stem = f"s{index}_{sample.stem}"
+            if stem in seen:
+                raise DatasetError(
+                    f"{sample.image} and {seen[stem]} share the name {sample.stem!r}; their "
+                    "masks would too (masks/<class>/<stem>.png): rename one"
+                )
+            seen[stem] = sample.image
+
+
+def _write(folder: Path, opened: Sequence[SegDataset], classes: tuple[str, ...]) -> None:
+    for name in ("images", *(f"masks/{c}" for c in classes)):
+        (folder / name).mkdir(parents=True)
     rows = []
     for index, data in enumerate(opened):
         for sample in data.samples:
             stem = f"s{index}_{sample.stem}"
             name = f"{stem}{sample.image.suffix.lower()}"
-            shutil.copyfile(sample.image, out / "images" / name)
+            shutil.copyfile(sample.image, folder / "images" / name)
             annotated = dict(zip(data.classes, sample.annotated, strict=True))
             for c, mask in sample.masks.items():
-                shutil.copyfile(mask, out / "masks" / c / f"{stem}.png")
+                shutil.copyfile(mask, folder / "masks" / c / f"{stem}.png")
             rows.append([name, *("1" if annotated.get(c, False) else "0" for c in classes)])
-    with (out / "labels.csv").open("w", newline="") as f:
+    with (folder / "labels.csv").open("w", newline="") as f:
         writer = csv.writer(f)
         writer.writerow(["image", *classes])
         writer.writerows(rows)
-    return classes
