@@ -609,3 +609,6 @@ def test_agreement_of_versions_with_different_classes_is_on_the_classes_they_sha
     only_plane[2] = 1
     assert agreement(item("none", np.zeros_like(old)), item("plane", only_plane), two, three)
     assert not agreement(item("cat", old), item("plane", only_plane), two, three)  # cat lost
+    swapped = old[::-1].copy()  # the same masks, channels in the other order
+    assert agreement(item("cat", old), item("cat", swapped), two, two[::-1])
+    assert not agreement(item("cat", old), item("cat", swapped), two, two)

@@ -406,9 +406,11 @@ class Fleet:
     ) -> None:
         """The atomic step: new versions become routable and ``serving`` takes the
         unversioned traffic, with no await in between. A new serving version that replaces
-        one starts from the service times the old one measured (see ``ServiceTimes.inherit``)."""
+        one of the same architecture starts from the service times the old one measured (see
+        ``ServiceTimes.inherit``); another architecture (a version that adds a class) measures
+        its own."""
         replaced = slot.loaded.get(slot.serving) if slot.serving is not None else None
-        if serving in fresh and replaced is not None:
+        if serving in fresh and replaced is not None and _same_network(fresh[serving], replaced):
             inherit_service_times(fresh[serving].runner, replaced.runner)
         slot.loaded.update(fresh)
         for version in fresh:
@@ -476,3 +478,8 @@ class Fleet:
 
             loaded.stopped = asyncio.ensure_future(stop())
         await asyncio.shield(loaded.stopped)
+
+
+def _same_network(a: Loaded, b: Loaded) -> bool:
+    """Whether two versions run the same architecture (their service times compare)."""
+    return a.runner.model.name == b.runner.model.name

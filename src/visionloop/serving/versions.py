@@ -208,8 +208,8 @@ def agreement(
     IoU of at least 0.9 on every channel (both empty counts as agreeing).
 
     Versions with different classes (a version that adds ``plane``) are compared on the
-    classes they share: mask channels by class name, and the labels unless one of them is a
-    class only one version has."""
+    classes they share: mask channels by class name (in any order), and the labels unless one
+    of them is a class only one version has."""
     only = set(classes_a) ^ set(classes_b)
     label_a, label_b = a.result.get("label"), b.result.get("label")
     if label_a != label_b and not ({label_a, label_b} & only):
@@ -218,20 +218,14 @@ def agreement(
     if masks_a is None or masks_b is None:
         return True
     planes_a, planes_b = np.asarray(masks_a), np.asarray(masks_b)
-    if only and len(classes_a) == len(planes_a) and len(classes_b) == len(planes_b):
+    named = len(classes_a) == len(planes_a) > 0 and len(classes_b) == len(planes_b) > 0
+    if named and tuple(classes_a) != tuple(classes_b):  # by name: other classes, other order
         shared = [c for c in classes_a if c in classes_b]
         planes_a = planes_a[[list(classes_a).index(c) for c in shared]]
         planes_b = planes_b[[list(classes_b).index(c) for c in shared]]
     if planes_a.shape != planes_b.shape:
         return False
     for one, two in zip(planes_a > 0.5, planes_b > 0.5, strict=True):
-        union = np.logical_or(one, two).sum()
-        if union and np.logical_and(one, two).sum() / union < 0.9:
-            return False
-    return True
-    if masks_a.shape != masks_b.shape:
-        return False
-    for one, two in zip(np.asarray(masks_a) > 0.5, np.asarray(masks_b) > 0.5, strict=True):
         union = np.logical_or(one, two).sum()
         if union and np.logical_and(one, two).sum() / union < 0.9:
             return False
