@@ -125,6 +125,7 @@ def test_objects_and_scale_set_how_many_and_how_large(material, tmp_path):
             scale=(0.8, 0.9))  # fmt: skip
     data = SegDataset(out, size=64)
     big = SegDataset(tmp_path / "big", size=64)
+    measured = 0
     for dataset, low, high in ((data, 0.45 * 64 * 30 / 40, 0.55 * 64 * 30 / 40), (big, 31, 31)):
         for index in range(12):
             _, masks, _ = dataset[index]
@@ -135,6 +136,8 @@ def test_objects_and_scale_set_how_many_and_how_large(material, tmp_path):
                 if len(rows) and min(rows[0], cols[0]) > 0 and max(rows[-1], cols[-1]) < 63:
                     side = max(rows[-1] - rows[0], cols[-1] - cols[0]) + 1  # not cut by an edge
                     assert low - 2 <= side <= high + 2
+                    measured += 1
+    assert measured >= 4  # not vacuous: objects away from the edges were measured
     with pytest.raises(ValueError, match="objects must be a range"):
         compose(tmp_path / "x", cutouts, backgrounds, 1, objects=(2, 1))
     with pytest.raises(ValueError, match="scale must be a range"):
