@@ -114,3 +114,21 @@ def test_a_bad_setting_is_one_clear_line_not_a_traceback():
     assert result.exit_code == 2
     assert "drift_sample: Input should be less than or equal to 1" in result.stderr
     assert "Traceback" not in result.output
+
+
+def test_weights_trained_for_other_classes_are_served_with_their_class_names(tmp_path):
+    """A catseg trained for cat, animal and plane (`train seg --classes`): `--weights` with
+    `--classes` answers the three; without them it is one line naming the fix."""
+    import torch
+
+    from tests.cli_checks import assert_one_line_error
+    from visionloop.models.catseg import SegNet
+
+    weights = tmp_path / "best.pt"
+    torch.save(SegNet(3, pretrained=False).state_dict(), weights)
+    photo = str(DATA / "cat_chelsea.png")
+    args = ["predict", "--json", "--model", "catseg", "--weights", str(weights), photo]
+    result = runner.invoke(app, [*args, "--classes", "cat,animal,plane"])
+    assert result.exit_code == 0, result.output
+    assert set(json.loads(result.stdout)[0]["areas"]) == {"cat", "animal", "plane"}
+    assert_one_line_error(runner.invoke(app, args), "need them named, in training order")

@@ -158,6 +158,28 @@ def test_add_with_its_own_architecture_writes_version_toml_and_refuses_a_typo(tm
     assert sorted(p.name for p in (root / "catseg").iterdir()) == ["1", "config.toml"]
 
 
+def test_add_with_classes_checks_the_weights_and_writes_them_to_version_toml(tmp_path):
+    """Weights trained for cat, animal and plane: `--classes` names them (checked by loading
+    the weights into the architecture); a count that does not fit, or a repeated class, is
+    refused before anything is written."""
+
+    from visionloop.models.catseg import SegNet
+
+    root = tmp_path / "models"
+    root.mkdir()
+    three = tmp_path / "three.pt"
+    torch.save(SegNet(3, pretrained=False).state_dict(), three)
+    error_line(repo("add", "catseg", str(three), "-r", str(root), "--classes", "cat,plane"),
+               "do not fit model 'catseg'", 2)  # fmt: skip
+    error_line(repo("add", "catseg", str(three), "-r", str(root), "--classes", "cat,cat,plane"),
+               "classes repeat cat", 2)  # fmt: skip
+    assert not (root / "catseg").exists()
+    ok(repo("add", "catseg", str(three), "-r", str(root), "--classes", "cat, animal, plane"))
+    assert (root / "catseg" / "1" / "version.toml").read_text() == (
+        'classes = ["cat", "animal", "plane"]\n'
+    )
+
+
 def test_list_from_the_folder_gives_each_version_its_state(tmp_path):
     root = tmp_path
     make_model(root, "good", versions=(1, 2, 3), version_policy=VersionPolicy(latest=2))

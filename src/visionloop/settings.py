@@ -61,6 +61,15 @@ class CatDogSettings(BaseSettings):
     )
 
 
+def _classes(value: str | None) -> str | None:
+    """A comma-separated class list, checked (and normalised) as the model will read it."""
+    if value is None:
+        return None
+    from visionloop.models.base import class_names
+
+    return ",".join(class_names(value))
+
+
 class ModelSettings(BaseSettings):
     """How a model is loaded for serving (the order is fixed by the model contract)."""
 
@@ -71,6 +80,11 @@ class ModelSettings(BaseSettings):
         default=None,
         description="A state dict for the model's network (e.g. made by `visionloop bn "
         "recalibrate`), loaded with weights_only=True before fusion.",
+    )
+    classes: Annotated[str | None, AfterValidator(_classes)] = Field(
+        default=None,
+        description="Comma-separated classes the weights were trained for, in channel order "
+        "(train seg --classes, e.g. cat,animal,plane), when they are not the model's own.",
     )
     device: str = Field(default="cpu", description="torch device, e.g. cpu, cuda, cuda:1.")
     dtype: Literal["float32", "float16", "bfloat16"] = "float32"

@@ -46,6 +46,8 @@ def test_registered_with_three_classes_and_the_plane_marked_weak():
     card = ModelCard.from_json(ModelCard.of(model).to_json())  # what a replica shows
     assert card.describe()["weak"] == described["weak"]
     assert "weak" not in CatSeg(size=64).describe()  # a trained model says nothing
+    with pytest.raises(ValueError, match=r"fixed classes .*serve catseg with that run's"):
+        model.with_classes(["cat", "animal", "plane", "ship"])
 
 
 def test_cat_and_animal_are_catseg_s_own(parts):

@@ -550,22 +550,31 @@ def test_one_models_upload_backlog_does_not_queue_ahead_of_another(tmp_path, rep
 def test_a_version_with_its_own_architecture_adds_a_class(tmp_path, serve_repository):
     """catseg version 2 is a catseg_plane (its version.toml says so): the model keeps its
     name and routes, version 2 answers plane masks, version 1 refuses the class with a 400
-    naming its own; a version.toml that does not validate leaves that version unavailable
-    with its reason."""
+    naming its own; version 3 is a catseg trained with a plane class (its version.toml names
+    the classes) and answers a plane mask that is not weak; a version.toml that does not
+    validate leaves that version unavailable with its reason."""
     from visionloop.models.catseg import SegNet
     from visionloop.serving.repository import read_version_config
 
-    weights = tmp_path / "best.pt"
+    weights, trained = tmp_path / "best.pt", tmp_path / "three.pt"
     torch.save(SegNet(2, pretrained=False).state_dict(), weights)
+    network = SegNet(3, pretrained=False)
+    with torch.no_grad():  # the plane channel says "plane" everywhere, the others nothing
+        network.classifier.weight.zero_()
+        network.classifier.bias.copy_(torch.tensor([-9.0, -9.0, 9.0]))
+    torch.save(network.state_dict(), trained)
     root = tmp_path / "models"
     root.mkdir()
     repository = Repository(root)
     config = ModelConfig(architecture="catseg", engine="torch",
-                         version_policy=VersionPolicy(latest=2))  # fmt: skip
+                         version_policy=VersionPolicy(latest=3))  # fmt: skip
     assert repository.add_version("catseg", weights, config=config) == 1
     assert repository.add_version("catseg", weights, architecture="catseg_plane") == 2
+    three = ["cat", "animal", "plane"]
+    assert repository.add_version("catseg", trained, classes=three) == 3
     assert read_version_config(root / "catseg" / "2").architecture == "catseg_plane"
     assert read_version_config(root / "catseg" / "1").architecture is None
+    assert read_version_config(root / "catseg" / "3").classes == three
     assert repository.add_version("broken", weights, config=config) == 1
     (root / "broken" / "1" / "version.toml").write_text('colour = "red"\n')
     server = serve_repository(root, oversubscribe=True)
@@ -579,6 +588,9 @@ def test_a_version_with_its_own_architecture_adds_a_class(tmp_path, serve_reposi
         two = c.post("/v1/models/catseg/versions/2/predict?masks=rle&classes=plane", content=png)
         one = c.post("/v1/models/catseg/versions/1/predict?classes=plane", content=png)
         metadata = c.get("/v2/models/catseg/versions/2").json()
+        trained_answer = c.post("/v1/models/catseg/versions/3/predict", content=png)
+        trained_metadata = c.get("/v2/models/catseg/versions/3").json()
+        assert states["catseg", "3"][0] == "READY"
     assert two.status_code == 200, two.text
     assert set(two.json()["masks"]) == {"plane"}
     assert set(two.json()["areas"]) == {"cat", "animal", "plane"}
@@ -587,6 +599,10 @@ def test_a_version_with_its_own_architecture_adds_a_class(tmp_path, serve_reposi
         "model 'catseg' version 1 has no class 'plane'; its classes are cat, animal"
     )
     assert "plane" in metadata["weak"]
+    assert trained_answer.status_code == 200, trained_answer.text
+    assert trained_answer.json()["areas"] == {"cat": 0.0, "animal": 0.0, "plane": 1.0}
+    assert trained_answer.json()["label"] == "plane"
+    assert not trained_metadata.get("weak")
 
 
 def test_agreement_of_versions_with_different_classes_is_on_the_classes_they_share():

@@ -95,14 +95,23 @@ def add_gold(
         say(f"added {run(_store(db), dataset)} gold images")
 
 
-def _segmenter(name: str, weights: Path | None) -> Any:
-    """The model ``name`` (registry name or ``module:factory``), with ``weights``, as a
-    :class:`~visionloop.models.base.Segmenter`; a ValueError (one line) if it is unknown or
-    not a segmenter."""
+ClassesOption = Annotated[
+    str | None,
+    typer.Option(
+        help="The classes the weights were trained for, comma-separated in channel order "
+        "(train seg --classes), when not the model's own (e.g. cat,animal,plane)."
+    ),
+]
+
+
+def _segmenter(name: str, weights: Path | None, classes: str | None = None) -> Any:
+    """The model ``name`` (registry name or ``module:factory``), with ``weights`` trained for
+    ``classes``, as a :class:`~visionloop.models.base.Segmenter`; a ValueError (one line) if
+    it is unknown or not a segmenter."""
     from visionloop.models import UnknownModel, as_segmenter, registry
 
     try:
-        return as_segmenter(registry.create(name, weights))
+        return as_segmenter(registry.create(name, weights, classes))
     except UnknownModel as exc:
         raise ValueError(str(exc)) from None
 
@@ -117,6 +126,7 @@ def select_images(
     weights: Annotated[
         Path | None, typer.Option(help="The segmenter's weights (train seg's best.pt).")
     ] = None,
+    classes: ClassesOption = None,
     db: Db = DEFAULT_DB,
 ) -> None:
     """Pick K pool images for annotation with the segmenter."""
@@ -126,7 +136,7 @@ def select_images(
     with _errors():
         if method not in METHODS:
             raise ValueError(f"--method must be one of {', '.join(METHODS)}")
-        segmenter = _segmenter(model, weights)  # refused before the store is opened
+        segmenter = _segmenter(model, weights, classes)  # refused before the store is opened
         picked, size = run(_store(db), segmenter, k, method)
         say(f"selected {picked} of {size} pool images by {method}")
 
@@ -179,6 +189,7 @@ def prelabel(
     everything: Annotated[
         bool, typer.Option("--all", help="The whole pool, not the selected.")
     ] = False,
+    classes: ClassesOption = None,
     db: Db = DEFAULT_DB,
 ) -> None:
     """Pre-label the selected images with the segmenter."""
@@ -190,7 +201,7 @@ def prelabel(
         if server:
             labeler = ServerPrelabeler(server, model)
         else:
-            labeler = LibraryPrelabeler(_segmenter(model, weights))
+            labeler = LibraryPrelabeler(_segmenter(model, weights, classes))
         say(f"pre-labelled {run(_store(db), labeler, everything)} images")
 
 

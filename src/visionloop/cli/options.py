@@ -48,5 +48,5 @@ def load_model(settings: Any) -> Any:
     from visionloop.engines import EngineError
     from visionloop.models import UnknownModel, load
 
-    with errors(UnknownModel, EngineError):
+    with errors(UnknownModel, EngineError, ValueError):  # ValueError: weights that do not fit
         return load(settings)

@@ -115,17 +115,31 @@ def add(
             "version of catseg); written to its version.toml."
         ),
     ] = None,
+    classes: Annotated[
+        str | None,
+        typer.Option(
+            help="Comma-separated classes the weights were trained for, in channel order "
+            "(train seg --classes), when not the architecture's own; checked by loading the "
+            "weights, and written to the version's version.toml."
+        ),
+    ] = None,
 ) -> None:
     """Copy an export (or a state dict) into the repository as a new version of MODEL. A
     running server picks it up with `repo load MODEL` (or `repo canary MODEL VERSION`)."""
-    from visionloop.models.registry import UnknownModel, resolve
+    from visionloop.models.base import class_names
+    from visionloop.models.registry import UnknownModel, create, resolve
     from visionloop.serving.repository import Repository, RepositoryError
 
-    with errors(RepositoryError, OSError, UnknownModel):
+    with errors(RepositoryError, OSError, UnknownModel, ValueError):
         if architecture is not None:
             resolve(architecture)  # a typo is refused here, not at the version's first load
+        names = None
+        if classes is not None:  # weights that do not fit are refused here too
+            names = class_names(classes)
+            weights = source / "weights.pt" if source.is_dir() else source
+            create(architecture or _architecture(repository, model), weights, names)
         added = Repository(repository).add_version(
-            model, source, version, architecture=architecture
+            model, source, version, architecture=architecture, classes=names
         )
     say(f"added {model} version {added} in {repository / model / str(added)}")
 
@@ -275,3 +289,12 @@ def _call(url: str | None, token: str | None, path: str, body: dict[str, Any] | 
             raise CommandError(f"{base}{path}: {exc.code} {detail}", code=1) from None
         except (urllib.error.URLError, http.client.HTTPException, OSError, ValueError) as exc:
             raise CommandError(f"cannot reach {base}: {exc}", code=1) from None
+
+
+def _architecture(repository: Path, model: str) -> str:
+    """The network of MODEL's versions: its config.toml's architecture, else its name."""
+    from visionloop.serving.repository import CONFIG, read_config
+
+    path = repository / model / CONFIG
+    named = read_config(path).architecture if path.is_file() else None
+    return named or model

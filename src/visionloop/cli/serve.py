@@ -29,6 +29,17 @@ PrecisionOption = Annotated[
 ArtifactOption = Annotated[
     Path | None, typer.Option(help="Folder made by `visionloop export` to serve.")
 ]
+WeightsOption = Annotated[
+    Path | None,
+    typer.Option(help="State dict for the model's network (train seg's best.pt; weights_only)."),
+]
+ClassesOption = Annotated[
+    str | None,
+    typer.Option(
+        help="Classes the weights were trained for, comma-separated in channel order (train seg "
+        "--classes), when not the model's own."
+    ),
+]
 # serve and worker: the batching and executor flags, the same for both
 MaxBatchOption = Annotated[int | None, typer.Option(help="Most images per pass.")]
 MaxDelayOption = Annotated[float | None, typer.Option(help="Oldest request's wait.")]
@@ -122,13 +133,15 @@ def predict(
     engine: EngineOption = None,
     precision: PrecisionOption = None,
     artifact: ArtifactOption = None,
+    weights: WeightsOption = None,
+    classes: ClassesOption = None,
 ) -> None:
     """Classify image files. Exits 1 if any file could not be read as an image."""
     import torch
 
     settings = options.model_settings(
         model=model, device=device, fuse_bn=fuse_bn, threads=threads, engine=engine,
-        precision=precision, artifact=artifact,
+        precision=precision, artifact=artifact, weights=weights, classes=classes,
     )  # fmt: skip
     if settings.threads:
         torch.set_num_threads(settings.threads)
@@ -175,6 +188,8 @@ def serve(
     engine: EngineOption = None,
     precision: PrecisionOption = None,
     artifact: ArtifactOption = None,
+    weights: WeightsOption = None,
+    classes: ClassesOption = None,
     model_repository: Annotated[
         Path | None,
         typer.Option(
@@ -217,7 +232,7 @@ def serve(
             Repository(settings.model_repository).check()
     model_settings = options.model_settings(
         model=model, device=device, threads=threads, engine=engine, precision=precision,
-        artifact=artifact,
+        artifact=artifact, weights=weights, classes=classes,
     )  # fmt: skip
     redis_settings = options.settings_from(RedisSettings, url=redis_url)
     _log_to_stderr(log_level)
@@ -306,6 +321,8 @@ def worker(
     engine: EngineOption = None,
     precision: PrecisionOption = None,
     artifact: ArtifactOption = None,
+    weights: WeightsOption = None,
+    classes: ClassesOption = None,
     model_repository: Annotated[
         Path | None,
         typer.Option(
@@ -337,7 +354,7 @@ def worker(
             "--max-delay-ms": max_delay_ms, "--instances": instances,
             "--pad-to-buckets": pad_to_buckets, "--policy": policy, "--threads": threads,
             "--drift-sample": drift_sample, "--engine": engine, "--precision": precision,
-            "--artifact": artifact,
+            "--artifact": artifact, "--weights": weights, "--classes": classes,
         }  # fmt: skip
         _repository_worker(
             model_repository,
@@ -355,7 +372,7 @@ def worker(
     settings = options.settings_from(ServeSettings, **flags)
     model_settings = options.model_settings(
         model=model, device=device, threads=threads, engine=engine, precision=precision,
-        artifact=artifact,
+        artifact=artifact, weights=weights, classes=classes,
     )  # fmt: skip
     redis_settings = options.settings_from(
         RedisSettings, url=redis_url, claim_idle_ms=claim_idle_ms

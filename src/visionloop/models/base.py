@@ -14,7 +14,7 @@ Every model names its ``classes``. A model that segments declares an output name
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any, ClassVar, Literal, Protocol, runtime_checkable
@@ -120,6 +120,19 @@ class VisionModel(ABC):
         self.engine: Engine | None = None
         self.source_sha256: str | None = None
         self._set_normalisation()
+
+    def with_classes(self, classes: Sequence[str]) -> None:
+        """Take weights trained for other ``classes`` (names in output order, e.g. ``train seg
+        --classes cat,animal,plane``): a model whose head can be rebuilt for them does so, before
+        the weights are loaded. Most models' classes are fixed.
+
+        Raises:
+            ValueError: this model's classes cannot change, or ``classes`` are not usable names.
+        """
+        raise ValueError(
+            f"model {self.name!r} has fixed classes ({', '.join(self.classes) or 'none'}); "
+            "classes cannot be set for it"
+        )
 
     def _set_normalisation(self) -> None:
         spec = self.input_spec
@@ -246,6 +259,22 @@ def describe(
 
 
 # -- segmenters ------------------------------------------------------------------------------
+
+
+def class_names(text: str | Sequence[str]) -> tuple[str, ...]:
+    """Class names from ``"cat,animal,plane"`` or a sequence: stripped, non-empty, unique.
+
+    Raises:
+        ValueError: an empty name, a repeated one, or none at all.
+    """
+    names = tuple(n.strip() for n in (text.split(",") if isinstance(text, str) else text))
+    if not names or any(not n for n in names):
+        raise ValueError(f"classes must be comma-separated non-empty names, got {text!r}")
+    repeated = sorted({n for n in names if names.count(n) > 1})
+    if repeated:
+        raise ValueError(f"classes repeat {', '.join(repeated)}")
+    return names
+
 
 MASKS = "masks"  # the output a model that segments declares: uint8 (len(classes), H, W)
 

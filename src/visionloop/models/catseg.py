@@ -10,6 +10,7 @@ A :class:`~visionloop.models.base.Segmenter`: the labelling loop selects and pre
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from dataclasses import replace
 from typing import cast
 
 import torch
@@ -24,6 +25,7 @@ from visionloop.models.base import (
     OutputSpec,
     Segmentation,
     VisionModel,
+    class_names,
 )
 from visionloop.models.efficientnet_lite import BN_EPS, EfficientNetLite, efficientnet_lite0
 
@@ -99,6 +101,17 @@ class CatSeg(VisionModel):
             OutputSpec(MASKS, shape, dtype="UINT8", description="1 where p >= threshold"),
         )
         super().__init__(network if network is not None else SegNet(len(self.classes)))
+
+    def with_classes(self, classes: Sequence[str]) -> None:
+        """A new classifier (1x1 conv) with one channel per class, for weights trained with
+        these classes (``train seg --classes``); the rest of the network is unchanged."""
+        names = class_names(classes)
+        old = cast(SegNet, self.network).classifier
+        cast(SegNet, self.network).classifier = nn.Conv2d(old.in_channels, len(names), 1).to(
+            device=old.weight.device, dtype=old.weight.dtype
+        )
+        self.classes = names
+        self.outputs = tuple(replace(o, shape=(len(names), *o.shape[1:])) for o in self.outputs)
 
     def outputs_from(self, raw: torch.Tensor) -> dict[str, torch.Tensor]:
         probabilities = raw.float().sigmoid()

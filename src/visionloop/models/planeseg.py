@@ -22,7 +22,7 @@ the packaged weights, so a trained catseg gains the plane channel with no new fi
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from types import MappingProxyType
 from typing import Any, ClassVar, cast
 
@@ -118,6 +118,14 @@ class PlaneSeg(CatSeg):
             OutputSpec(MASKS, shape, dtype="UINT8", description="cat, animal: p >= threshold; "
                        "plane: GrabCut where P(plane) >= the gate"),
         )  # fmt: skip
+
+    def with_classes(self, classes: Sequence[str]) -> None:
+        """Fixed: cat and animal from catseg, plane from the ImageNet head."""
+        raise ValueError(
+            f"model {self.name!r} has fixed classes ({', '.join(self.classes)}): its plane "
+            "channel needs no training; for a trained plane class serve catseg with that run's "
+            "classes"
+        )
 
     def outputs_from(self, raw: torch.Tensor) -> dict[str, torch.Tensor]:
         """Without the pixels: the plane mask is the gated map's seeds (``forward`` with uint8

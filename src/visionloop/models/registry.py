@@ -8,13 +8,13 @@ from __future__ import annotations
 
 import importlib
 import pickle
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from importlib.metadata import entry_points
 from pathlib import Path
 
 import torch
 
-from visionloop.models.base import VisionModel
+from visionloop.models.base import VisionModel, class_names
 from visionloop.settings import ModelSettings
 
 ENTRY_POINT_GROUP = "visionloop.models"
@@ -55,12 +55,21 @@ def resolve(name: str) -> ModelFactory:
     return factory  # type: ignore[no-any-return]
 
 
-def create(name: str, weights: Path | None = None) -> VisionModel:
-    """Build the model, unprepared (CPU, float32, unfused), with ``weights`` loaded if given
-    (see :func:`load_weights`)."""
+def create(
+    name: str, weights: Path | None = None, classes: str | Sequence[str] | None = None
+) -> VisionModel:
+    """Build the model, unprepared (CPU, float32, unfused), for ``classes`` if given (weights
+    trained for other classes: :meth:`VisionModel.with_classes`), with ``weights`` loaded if
+    given (see :func:`load_weights`).
+
+    Raises:
+        ValueError: the model's classes are fixed, or the weights do not fit.
+    """
     model = resolve(name)()
     if not isinstance(model, VisionModel):
         raise TypeError(f"factory for {name!r} returned {type(model).__name__}, not a VisionModel")
+    if classes is not None:
+        model.with_classes(class_names(classes))
     if weights is not None:
         load_weights(model, weights)
     return model
@@ -75,7 +84,8 @@ def load(settings: ModelSettings) -> VisionModel:
     if settings.engine in ("torch", "auto") and settings.precision == "bf16":
         # auto keeps torch for bf16 (engines.attach): run it in bfloat16, not silently fp32
         settings = settings.model_copy(update={"dtype": "bfloat16"})
-    return attach(create(settings.model, settings.weights).prepare(settings), settings)
+    model = create(settings.model, settings.weights, settings.classes)
+    return attach(model.prepare(settings), settings)
 
 
 def load_weights(model: VisionModel, path: Path) -> None:
@@ -96,4 +106,15 @@ def load_weights(model: VisionModel, path: Path) -> None:
     try:
         model.network.load_state_dict(state, strict=True)
     except RuntimeError as exc:
-        raise ValueError(f"weights in {path} do not fit model {model.name!r}: {exc}") from None
+        hint = ""
+        if "size mismatch" in str(exc) and model.classes:
+            hint = (
+                f" (the model has {len(model.classes)} classes, {', '.join(model.classes)}: "
+                "weights trained for other classes need them named, in training order: "
+                "VISIONLOOP_CLASSES, --classes, or classes in the version's version.toml; "
+                "train seg wrote them to its run's config.json)"
+            )
+        detail = " ".join(line.strip() for line in str(exc).splitlines() if line.strip())
+        raise ValueError(
+            f"weights in {path} do not fit model {model.name!r}{hint}: {detail}"
+        ) from None

@@ -202,6 +202,7 @@ async def load_version(
     settings = ModelSettings(
         model=own.architecture or config.architecture or name,
         weights=weights,
+        classes=",".join(own.classes) if own.classes else None,
         artifact=artifact,
         engine=config.engine,
         precision=config.precision,

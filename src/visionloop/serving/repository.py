@@ -13,8 +13,8 @@ A version folder holds ``card.json`` (an artefact from ``visionloop export``, ch
 its sha256 and the model before it serves), ``weights.pt`` (a state dict, read with
 ``weights_only=True``), or both (an artefact made from those weights); and optionally
 ``version.toml``, whose ``architecture`` overrides the model's for that version (a version
-that adds a class). Version names are
-positive integers, as in Triton; anything else in a model's folder is ignored.
+that adds a class) and whose ``classes`` name the classes its weights were trained for. Version
+names are positive integers, as in Triton; anything else in a model's folder is ignored.
 
 Everything here reads and writes the folder only; :mod:`visionloop.serving.fleet` loads what it
 describes. A model whose folder or config cannot be read is reported with its reason; it never
@@ -28,11 +28,20 @@ import re
 import shutil
 import tempfile
 import tomllib
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from visionloop import plugins
 from visionloop.engines.kinds import ENGINES
@@ -180,6 +189,7 @@ class Repository:
         version: int | None = None,
         config: ModelConfig | None = None,
         architecture: str | None = None,
+        classes: Sequence[str] | None = None,
     ) -> int:
         """Copy ``source`` (an export folder, or a ``weights.pt`` file or a folder holding one)
         into ``DIR/name/<version>/`` (default: one past the newest) and return the version.
@@ -187,7 +197,8 @@ class Repository:
         The copy is written beside the target and renamed into place, so a server that reads
         the folder meanwhile sees the whole version or none of it. A new model folder gets
         ``config`` (or the defaults) as its config.toml. ``architecture``, when the version's
-        network is not the model's, is written to the version's version.toml.
+        network is not the model's, and ``classes``, when its weights were trained for other
+        classes than the architecture's, are written to the version's version.toml.
 
         Raises:
             RepositoryError: bad name, source without card.json or weights.pt, existing version.
@@ -207,16 +218,20 @@ class Repository:
         target = folder / str(version)
         if target.exists():
             raise RepositoryError(f"{target} already exists: versions are never overwritten")
+        try:
+            own = VersionConfig(architecture=architecture,
+                                classes=list(classes) if classes is not None else None)  # fmt: skip
+        except ValidationError as exc:
+            raise RepositoryError(f"bad version settings: {_problems(exc)}") from None
+        lines = [f"{k} = {_toml(v)}" for k, v in own.model_dump().items() if v is not None]
         staging = Path(tempfile.mkdtemp(prefix=f".{version}-", dir=folder))
         try:
             if source.is_dir():
                 shutil.copytree(source, staging, dirs_exist_ok=True)
             else:
                 shutil.copyfile(source, staging / WEIGHTS)
-            if architecture is not None:
-                (staging / VERSION_CONFIG).write_text(
-                    f"architecture = {_toml(architecture)}\n", encoding="utf-8"
-                )
+            if lines:
+                (staging / VERSION_CONFIG).write_text("\n".join(lines) + "\n", encoding="utf-8")
             os.replace(staging, target)
         finally:
             if staging.exists():
@@ -226,8 +241,9 @@ class Repository:
 
 class VersionConfig(BaseModel):
     """``DIR/<model>/<version>/version.toml`` (optional): what one version sets apart from its
-    model's config.toml. Only the architecture: a version may add a class (``catseg`` 2 is a
-    ``catseg_plane``) while the model keeps its name, routes and rollout."""
+    model's config.toml: its architecture (``catseg`` 2 is a ``catseg_plane``: a version may
+    add a class while the model keeps its name, routes and rollout) and the classes its weights
+    were trained for (``catseg`` 3, trained with a plane class)."""
 
     model_config = ConfigDict(extra="forbid")
 
@@ -236,6 +252,18 @@ class VersionConfig(BaseModel):
         description="Registry name or module:factory of this version's network (default: "
         "the model's).",
     )
+    classes: list[str] | None = Field(
+        default=None,
+        description="The classes this version's weights were trained for, in channel order "
+        "(train seg --classes), when they are not the architecture's own.",
+    )
+
+    @field_validator("classes")
+    @classmethod
+    def _names(cls, value: list[str] | None) -> list[str] | None:
+        from visionloop.models.base import class_names
+
+        return None if value is None else list(class_names(value))
 
 
 def read_version_config(folder: Path) -> VersionConfig:
