@@ -9,16 +9,14 @@ only on images where the class is annotated, early stopping on the mean IoU, and
     <out>/best.pt          the best network's state dict (serve it: --model catseg --weights)
     <out>/last.pt          model, optimiser, schedule, epoch: what ``resume`` continues from
 
-Logs to MLflow too when it is installed.
+The loop, the run folder, resume, MLflow and data parallelism are the training engine's
+(:mod:`visionloop.train.engine`); this module says what one step and one evaluation are.
 """
 
 from __future__ import annotations
 
-import json
 import math
-import subprocess
-import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -27,9 +25,10 @@ import torch
 
 from visionloop.models.catseg import CatSeg, SegNet
 from visionloop.train.data import Augment, SegDataset
+from visionloop.train.engine import Distributed, EngineConfig, Trainer, fit
 from visionloop.train.losses import masked_multilabel_bce, supervision
 
-__all__ = ["SegConfig", "evaluate", "train_seg"]
+__all__ = ["SegConfig", "SegTrainer", "evaluate", "train_seg"]
 
 
 @dataclass
@@ -70,58 +69,103 @@ class SegConfig:
 def train_seg(
     config: SegConfig, on_epoch: Callable[[dict[str, Any]], None] | None = None
 ) -> dict[str, Any]:
-    """Train; returns the best epoch's metrics. Resumes from ``out/last.pt`` if asked."""
-    torch.manual_seed(config.seed)
-    device = torch.device(config.device)
-    train_set, val_set = _datasets(config)
-    network = SegNet(len(config.classes), pretrained=config.pretrained).to(device)
-    network = network.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
-    model = CatSeg(network, size=config.size, classes=config.classes)
-    optimiser = torch.optim.AdamW(network.parameters(), config.lr, weight_decay=config.weight_decay)
-    steps = config.epochs * _batches_per_epoch(train_set, config)
-    schedule = torch.optim.lr_scheduler.LambdaLR(
-        optimiser, _cosine(steps, warmup=steps // config.epochs)
-    )
-    amp = device.type == "cuda"
-    scaler = torch.amp.GradScaler("cuda", enabled=amp)
-    config.out.mkdir(parents=True, exist_ok=True)
-    start, best, stale = 0, {"mean_iou": -1.0}, 0
-    if config.resume and (config.out / "last.pt").is_file():
-        state = torch.load(config.out / "last.pt", map_location=device, weights_only=True)
-        network.load_state_dict(state["network"])
-        optimiser.load_state_dict(state["optimiser"])
-        schedule.load_state_dict(state["schedule"])
-        start, best, stale = state["epoch"] + 1, state["best"], state["stale"]
-    _write_config(config, train_set, val_set, resumed_at=start)
-    mlflow = _mlflow(config)
-    for epoch in range(start, config.epochs):
-        started = time.perf_counter()
-        train_set.epoch = epoch
-        loss = _train_epoch(model, train_set, config, optimiser, schedule, scaler, amp, epoch)
-        metrics = {"epoch": epoch, "train_loss": loss, **evaluate(model, val_set, config)}
-        metrics["seconds"] = round(time.perf_counter() - started, 2)
-        improved = metrics["mean_iou"] > best["mean_iou"]
-        if improved:
-            best, stale = metrics, 0
-            torch.save(network.state_dict(), config.out / "best.pt")
-        else:
-            stale += 1
-        with (config.out / "metrics.jsonl").open("a") as f:
-            f.write(json.dumps(metrics) + "\n")
-        torch.save(
-            {"network": network.state_dict(), "optimiser": optimiser.state_dict(),
-             "schedule": schedule.state_dict(), "epoch": epoch, "best": best, "stale": stale},
-            config.out / "last.pt",
+    """Train; returns the best epoch's metrics. Resumes from ``out/last.pt`` if asked (the
+    run's trainer, configuration and data must match: :class:`~.engine.RunMismatch`)."""
+    engine = EngineConfig(
+        out=config.out, epochs=config.epochs, patience=config.patience, seed=config.seed,
+        device=config.device, resume=config.resume, workers=config.workers,
+        max_batches=config.max_batches,
+    )  # fmt: skip
+    return fit(SegTrainer(config), engine, on_epoch)
+
+
+class SegTrainer(Trainer):
+    """catseg (Lite0 + FPN) with the masked multi-label loss, judged by the mean IoU."""
+
+    kind = "seg"
+    monitor = "mean_iou"
+    mode = "max"
+
+    def __init__(self, config: SegConfig) -> None:
+        self.settings = config
+        self.train_data, self.val_data = _datasets(config)
+
+    def config(self) -> dict[str, Any]:
+        return {k: str(v) if isinstance(v, Path) else v for k, v in asdict(self.settings).items()}
+
+    def fingerprints(self) -> dict[str, Any]:
+        return {
+            "train_images": len(self.train_data), "val_images": len(self.val_data),
+            "train_fingerprint": self.train_data.fingerprint(),
+            "val_fingerprint": self.val_data.fingerprint(),
+        }  # fmt: skip
+
+    def train_set(self) -> SegDataset:
+        return self.train_data
+
+    @property
+    def batch_size(self) -> int:
+        return self.settings.batch_size
+
+    def drop_last(self, examples: int, batch: int) -> bool:
+        """A last training batch of one image breaks BatchNorm ("expected more than 1 value
+        per channel"): drop it, as long as that leaves a batch."""
+        return examples % batch == 1 and examples > batch
+
+    def setup(self, dist: Distributed, steps: int, epoch_steps: int) -> None:
+        config = self.settings
+        network = SegNet(len(config.classes), pretrained=config.pretrained).to(dist.device)
+        self.network = network.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
+        self.trained = dist.wrap(self.network)
+        self.model = CatSeg(self.network, size=config.size, classes=config.classes)
+        self.model.device = dist.device
+        self.optimiser = torch.optim.AdamW(
+            self.network.parameters(), config.lr, weight_decay=config.weight_decay
+        )
+        self.schedule = torch.optim.lr_scheduler.LambdaLR(
+            self.optimiser, _cosine(steps, warmup=epoch_steps)
+        )
+        self.amp = dist.device.type == "cuda"
+        self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp)
+
+    def start_epoch(self, epoch: int) -> None:
+        self.train_data.epoch = epoch
+        self.trained.train()
+
+    def step(self, batch: Any, step: int) -> dict[str, torch.Tensor]:
+        config, device = self.settings, self.model.device
+        images, targets, annotated = batch
+        x = self.model.normalise(images.to(device)).contiguous(memory_format=torch.channels_last)
+        with torch.autocast(device.type, enabled=self.amp):
+            logits = self.trained(x)
+        if config.unannotated_as_background:
+            annotated = torch.ones_like(annotated)
+        loss = masked_multilabel_bce(
+            logits.float(), targets.to(device), annotated.to(device),
+            class_weights=config.class_weights, dice_weight=config.dice_weight,
+            hierarchy=config.hierarchy, classes=config.classes,
         )  # fmt: skip
-        if mlflow is not None:
-            mlflow.log_metrics({k: v for k, v in metrics.items() if isinstance(v, float)}, epoch)
-        if on_epoch is not None:
-            on_epoch(metrics)
-        if stale >= config.patience:
-            break
-    if mlflow is not None:
-        mlflow.end_run()
-    return best
+        self.optimiser.zero_grad(set_to_none=True)
+        self.scaler.scale(loss).backward()  # type: ignore[no-untyped-call]
+        self.scaler.step(self.optimiser)
+        self.scaler.update()
+        self.schedule.step()
+        return {"train_loss": loss.detach()}
+
+    def evaluate(self) -> dict[str, float]:
+        return evaluate(self.model, self.val_data, self.settings)
+
+    def state(self) -> dict[str, Any]:
+        return {"network": self.network.state_dict(), "optimiser": self.optimiser.state_dict(),
+                "schedule": self.schedule.state_dict()}  # fmt: skip
+
+    def load_state(self, state: Mapping[str, Any]) -> None:
+        self.network.load_state_dict(state["network"])
+        self.optimiser.load_state_dict(state["optimiser"])
+        self.schedule.load_state_dict(state["schedule"])
+
+    def best_weights(self) -> dict[str, torch.Tensor]:
+        return dict(self.network.state_dict())
 
 
 def _datasets(config: SegConfig) -> tuple[SegDataset, SegDataset]:
@@ -142,17 +186,6 @@ def _datasets(config: SegConfig) -> tuple[SegDataset, SegDataset]:
     return train_set, val_set
 
 
-def _drop_last(data: SegDataset, config: SegConfig) -> bool:
-    """A last training batch of one image breaks BatchNorm ("expected more than 1 value per
-    channel"): drop it, as long as that leaves a batch."""
-    return len(data) % config.batch_size == 1 and len(data) > config.batch_size
-
-
-def _batches_per_epoch(data: SegDataset, config: SegConfig) -> int:
-    batches = math.ceil(len(data) / config.batch_size) - _drop_last(data, config)
-    return min(batches, config.max_batches) if config.max_batches else batches
-
-
 def _cosine(total: int, warmup: int) -> Callable[[int], float]:
     def factor(step: int) -> float:
         if step < warmup:
@@ -163,56 +196,12 @@ def _cosine(total: int, warmup: int) -> Callable[[int], float]:
     return factor
 
 
-def _loader(data: SegDataset, config: SegConfig, shuffle: bool) -> torch.utils.data.DataLoader[Any]:
-    generator = torch.Generator().manual_seed(config.seed + data.epoch)
+def _loader(data: SegDataset, config: SegConfig) -> torch.utils.data.DataLoader[Any]:
+    """In order; its own generator, so evaluating leaves the global random state alone."""
     return torch.utils.data.DataLoader(
-        data, batch_size=config.batch_size, shuffle=shuffle, num_workers=config.workers,
-        generator=generator, drop_last=shuffle and _drop_last(data, config),
+        data, batch_size=config.batch_size, shuffle=False, num_workers=config.workers,
+        generator=torch.Generator().manual_seed(config.seed + data.epoch),
     )  # fmt: skip
-
-
-def _train_epoch(
-    model: CatSeg,
-    data: SegDataset,
-    config: SegConfig,
-    optimiser: torch.optim.Optimizer,
-    schedule: torch.optim.lr_scheduler.LRScheduler,
-    scaler: torch.amp.GradScaler,
-    amp: bool,
-    epoch: int,
-) -> float:
-    from rich.progress import Progress
-
-    network = model.network.train()
-    total, count = 0.0, 0
-    limit = _batches_per_epoch(data, config)
-    # enable_grad: whatever the caller's mode, training needs gradients
-    with torch.enable_grad(), Progress(transient=True) as progress:
-        task = progress.add_task(f"epoch {epoch}", total=limit)
-        for index, (images, targets, annotated) in enumerate(_loader(data, config, True)):
-            if index >= limit:
-                break
-            device = model.device
-            x = model.normalise(images.to(device)).contiguous(memory_format=torch.channels_last)
-            with torch.autocast(device.type, enabled=amp):
-                logits = network(x)
-            if config.unannotated_as_background:
-                annotated = torch.ones_like(annotated)
-            loss = masked_multilabel_bce(
-                logits.float(), targets.to(device), annotated.to(device),
-                class_weights=config.class_weights, dice_weight=config.dice_weight,
-                hierarchy=config.hierarchy, classes=config.classes,
-            )  # fmt: skip
-            optimiser.zero_grad(set_to_none=True)
-            scaler.scale(loss).backward()  # type: ignore[no-untyped-call]
-            scaler.step(optimiser)
-            scaler.update()
-            schedule.step()
-            total += float(loss.detach()) * len(images)
-            count += len(images)
-            progress.advance(task)
-    network.eval()
-    return round(total / max(1, count), 5)
 
 
 @torch.no_grad()
@@ -222,7 +211,7 @@ def evaluate(model: CatSeg, data: SegDataset, config: SegConfig) -> dict[str, fl
     network = model.network.eval()
     classes = len(config.classes)
     inter, union, sizes = torch.zeros(classes), torch.zeros(classes), torch.zeros(classes)
-    for images, targets, annotated in _loader(data, config, False):
+    for images, targets, annotated in _loader(data, config):
         x = model.normalise(images.to(model.device)).contiguous(memory_format=torch.channels_last)
         predicted = network(x).float().sigmoid().cpu() >= 0.5
         truth, mask = supervision(targets, annotated)  # no hierarchy: judge what was labelled
@@ -239,40 +228,3 @@ def evaluate(model: CatSeg, data: SegDataset, config: SegConfig) -> dict[str, fl
         metrics[f"dice_{name}"] = round(float(2 * inter[i] / sizes[i]) if sizes[i] else 0.0, 5)
     metrics["mean_iou"] = round(sum(metrics[f"iou_{c}"] for c in config.classes) / classes, 5)
     return metrics
-
-
-def _write_config(
-    config: SegConfig, train_set: SegDataset, val_set: SegDataset, resumed_at: int
-) -> None:
-    resolved = {k: str(v) if isinstance(v, Path) else v for k, v in asdict(config).items()}
-    resolved.update(
-        git_commit=_git_commit(),
-        torch=torch.__version__,
-        train_images=len(train_set),
-        val_images=len(val_set),
-        train_fingerprint=train_set.fingerprint(),
-        val_fingerprint=val_set.fingerprint(),
-        resumed_at_epoch=resumed_at,
-    )
-    (config.out / "config.json").write_text(json.dumps(resolved, indent=2))
-
-
-def _git_commit() -> str | None:
-    try:
-        done = subprocess.run(
-            ["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=True, timeout=5,
-            cwd=Path(__file__).parent,
-        )  # fmt: skip
-    except (OSError, subprocess.SubprocessError):
-        return None
-    return done.stdout.strip() or None
-
-
-def _mlflow(config: SegConfig) -> Any:
-    try:
-        import mlflow
-    except ImportError:
-        return None
-    mlflow.start_run(run_name=config.out.name)
-    mlflow.log_params({k: str(v) for k, v in asdict(config).items()})
-    return mlflow

@@ -1,0 +1,468 @@
+"""One training engine for every trainer (``train seg``, ``train gan``): the run folder, its
+config and data fingerprints, resume, early stopping, divergence, EMA, mixed precision on CUDA,
+MLflow when installed, and data-parallel training through ``torchrun`` (gloo on the CPU, NCCL
+on GPUs).
+
+A trainer (:class:`Trainer`) says what one optimisation step is, how to evaluate, and what its
+state is; :func:`fit` runs the epochs. The run folder::
+
+    <out>/config.json      the trainer, its resolved configuration, the data fingerprints,
+                           git commit, torch version, world size; a resume must match it
+    <out>/metrics.jsonl    one line per epoch: the step losses' means, the evaluation, seconds
+    <out>/best.pt          the weights to serve (a state dict), from the best evaluation
+    <out>/last.pt          everything a resume continues from (weights, optimisers, schedules,
+                           EMA, epoch, best, patience count)
+    <out>/diverged.json    only when a loss went non-finite or past the limit: the step and
+                           the losses; best.pt and last.pt are the last good epoch's
+
+**Data parallel.** ``torchrun --nproc-per-node N -m visionloop train ...`` starts N processes;
+each takes every N-th example of the epoch's permutation (``DistributedSampler``: the same
+permutation as one process with the same seed) in batches of ``batch_size / N``, gradients are
+averaged by ``DistributedDataParallel``: the same global batch as one process. Only rank 0
+writes the run folder and logs; every rank evaluates the same validation set, so they agree on
+the best epoch and on stopping without a message.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import json
+import math
+import os
+import subprocess
+import time
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+from torch import nn
+
+__all__ = [
+    "EMA",
+    "Distributed",
+    "Diverged",
+    "EngineConfig",
+    "EpochSampler",
+    "RunMismatch",
+    "Trainer",
+    "fit",
+    "git_commit",
+]
+
+# Settings that may change between a run and its resume without changing what it computes.
+VOLATILE = frozenset({"out", "resume", "workers", "epochs", "patience", "device", "max_batches"})
+
+
+class RunMismatch(ValueError):
+    """A resume into a run folder made by another trainer or another configuration."""
+
+
+class Diverged(RuntimeError):
+    """A loss went non-finite or past the limit; the last good checkpoint is kept."""
+
+    def __init__(self, step: int, epoch: int, losses: Mapping[str, float], out: Path) -> None:
+        shown = ", ".join(f"{k}={v:.4g}" for k, v in losses.items())
+        super().__init__(
+            f"training diverged at step {step} (epoch {epoch}): {shown}; the last good "
+            f"checkpoint is kept in {out / 'last.pt'} and {out / 'best.pt'}"
+        )
+        self.step, self.epoch, self.losses = step, epoch, dict(losses)
+
+
+@dataclass
+class EngineConfig:
+    out: Path
+    epochs: int = 20
+    patience: int = 5  # epochs without a better monitored metric
+    seed: int = 0
+    device: str = "cpu"
+    resume: bool = False
+    workers: int = 0
+    divergence_limit: float = 1e4  # a step loss above this (or non-finite) stops the run
+    max_batches: int | None = None  # per epoch, for smoke tests
+
+
+class EMA:
+    """An exponential moving average of a module's weights **and** buffers (``decay`` 0.999:
+    the copy follows the last ~1000 steps). Float buffers are averaged like weights (BatchNorm
+    statistics, spectral norm's vectors); integer buffers (batch counters) are copied."""
+
+    def __init__(self, module: nn.Module, decay: float = 0.999) -> None:
+        if not 0.0 <= decay < 1.0:
+            raise ValueError(f"EMA decay must be in [0, 1), got {decay}")
+        self.decay = decay
+        self.module = copy.deepcopy(_unwrapped(module)).eval()
+        for p in self.module.parameters():
+            p.requires_grad_(False)
+
+    @torch.no_grad()
+    def update(self, module: nn.Module) -> None:
+        source = _unwrapped(module).state_dict()
+        for name, value in self.module.state_dict().items():
+            new = source[name].detach()
+            if value.dtype.is_floating_point:
+                value.lerp_(new.to(value.dtype), 1.0 - self.decay)
+            else:
+                value.copy_(new)
+
+    def state_dict(self) -> dict[str, Any]:
+        return self.module.state_dict()
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        self.module.load_state_dict(state)
+
+
+class Distributed:
+    """This process's place in a ``torchrun`` job (rank 0 of 1 without one)."""
+
+    def __init__(self, device: str) -> None:
+        self.world = int(os.environ.get("WORLD_SIZE", "1"))
+        self.rank = int(os.environ.get("RANK", "0"))
+        self.local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+        base = torch.device(device)
+        if base.type == "cuda" and self.world > 1:
+            base = torch.device("cuda", self.local_rank)
+            torch.cuda.set_device(base)
+        self.device = base
+        self.started = False
+        if self.world > 1 and not torch.distributed.is_initialized():
+            backend = "nccl" if base.type == "cuda" else "gloo"
+            torch.distributed.init_process_group(backend)
+            self.started = True
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+    def wrap(self, module: nn.Module) -> nn.Module:
+        """``module`` under DistributedDataParallel in a job, else itself."""
+        if self.world == 1:
+            return module
+        ids = [self.device.index] if self.device.type == "cuda" else None
+        return nn.parallel.DistributedDataParallel(module, device_ids=ids)
+
+    def per_process(self, batch_size: int) -> int:
+        if batch_size % self.world:
+            raise ValueError(
+                f"the batch size ({batch_size}) must divide among the {self.world} processes"
+            )
+        return batch_size // self.world
+
+    def mean(self, values: dict[str, float]) -> dict[str, float]:
+        """Means over the processes (the epoch's losses as one process would report them)."""
+        if self.world == 1 or not values:
+            return values
+        keys = sorted(values)
+        t = torch.tensor([values[k] for k in keys], dtype=torch.float64)
+        torch.distributed.all_reduce(t)
+        return {k: float(v) / self.world for k, v in zip(keys, t.tolist(), strict=True)}
+
+    def close(self) -> None:
+        if self.started:
+            torch.distributed.destroy_process_group()
+            self.started = False
+
+
+class EpochSampler(torch.utils.data.Sampler[int]):
+    """Each epoch a permutation of ``range(n)`` from a generator seeded ``seed + epoch``
+    (after one draw, as a shuffling DataLoader with that generator makes); a process takes
+    every ``world``-th index from its ``rank`` (the permutation padded by its first indices to
+    a multiple of ``world``), so the processes' batches together are one process's batch."""
+
+    def __init__(self, n: int, world: int = 1, rank: int = 0, seed: int = 0) -> None:
+        self.n, self.world, self.rank, self.seed, self.epoch = n, world, rank, seed, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return math.ceil(self.n / self.world)
+
+    def __iter__(self) -> Iterator[int]:
+        generator = torch.Generator().manual_seed(self.seed + self.epoch)
+        torch.empty((), dtype=torch.int64).random_(generator=generator)
+        order = torch.randperm(self.n, generator=generator).tolist()
+        order += order[: len(self) * self.world - self.n]
+        return iter(order[self.rank :: self.world])
+
+
+class Trainer(ABC):
+    """What :func:`fit` needs of a trainer. ``setup`` builds networks and optimisers (wrapping
+    the trained ones with ``dist.wrap``); ``step`` runs one optimisation step on a batch and
+    returns its losses; ``evaluate`` returns metrics including ``monitor``."""
+
+    kind: str
+    monitor: str
+    mode: Literal["max", "min"] = "max"
+
+    @abstractmethod
+    def config(self) -> dict[str, Any]:
+        """The resolved configuration (JSON values): what a resume must match."""
+
+    @abstractmethod
+    def fingerprints(self) -> dict[str, Any]:
+        """What identifies the data (and sizes), written to config.json and matched too."""
+
+    @abstractmethod
+    def train_set(self) -> torch.utils.data.Dataset[Any]: ...
+
+    @property
+    @abstractmethod
+    def batch_size(self) -> int:
+        """The global batch (split among processes)."""
+
+    def drop_last(self, examples: int, batch: int) -> bool:
+        """Whether to drop an epoch's last, short batch (``examples`` per process, in
+        batches of ``batch``)."""
+        return False
+
+    @abstractmethod
+    def setup(self, dist: Distributed, steps: int, epoch_steps: int) -> None:
+        """Build networks, optimisers and schedules for ``steps`` optimisation steps."""
+
+    @abstractmethod
+    def step(self, batch: Any, step: int) -> dict[str, torch.Tensor]:
+        """One optimisation step; the losses (detached or not) to log and watch."""
+
+    @abstractmethod
+    def evaluate(self) -> dict[str, float]: ...
+
+    @abstractmethod
+    def state(self) -> dict[str, Any]:
+        """Everything a resume needs (state dicts)."""
+
+    @abstractmethod
+    def load_state(self, state: Mapping[str, Any]) -> None: ...
+
+    @abstractmethod
+    def best_weights(self) -> dict[str, torch.Tensor]:
+        """What best.pt holds: the state dict to serve (e.g. the EMA generator)."""
+
+    def start_epoch(self, epoch: int) -> None:  # noqa: B027 (optional hook)
+        """Called before each epoch (e.g. to seed augmentation)."""
+
+
+def fit(
+    trainer: Trainer, engine: EngineConfig, on_epoch: Callable[[dict[str, Any]], None] | None = None
+) -> dict[str, Any]:
+    """Train for ``engine.epochs`` (or until ``patience`` epochs pass without a better
+    ``trainer.monitor``); returns the best epoch's metrics.
+
+    Raises:
+        RunMismatch: ``resume`` into a folder of another trainer or configuration.
+        Diverged: a loss went non-finite or past ``divergence_limit``.
+    """
+    dist = Distributed(engine.device)
+    try:
+        return _fit(trainer, engine, dist, on_epoch)
+    finally:
+        dist.close()
+
+
+def _fit(  # noqa: C901 (the loop's steps read best in one place)
+    trainer: Trainer,
+    engine: EngineConfig,
+    dist: Distributed,
+    on_epoch: Callable[[dict[str, Any]], None] | None,
+) -> dict[str, Any]:
+    torch.manual_seed(engine.seed)
+    out = engine.out
+    data = trainer.train_set()
+    sampler = EpochSampler(len(data), dist.world, dist.rank, engine.seed)  # type: ignore[arg-type]
+    per_process = dist.per_process(trainer.batch_size)
+    drop = trainer.drop_last(len(sampler), per_process)
+    batches = math.ceil(len(sampler) / per_process) - int(drop)
+    if engine.max_batches:
+        batches = min(batches, engine.max_batches)
+    batches = max(1, batches)
+    trainer.setup(dist, engine.epochs * batches, batches)
+    record = _record(trainer, engine, dist)
+    start, step, best, stale = 0, 0, {trainer.monitor: None}, 0
+    last = out / "last.pt"
+    if engine.resume and last.is_file():
+        _check_resume(out, record)
+        state = torch.load(last, map_location=dist.device, weights_only=True)
+        trainer.load_state(state)
+        start, step = state["epoch"] + 1, state.get("step", 0)
+        best, stale = state["best"], state["stale"]
+    if dist.main:
+        out.mkdir(parents=True, exist_ok=True)
+        if start == 0:
+            (out / "metrics.jsonl").unlink(missing_ok=True)
+            (out / "diverged.json").unlink(missing_ok=True)
+        (out / "config.json").write_text(
+            json.dumps({**record, "resumed_at_epoch": start}, indent=2) + "\n"
+        )
+    tracker = _Tracker(out, record) if dist.main else None
+    failed = True
+    try:
+        for epoch in range(start, engine.epochs):
+            started = time.perf_counter()
+            sampler.set_epoch(epoch)
+            trainer.start_epoch(epoch)
+            loader = torch.utils.data.DataLoader(
+                data,
+                batch_size=per_process,
+                sampler=sampler,
+                num_workers=engine.workers,
+                drop_last=drop,
+                generator=torch.Generator().manual_seed(engine.seed + epoch),
+            )  # fmt: skip (its own generator: the global random state is the model's alone)
+            losses, step = _epoch(trainer, loader, batches, epoch, step, engine, dist)
+            metrics: dict[str, Any] = {"epoch": epoch, **dist.mean(losses)}
+            metrics |= trainer.evaluate()
+            metrics["seconds"] = round(time.perf_counter() - started, 2)
+            value = metrics[trainer.monitor]
+            previous = best.get(trainer.monitor)
+            improved = previous is None or (
+                value > previous if trainer.mode == "max" else value < previous
+            )
+            if improved:
+                best, stale = metrics, 0
+            else:
+                stale += 1
+            if dist.main:
+                if improved:
+                    torch.save(trainer.best_weights(), out / "best.pt")
+                with (out / "metrics.jsonl").open("a") as f:
+                    f.write(json.dumps(metrics) + "\n")
+                state = {**trainer.state(), "trainer": trainer.kind, "epoch": epoch,
+                         "step": step, "best": best, "stale": stale}  # fmt: skip
+                torch.save(state, out / "last.pt")
+                if tracker is not None:
+                    tracker.epoch(metrics, epoch)
+            if on_epoch is not None:
+                on_epoch(metrics)
+            if stale >= engine.patience:
+                break
+        failed = False
+    except Diverged as exc:
+        if dist.main:
+            (out / "diverged.json").write_text(
+                json.dumps({"step": exc.step, "epoch": exc.epoch, "losses": exc.losses}) + "\n"
+            )
+        raise
+    finally:
+        if tracker is not None:
+            tracker.finish(out, failed)
+    return best
+
+
+def _epoch(
+    trainer: Trainer,
+    loader: torch.utils.data.DataLoader[Any],
+    batches: int,
+    epoch: int,
+    step: int,
+    engine: EngineConfig,
+    dist: Distributed,
+) -> tuple[dict[str, float], int]:
+    totals: dict[str, float] = {}
+    count = 0
+    with torch.enable_grad(), _progress(dist.main, f"epoch {epoch}", batches) as advance:
+        for index, batch in enumerate(loader):
+            if index >= batches:
+                break
+            losses = {k: float(v.detach()) if isinstance(v, torch.Tensor) else float(v)
+                      for k, v in trainer.step(batch, step).items()}  # fmt: skip
+            if any(not math.isfinite(v) or abs(v) > engine.divergence_limit
+                   for v in losses.values()):  # fmt: skip
+                raise Diverged(step, epoch, losses, engine.out)
+            for k, v in losses.items():
+                totals[k] = totals.get(k, 0.0) + v
+            count += 1
+            step += 1
+            advance()
+    return {k: round(v / max(1, count), 5) for k, v in totals.items()}, step
+
+
+@contextlib.contextmanager
+def _progress(show: bool, label: str, total: int) -> Iterator[Callable[[], None]]:
+    if not show:
+        yield lambda: None
+        return
+    from rich.progress import Progress
+
+    with Progress(transient=True) as progress:
+        task = progress.add_task(label, total=total)
+        yield lambda: progress.advance(task)
+
+
+def _record(trainer: Trainer, engine: EngineConfig, dist: Distributed) -> dict[str, Any]:
+    return {
+        "trainer": trainer.kind,
+        **trainer.config(),
+        **trainer.fingerprints(),
+        "git_commit": git_commit(),
+        "torch": torch.__version__,
+        "world_size": dist.world,
+    }
+
+
+def _check_resume(out: Path, record: Mapping[str, Any]) -> None:
+    """Refuse a resume whose trainer, configuration or data differ from the run's."""
+    try:
+        before = json.loads((out / "config.json").read_text())
+    except (OSError, ValueError) as exc:
+        raise RunMismatch(f"{out / 'config.json'} cannot be read to resume: {exc}") from None
+    if before.get("trainer", "seg") != record["trainer"]:
+        raise RunMismatch(
+            f"{out} is a {before.get('trainer', 'seg')!r} run, not a {record['trainer']!r} one: "
+            "resume it with its own trainer, or train into a new folder"
+        )
+    ignored = VOLATILE | {"git_commit", "torch", "world_size", "resumed_at_epoch", "trainer"}
+    keys = (set(before) | set(record)) - ignored
+    differ = sorted(k for k in keys if before.get(k) != record.get(k))
+    if differ:
+        shown = "; ".join(f"{k}: {before.get(k)!r} then, {record.get(k)!r} now" for k in differ)
+        raise RunMismatch(f"cannot resume {out}: the configuration differs ({shown})")
+
+
+def _unwrapped(module: nn.Module) -> nn.Module:
+    return module.module if isinstance(module, nn.parallel.DistributedDataParallel) else module
+
+
+def git_commit() -> str | None:
+    try:
+        done = subprocess.run(
+            ["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=True, timeout=5,
+            cwd=Path(__file__).parent,
+        )  # fmt: skip
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return done.stdout.strip() or None
+
+
+class _Tracker:
+    """MLflow, when it is installed: the configuration as params, each epoch's numbers as
+    metrics, the run folder's config.json and best.pt as artefacts at the end. The tracking
+    store is MLflow's own setting (``MLFLOW_TRACKING_URI``)."""
+
+    def __init__(self, out: Path, record: Mapping[str, Any]) -> None:
+        try:
+            import mlflow
+        except ImportError:
+            self.mlflow = None
+            return
+        self.mlflow = mlflow
+        mlflow.start_run(run_name=out.name)
+        mlflow.log_params({k: str(v)[:500] for k, v in record.items()})
+
+    def epoch(self, metrics: Mapping[str, Any], epoch: int) -> None:
+        if self.mlflow is not None:
+            numbers = {k: float(v) for k, v in metrics.items()
+                       if isinstance(v, int | float) and k != "epoch"}  # fmt: skip
+            self.mlflow.log_metrics(numbers, step=epoch)
+
+    def finish(self, out: Path, failed: bool = False) -> None:
+        if self.mlflow is None:
+            return
+        for name in ("config.json", "best.pt"):
+            if (out / name).is_file():
+                self.mlflow.log_artifact(str(out / name))
+        self.mlflow.end_run(status="FAILED" if failed else "FINISHED")
+        self.mlflow = None
