@@ -26,13 +26,13 @@ ROOT = Path(__file__).resolve().parents[2]
 def test_ema_averages_weights_and_float_buffers_and_copies_counters():
     net = nn.Sequential(nn.Linear(2, 2), nn.BatchNorm1d(2))
     ema = EMA(net, decay=0.75)
-    before = {k: v.clone() for k, v in ema.state_dict().items()}
+    before = {k: v.clone() for k, v in ema.module.state_dict().items()}
     with torch.no_grad():
         for p in net.parameters():
             p.add_(1.0)
     net.train()(torch.randn(4, 2))  # running stats and the batch counter move
     ema.update(net)
-    now, source = ema.state_dict(), net.state_dict()
+    now, source = ema.module.state_dict(), net.state_dict()
     for key, old in before.items():
         if old.dtype.is_floating_point:
             assert torch.allclose(now[key], 0.75 * old + 0.25 * source[key]), key
@@ -41,6 +41,14 @@ def test_ema_averages_weights_and_float_buffers_and_copies_counters():
     assert not any(p.requires_grad for p in ema.module.parameters())
     with pytest.raises(ValueError, match="decay"):
         EMA(net, decay=1.0)
+    warm = EMA(nn.Linear(1, 1, bias=False), decay=0.999, warmup=True)
+    target = nn.Linear(1, 1, bias=False)
+    start = float(warm.module.weight)
+    warm.update(target)  # first update: decay 1/10, the copy moves 90 % of the way
+    assert float(warm.module.weight) == pytest.approx(0.1 * start + 0.9 * float(target.weight))
+    restored = EMA(nn.Linear(1, 1, bias=False), warmup=True)
+    restored.load_state_dict(warm.state_dict())
+    assert restored.updates == 1
 
 
 def test_the_epoch_sampler_splits_one_permutation_among_processes():
@@ -110,8 +118,10 @@ def test_two_processes_over_gloo_reach_the_weights_of_one_process(tmp_path):
     b = torch.load(two / "last.pt", weights_only=True)
     assert a["step"] == b["step"] == 9
     for part in ("net", "ema"):
-        for key, value in a[part].items():
-            assert torch.allclose(value, b[part][key], rtol=1e-4, atol=1e-5), (part, key)
+        mine = a[part] if part == "net" else a[part]["module"]
+        theirs = b[part] if part == "net" else b[part]["module"]
+        for key, value in mine.items():
+            assert torch.allclose(value, theirs[key], rtol=1e-4, atol=1e-5), (part, key)
     assert json.loads((two / "config.json").read_text())["world_size"] == 2
     losses = [json.loads(x)["val_loss"] for x in (two / "metrics.jsonl").read_text().splitlines()]
     assert losses[-1] < losses[0]
@@ -120,9 +130,10 @@ def test_two_processes_over_gloo_reach_the_weights_of_one_process(tmp_path):
 def test_mlflow_logs_params_metrics_and_the_checkpoint_to_a_local_store(tmp_path, monkeypatch):
     mlflow = pytest.importorskip("mlflow")
     store = tmp_path / "mlruns"
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", store.as_uri())
-    mlflow.set_tracking_uri(store.as_uri())
     out = tmp_path / "tracked"
+    fit(Toy(), EngineConfig(out=tmp_path / "untracked", epochs=1))
+    assert not store.exists()  # not asked for: nothing logged
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", store.as_uri())
     fit(Toy(), EngineConfig(out=out, epochs=2))
     client = mlflow.tracking.MlflowClient(store.as_uri())
     (run,) = client.search_runs([e.experiment_id for e in client.search_experiments()])

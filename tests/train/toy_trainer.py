@@ -72,7 +72,7 @@ class Toy(Trainer):
         self.ema.load_state_dict(state["ema"])
 
     def best_weights(self) -> dict[str, torch.Tensor]:
-        return dict(self.ema.state_dict())
+        return dict(self.ema.module.state_dict())
 
 
 if __name__ == "__main__":

@@ -9,7 +9,9 @@ import typer
 
 from visionloop.cli.common import errors, say
 
-train_app = typer.Typer(help="Train models: multi-label segmentation from partial labels.")
+train_app = typer.Typer(
+    help="Train models: segmentation from partial labels, a photo restorer the GAN way."
+)
 data_app = typer.Typer(help="Make datasets in the training format.")
 
 
@@ -39,6 +41,7 @@ def seg(
 ) -> None:
     """Train catseg (Lite0 + FPN) with the masked multi-label loss; serve the result with
     `visionloop serve --model catseg --weights <out>/best.pt`."""
+    from visionloop.train.engine import Diverged
     from visionloop.train.seg import SegConfig, train_seg
 
     with errors(ValueError):  # a DatasetError is a ValueError; from a DataLoader worker too
@@ -53,7 +56,65 @@ def seg(
         def report(m: dict[str, object]) -> None:
             say(" ".join(f"{k}={v}" for k, v in m.items()))
 
-        best = train_seg(config, on_epoch=report)
+        with errors(Diverged, code=1):
+            best = train_seg(config, on_epoch=report)
+    say(f"best: {best}; weights: {out / 'best.pt'}")
+
+
+@train_app.command("gan")
+def gan(
+    photos: Annotated[Path, typer.Option(help="Folder of clean photos (searched recursively).")],
+    out: Annotated[Path, typer.Option(help="Run folder (config, metrics, checkpoints).")],
+    stage: Annotated[str, typer.Option(help="pretrain (L1) or gan (from --init).")] = "pretrain",
+    init: Annotated[
+        Path | None, typer.Option(help="The pretrain run's best.pt (the gan stage starts there).")
+    ] = None,
+    val_photos: Annotated[
+        Path | None, typer.Option(help="Validation photos (default: a share of --photos).")
+    ] = None,
+    val_fraction: Annotated[float, typer.Option(help="Held out of --photos.")] = 0.15,
+    crop: Annotated[int, typer.Option(min=16, help="Training crop (multiple of 8).")] = 96,
+    epochs: Annotated[int, typer.Option(min=1)] = 20,
+    batch_size: Annotated[int, typer.Option(min=1)] = 8,
+    lr_g: Annotated[float, typer.Option(help="Generator's Adam learning rate.")] = 2e-4,
+    lr_d: Annotated[float, typer.Option(help="Discriminator's Adam learning rate.")] = 1e-4,
+    width: Annotated[int, typer.Option(min=4, help="Generator channels.")] = 48,
+    blocks: Annotated[int, typer.Option(min=1, help="Generator residual blocks.")] = 6,
+    norm: Annotated[str, typer.Option(help="none, or batch (to see why not).")] = "none",
+    discriminator: Annotated[str, typer.Option(help="unet (per pixel) or patch.")] = "unet",
+    gan_loss: Annotated[str, typer.Option(help="lsgan, ralsgan or vanilla.")] = "lsgan",
+    l1_weight: Annotated[float, typer.Option()] = 1.0,
+    content_weight: Annotated[float, typer.Option(help="Lite0 feature (content) loss.")] = 0.0,
+    adv_weight: Annotated[float, typer.Option(help="Adversarial loss (gan stage).")] = 0.1,
+    ema: Annotated[float, typer.Option(help="EMA decay of the generator; 0: none.")] = 0.999,
+    patience: Annotated[int, typer.Option(help="Epochs without a better score.")] = 5,
+    seed: Annotated[int, typer.Option()] = 0,
+    device: Annotated[str, typer.Option(help="cpu, cuda, cuda:1 ...")] = "cpu",
+    workers: Annotated[int, typer.Option(help="DataLoader worker processes.")] = 0,
+    max_batches: Annotated[int | None, typer.Option(min=1, help="Per epoch.")] = None,
+    resume: Annotated[bool, typer.Option(help="Continue from <out>/last.pt.")] = False,
+) -> None:
+    """Train the photo restorer, one stage per run (pretrain with L1, then the GAN from it);
+    <out>/best.pt is the generator's moving average, what is served."""
+    from visionloop.train.engine import Diverged
+    from visionloop.train.gan import GanConfig, train_gan
+
+    with errors(ValueError):
+        config = GanConfig(
+            photos=photos, out=out, stage=stage, init=init, val_photos=val_photos,  # type: ignore[arg-type]
+            val_fraction=val_fraction, crop=crop, epochs=epochs, batch_size=batch_size,
+            lr_g=lr_g, lr_d=lr_d, width=width, blocks=blocks, norm=norm,  # type: ignore[arg-type]
+            discriminator=discriminator, gan_loss=gan_loss,  # type: ignore[arg-type]
+            l1_weight=l1_weight, content_weight=content_weight, adv_weight=adv_weight,
+            ema=ema or None, patience=patience, seed=seed, device=device, workers=workers,
+            max_batches=max_batches, resume=resume,
+        )  # fmt: skip
+
+        def report(m: dict[str, object]) -> None:
+            say(" ".join(f"{k}={v}" for k, v in m.items()))
+
+        with errors(Diverged, code=1):
+            best = train_gan(config, on_epoch=report)
     say(f"best: {best}; weights: {out / 'best.pt'}")
 
 

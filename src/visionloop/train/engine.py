@@ -1,7 +1,7 @@
 """One training engine for every trainer (``train seg``, ``train gan``): the run folder, its
 config and data fingerprints, resume, early stopping, divergence, EMA, mixed precision on CUDA,
-MLflow when installed, and data-parallel training through ``torchrun`` (gloo on the CPU, NCCL
-on GPUs).
+MLflow when asked for (``MLFLOW_TRACKING_URI``), and data-parallel training through
+``torchrun`` (gloo on the CPU, NCCL on GPUs).
 
 A trainer (:class:`Trainer`) says what one optimisation step is, how to evaluate, and what its
 state is; :func:`fit` runs the epochs. The run folder::
@@ -89,31 +89,41 @@ class EngineConfig:
 class EMA:
     """An exponential moving average of a module's weights **and** buffers (``decay`` 0.999:
     the copy follows the last ~1000 steps). Float buffers are averaged like weights (BatchNorm
-    statistics, spectral norm's vectors); integer buffers (batch counters) are copied."""
+    statistics, spectral norm's vectors); integer buffers (batch counters) are copied.
 
-    def __init__(self, module: nn.Module, decay: float = 0.999) -> None:
+    ``warmup``: the decay of update ``n`` is ``min(decay, (1 + n) / (10 + n))``, so a copy made
+    from a random start follows the first steps closely instead of keeping ~74 % of its random
+    weights after 300 steps (0.999 ** 300); short runs need it."""
+
+    def __init__(self, module: nn.Module, decay: float = 0.999, warmup: bool = False) -> None:
         if not 0.0 <= decay < 1.0:
             raise ValueError(f"EMA decay must be in [0, 1), got {decay}")
-        self.decay = decay
+        self.decay, self.warmup, self.updates = decay, warmup, 0
         self.module = copy.deepcopy(_unwrapped(module)).eval()
         for p in self.module.parameters():
             p.requires_grad_(False)
 
     @torch.no_grad()
     def update(self, module: nn.Module) -> None:
+        decay = self.decay
+        if self.warmup:
+            decay = min(decay, (1 + self.updates) / (10 + self.updates))
+        self.updates += 1
         source = _unwrapped(module).state_dict()
         for name, value in self.module.state_dict().items():
             new = source[name].detach()
             if value.dtype.is_floating_point:
-                value.lerp_(new.to(value.dtype), 1.0 - self.decay)
+                value.lerp_(new.to(value.dtype), 1.0 - decay)
             else:
                 value.copy_(new)
 
     def state_dict(self) -> dict[str, Any]:
-        return self.module.state_dict()
+        """For a checkpoint: the averaged module's state and the update count."""
+        return {"module": self.module.state_dict(), "updates": self.updates}
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
-        self.module.load_state_dict(state)
+        self.module.load_state_dict(state["module"])
+        self.updates = int(state["updates"])
 
 
 class Distributed:
@@ -438,15 +448,18 @@ def git_commit() -> str | None:
 
 
 class _Tracker:
-    """MLflow, when it is installed: the configuration as params, each epoch's numbers as
-    metrics, the run folder's config.json and best.pt as artefacts at the end. The tracking
-    store is MLflow's own setting (``MLFLOW_TRACKING_URI``)."""
+    """MLflow, when it is installed and ``MLFLOW_TRACKING_URI`` names a store (a file folder,
+    SQLite or a server: asked for, never a stray ``mlruns`` folder in the working directory):
+    the configuration as params, each epoch's numbers as metrics, the run folder's config.json
+    and best.pt as artefacts at the end; a failed run is marked FAILED."""
 
     def __init__(self, out: Path, record: Mapping[str, Any]) -> None:
+        self.mlflow = None
+        if not os.environ.get("MLFLOW_TRACKING_URI"):
+            return
         try:
             import mlflow
         except ImportError:
-            self.mlflow = None
             return
         self.mlflow = mlflow
         mlflow.start_run(run_name=out.name)
