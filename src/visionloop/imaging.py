@@ -348,3 +348,13 @@ def prepare(data: bytes, crop: CenterCrop, limits: ImageLimits) -> npt.NDArray[n
     """Encoded bytes -> ``crop.height x crop.width x 3`` uint8 RGB array, ready for a model."""
     image = decode(data, limits, min_short_side=crop.short_side)
     return center_crop(image, crop)
+
+
+def encode_png(pixels: npt.NDArray[np.uint8]) -> bytes:
+    """An RGB uint8 (H, W, 3) image as PNG bytes (what a restorer answers)."""
+    array = np.asarray(pixels)
+    if array.dtype != np.uint8 or array.ndim != 3 or array.shape[2] != 3:
+        raise ValueError(f"expected uint8 (H, W, 3) pixels, got {array.dtype} {array.shape}")
+    buffer = io.BytesIO()
+    Image.fromarray(array).save(buffer, format="PNG")
+    return buffer.getvalue()

@@ -276,6 +276,7 @@ def class_names(text: str | Sequence[str]) -> tuple[str, ...]:
     return names
 
 
+IMAGE = "image"  # the output a model that returns a picture declares: uint8 (H, W, 3)
 MASKS = "masks"  # the output a model that segments declares: uint8 (len(classes), H, W)
 
 

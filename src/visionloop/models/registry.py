@@ -22,6 +22,8 @@ BUILTINS: dict[str, str] = {
     "catdog": "visionloop.models.catdog:build_catdog",
     "catseg": "visionloop.models.catseg:build_catseg",
     "catseg_plane": "visionloop.models.planeseg:build_catseg_plane",
+    "restorer": "visionloop.models.restorer:build_restorer",
+    "catdog_restored": "visionloop.models.restorer:build_catdog_restored",
 }
 
 ModelFactory = Callable[[], VisionModel]

@@ -13,12 +13,25 @@ which shows up as colour shifts and artefacts).
 
 from __future__ import annotations
 
-from typing import Literal
+from collections.abc import Mapping
+from typing import Any, Literal
 
 import torch
 from torch import nn
 
-__all__ = ["RestoreNet"]
+from visionloop.imaging import CenterCrop
+from visionloop.models.base import IMAGE, InputSpec, JSONDict, OutputSpec, VisionModel
+from visionloop.models.catdog import CatDog
+from visionloop.models.efficientnet_lite import efficientnet_lite0
+
+__all__ = [
+    "CatDogRestored",
+    "RestoreNet",
+    "RestoreThenClassify",
+    "Restorer",
+    "build_catdog_restored",
+    "build_restorer",
+]
 
 
 class _Block(nn.Module):
@@ -65,3 +78,95 @@ class RestoreNet(nn.Module):
         deep = self.up(self.body(self.down(features)))
         out: torch.Tensor = x + self.tail(torch.cat([features, deep], dim=1))
         return out if self.training else out.clamp(0.0, 1.0)
+
+
+class Restorer(VisionModel):
+    """Built-in ``restorer``: the photo restorer (``train gan``'s ``best.pt`` through
+    ``--weights``; without weights the untrained network returns its input). The upload's
+    short side goes to ``size`` and the centre ``size x size`` is restored; the answer is the
+    restored image (``image``, uint8 (H, W, 3)) and how much it changed."""
+
+    name = "restorer"
+    description = "a small residual restorer for damaged phone photos (JPEG, scale, blur, noise)"
+    exportable = True
+
+    def __init__(self, network: RestoreNet | None = None, size: int = 256) -> None:
+        if size % 2:
+            raise ValueError(f"size must be even, got {size}")
+        self.input_spec = InputSpec(
+            crop=CenterCrop(short_side=size, height=size, width=size, resample="bicubic"),
+            mean=(0.0, 0.0, 0.0),
+            std=(255.0, 255.0, 255.0),
+        )
+        self.outputs = (
+            OutputSpec(IMAGE, (size, size, 3), dtype="UINT8", description="the restored RGB"),
+        )
+        super().__init__(network if network is not None else RestoreNet())
+
+    def outputs_from(self, raw: torch.Tensor) -> dict[str, torch.Tensor]:
+        pixels = (raw.float().clamp(0.0, 1.0) * 255.0).round().to(torch.uint8)
+        return {IMAGE: pixels.permute(0, 2, 3, 1).contiguous()}
+
+    def forward(self, batch: torch.Tensor) -> dict[str, torch.Tensor]:
+        out = super().forward(batch)
+        if batch.dtype == torch.uint8:  # how much each image changed, for the answer
+            change = (out[IMAGE].float() - batch.to(out[IMAGE].device).float()).abs()
+            out["mean_change"] = change.mean(dim=(1, 2, 3))
+        return out
+
+    def postprocess(self, outputs: Mapping[str, torch.Tensor]) -> list[JSONDict]:
+        images = outputs[IMAGE]
+        changes = outputs.get("mean_change")
+        answers: list[JSONDict] = []
+        for i, image in enumerate(images):
+            answer: JSONDict = {"label": "restored", "width": int(image.shape[1]),
+                                "height": int(image.shape[0])}  # fmt: skip
+            if changes is not None:
+                answer["mean_change"] = round(float(changes[i]), 4)
+            answers.append(answer)
+        return answers
+
+
+def build_restorer() -> Restorer:
+    """Registry factory: ``restorer`` (``--weights`` a ``train gan`` best.pt with the default
+    width and blocks)."""
+    return Restorer()
+
+
+class RestoreThenClassify(nn.Module):
+    """The restorer, then catdog's ImageNet Lite0, in one network: takes catdog's normalised
+    input ((x - 127.5) / 127.5), restores it in [0, 1], classifies the result."""
+
+    def __init__(
+        self, restorer: RestoreNet | None = None, classifier: nn.Module | None = None
+    ) -> None:
+        super().__init__()
+        self.restore = restorer if restorer is not None else RestoreNet()
+        self.classify = classifier if classifier is not None else efficientnet_lite0()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        restored = self.restore((x + 1.0) * 0.5).clamp(0.0, 1.0)
+        out: torch.Tensor = self.classify(restored * 2.0 - 1.0)
+        return out
+
+    def load_state_dict(
+        self, state_dict: Mapping[str, Any], strict: bool = True, assign: bool = False
+    ) -> Any:
+        """The whole network's state, or a restorer's (``train gan``'s best.pt): then only the
+        restorer is loaded and the classifier keeps its ImageNet weights."""
+        if state_dict and not any(k.startswith(("restore.", "classify.")) for k in state_dict):
+            return self.restore.load_state_dict(state_dict, strict=strict, assign=assign)
+        return super().load_state_dict(state_dict, strict=strict, assign=assign)
+
+
+class CatDogRestored(CatDog):
+    """``catdog`` that restores each photo before classifying it (the same answer)."""
+
+    name = "catdog_restored"
+    description = "catdog after the photo restorer: restore, then cat / dog / neither"
+
+
+def build_catdog_restored() -> CatDogRestored:
+    """Registry factory: ``catdog_restored`` (``--weights`` a ``train gan`` best.pt; without,
+    the untrained restorer passes the photo through unchanged)."""
+    return CatDogRestored(RestoreThenClassify())  # type: ignore[arg-type]

@@ -9,6 +9,7 @@ says 503 until every batch size has been warmed up.
 from __future__ import annotations
 
 import asyncio
+import base64
 import hmac
 import logging
 import time
@@ -25,7 +26,8 @@ from starlette.responses import JSONResponse, Response
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from visionloop import __version__, imaging
-from visionloop.models.base import MASKS, JSONDict, VisionModel
+from visionloop.imaging import encode_png
+from visionloop.models.base import IMAGE, MASKS, JSONDict, VisionModel
 from visionloop.models.masks import MASK_FORMATS, encode_masks
 from visionloop.serving import protocol_v2, repository_api
 from visionloop.serving.fleet import Loader
@@ -180,13 +182,43 @@ async def _predict(state: ServerState, request: Request, runner: Transport) -> R
     if request.headers.get("content-type", "").startswith("multipart/form-data"):
         return await _predict_many(state, request, runner, timeout, arrived)
     masks = _mask_request(request, runner)
+    as_png = _wants_png(request, runner)
     state.admit(runner, timeout, arrived)  # an overloaded model refuses before the body
     data = await read_body(request, state.limits.max_bytes, _left(runner, timeout, arrived))
     started = time.perf_counter()
     image = await state.decode(data, runner, timeout, arrived)
     decode_ms = (time.perf_counter() - started) * 1e3
     item = await state.infer(request, runner, image, timeout, arrived)
+    if as_png:
+        return _png_answer(runner, item, decode_ms, started)
     return JSONResponse(_v1_body(runner, item, decode_ms, started, masks))
+
+
+def _wants_png(request: Request, runner: Transport) -> bool:
+    """``Accept: image/png`` asks a model that returns a picture (``restorer``) for the PNG
+    itself; a model without one answers 406 before the upload is read."""
+    accept = request.headers.get("accept", "")
+    if "image/png" not in accept:
+        return False
+    if not any(o.name == IMAGE for o in runner.model.outputs):
+        raise ApiError(
+            406, f"model {runner.name!r} version {runner.version} returns no image; "
+            "ask for application/json", None, "NotAcceptable",
+        )  # fmt: skip
+    return True
+
+
+def _png_answer(runner: Transport, item: ItemResult, decode_ms: float, started: float) -> Response:
+    """The restored picture as PNG; the JSON's figures travel in ``X-`` headers."""
+    body = encode_png(np.asarray(item.outputs[IMAGE]))
+    total = (time.perf_counter() - started) * 1e3
+    headers = {
+        "X-Model": runner.name, "X-Model-Version": str(runner.version),
+        "X-Batch-Size": str(item.batch_size),
+        "X-Timing-Ms": f"decode={decode_ms:.3f}, queue={item.queue_ms:.3f}, "
+        f"inference={item.compute_ms:.3f}, total={total:.3f}",
+    }  # fmt: skip
+    return Response(body, media_type="image/png", headers=headers)
 
 
 def _ops_router(state: ServerState) -> APIRouter:
@@ -260,6 +292,9 @@ def _v1_body(
     masks: MaskRequest = MaskRequest(),
 ) -> JSONDict:
     extra: JSONDict = {}
+    if IMAGE in item.outputs:  # a picture in JSON: base64 PNG
+        png = encode_png(np.asarray(item.outputs[IMAGE]))
+        extra = {"image_format": "png", "image": base64.b64encode(png).decode("ascii")}
     if MASKS in item.outputs and masks.fmt != "none":
         classes, planes = runner.model.classes, np.asarray(item.outputs[MASKS])
         if masks.classes is not None and len(planes) == len(classes):
