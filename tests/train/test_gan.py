@@ -158,3 +158,19 @@ def test_the_cli_trains_a_stage_and_refuses_bad_input(photos, tmp_path):
                           "holds no photos")  # fmt: skip
     assert_one_line_error(runner.invoke(app, [*args, "--stage", "gan"]),
                           "starts from a pretrain run")  # fmt: skip
+
+
+def test_an_exploding_gan_stops_at_the_step_and_says_so(photos, tmp_path):
+    """An adversarial weight of 1e9 blows the generator's loss past the limit at the first GAN
+    step: the run stops there, names the step and the losses, and leaves no best.pt of a
+    broken model (the pretrain's stays where it was)."""
+    from visionloop.train.engine import Diverged
+
+    pre = tmp_path / "pre"
+    train_gan(tiny(photos, pre, epochs=1))
+    out = tmp_path / "gan"
+    with pytest.raises(Diverged, match=r"diverged at step 0 \(epoch 0\): .*loss_g="):
+        train_gan(tiny(photos, out, stage="gan", init=pre / "best.pt", adv_weight=1e9))
+    assert json.loads((out / "diverged.json").read_text())["step"] == 0
+    assert not (out / "best.pt").exists()
+    assert (pre / "best.pt").exists()
