@@ -1,0 +1,85 @@
+"""What restoring before classifying costs: model-only time per image of ``catdog`` and
+``catdog_restored`` (the restorer, then catdog, in one network), side by side in one run.
+
+    .venv/bin/python benchmarks/restore/latency.py --out benchmarks/results/restore_latency.json
+
+Both prepared as the server prepares them (fusion, channels_last, float32, torch engine, the
+given threads), on random 224 x 224 uint8 batches; rounds alternate the two models so drift of
+the machine's speed hits both; each round times ``--reps`` passes after a warm-up. Reported per
+batch size: the median over rounds of ms per image, and the ratio restored / plain per round
+(median, min, max). The restorer's default size (48 channels, 6 blocks) is what ``train gan``
+trains by default; its weights do not change the time.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE.parent))
+
+from compare import machine  # noqa: E402
+
+from visionloop.models import registry  # noqa: E402
+from visionloop.settings import ModelSettings  # noqa: E402
+
+
+def per_image_ms(model: object, batch: torch.Tensor, reps: int) -> float:
+    forward = model.forward  # type: ignore[attr-defined]
+    forward(batch)
+    started = time.perf_counter()
+    for _ in range(reps):
+        forward(batch)
+    return (time.perf_counter() - started) * 1e3 / (reps * len(batch))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--batches", default="1,8")
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--reps", type=int, default=10)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--out", type=Path, default=Path("benchmarks/results/restore_latency.json"))
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    settings = ModelSettings(engine="torch", threads=args.threads)
+    models = {name: registry.create(name).prepare(settings)
+              for name in ("catdog", "catdog_restored")}  # fmt: skip
+    results = {}
+    for size in [int(b) for b in args.batches.split(",")]:
+        batch = torch.randint(0, 256, (size, 224, 224, 3), dtype=torch.uint8)
+        times: dict[str, list[float]] = {name: [] for name in models}
+        ratios = []
+        with torch.inference_mode():
+            for _ in range(args.rounds):
+                for name, model in models.items():
+                    times[name].append(per_image_ms(model, batch, args.reps))
+                ratios.append(times["catdog_restored"][-1] / times["catdog"][-1])
+        spread = {"median": statistics.median(ratios), "min": min(ratios), "max": max(ratios)}
+        results[str(size)] = {
+            "ms_per_image_median": {k: round(statistics.median(v), 2) for k, v in times.items()},
+            "ratio_restored_over_plain": {k: round(v, 2) for k, v in spread.items()},
+        }
+        print(size, json.dumps(results[str(size)]), flush=True)
+    document = {
+        "what": "model-only ms per image: catdog vs catdog_restored (restore, then classify)",
+        "command": "benchmarks/restore/latency.py " + " ".join(sys.argv[1:]),
+        "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+        "machine": machine(),
+        "settings": {k: str(v) for k, v in vars(args).items()},
+        "results": results,
+    }
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(document, indent=1) + "\n")
+
+
+if __name__ == "__main__":
+    main()
