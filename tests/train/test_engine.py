@@ -128,24 +128,32 @@ def test_two_processes_over_gloo_reach_the_weights_of_one_process(tmp_path):
 
 
 def test_mlflow_logs_params_metrics_and_the_checkpoint_to_a_local_store(tmp_path, monkeypatch):
+    """A real MLflow tracking store, SQLite on disk (MLflow's recommended local backend; its
+    file store is in maintenance mode): the run's params, each epoch's metric, and best.pt and
+    config.json as artefacts; nothing is logged when no store is named."""
     mlflow = pytest.importorskip("mlflow")
-    store = tmp_path / "mlruns"
+    pytest.importorskip("alembic")  # the SQLite store's migrations
+    store = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    artefacts_root = tmp_path / "artefacts"
     out = tmp_path / "tracked"
     fit(Toy(), EngineConfig(out=tmp_path / "untracked", epochs=1))
-    assert not store.exists()  # not asked for: nothing logged
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", store.as_uri())
+    assert not (tmp_path / "mlflow.db").exists()  # not asked for: nothing logged
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", store)
+    client = mlflow.tracking.MlflowClient(store)
+    experiment = client.create_experiment("engine-test", artifact_location=artefacts_root.as_uri())
+    monkeypatch.setenv("MLFLOW_EXPERIMENT_ID", experiment)
     fit(Toy(), EngineConfig(out=out, epochs=2))
-    client = mlflow.tracking.MlflowClient(store.as_uri())
-    (run,) = client.search_runs([e.experiment_id for e in client.search_experiments()])
+    (run,) = client.search_runs([experiment])
     assert run.info.status == "FINISHED"
+    assert run.info.run_name == "tracked"
     assert run.data.params["trainer"] == "toy"
     assert run.data.params["lr"] == "0.01"
     history = client.get_metric_history(run.info.run_id, "val_loss")
     assert [m.step for m in history] == [0, 1]
     logged = [json.loads(x)["val_loss"] for x in (out / "metrics.jsonl").read_text().splitlines()]
     assert [m.value for m in history] == pytest.approx(logged)
-    artefacts = {a.path for a in client.list_artifacts(run.info.run_id)}
-    assert {"best.pt", "config.json"} <= artefacts
+    names = {a.path for a in client.list_artifacts(run.info.run_id)}
+    assert {"best.pt", "config.json"} <= names
     local = Path(client.download_artifacts(run.info.run_id, "best.pt", str(tmp_path)))
     saved = torch.load(out / "best.pt", weights_only=True)
     assert all(torch.equal(v, saved[k]) for k, v in torch.load(local, weights_only=True).items())
