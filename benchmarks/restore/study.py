@@ -56,6 +56,7 @@ sys.path.insert(0, str(HERE.parent / "planes"))
 from compare import machine  # noqa: E402
 
 from data import backgrounds  # noqa: E402
+from visionloop import imaging  # noqa: E402
 from visionloop.models import registry  # noqa: E402
 from visionloop.models.restorer import RestoreNet  # noqa: E402
 from visionloop.train.degrade import degrade  # noqa: E402
@@ -80,7 +81,10 @@ ARMS: dict[str, dict[str, Any]] = {
 
 
 def centre(path: Path, side: int = SIDE) -> Image.Image:
-    image = Image.open(path).convert("RGB")
+    """The photo as training reads it (the server's guards, upright, RGB): short side to 256,
+    the centre ``side`` square."""
+    limits = imaging.ImageLimits()
+    image = imaging.decode(imaging.read_file(path, limits.max_bytes), limits)
     scale = 256 / min(image.size)
     image = image.resize((round(image.width * scale), round(image.height * scale)),
                          Image.Resampling.BICUBIC)  # fmt: skip

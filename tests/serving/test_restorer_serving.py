@@ -94,3 +94,53 @@ def test_catdog_restored_is_catdog_after_the_restorer():
     state = RestoreNet().state_dict()  # a train gan best.pt loads into the restorer half
     network.load_state_dict(state)  # type: ignore[union-attr]
     assert torch.allclose(restored.forward(images)["scores"], untrained, atol=1e-5)
+
+
+@pytest.mark.parametrize(
+    ("accept", "expected"),
+    [
+        ("image/png", "image/png"),
+        ("image/png, application/json;q=0.5", "image/png"),
+        ("application/json, image/png;q=0.5", "application/json"),
+        ("image/png;q=0", "application/json"),
+        ("image/*", "image/png"),
+        ("*/*", "application/json"),
+        ("text/html", "application/json"),
+    ],
+)
+def test_accept_chooses_the_answer_by_its_q_values(serve, restorer, accept, expected):
+    server = serve(model=restorer)
+    with client(server) as http:
+        answer = http.post("/v1/models/restorer/predict", content=photo_png(),
+                           headers={"accept": accept})  # fmt: skip
+    assert answer.status_code == 200, answer.text
+    assert answer.headers["content-type"].startswith(expected)
+
+
+def test_catdog_answers_json_to_a_client_that_also_accepts_json(serve):
+    server = serve(model=CatDog().prepare(ModelSettings(engine="torch")))
+    with client(server) as http:
+        both = http.post("/v1/models/catdog/predict", content=photo_png(),
+                         headers={"accept": "application/json, image/png"})  # fmt: skip
+    assert both.status_code == 200
+    assert both.json()["label"] in ("cat", "dog", "neither")
+
+
+def test_weights_of_another_width_depth_or_norm_are_served(tmp_path):
+    """A train gan run with --width 8 --blocks 2 --norm batch serves as restorer and inside
+    catdog_restored: the generator is rebuilt to the weights' shape."""
+    from visionloop.models import registry
+
+    network = RestoreNet(8, 2, "batch")
+    path = tmp_path / "best.pt"
+    torch.save(network.state_dict(), path)
+    restorer = registry.create("restorer", path)
+    assert (restorer.network.width, restorer.network.blocks_count, restorer.network.norm) == (
+        8,
+        2,
+        "batch",
+    )
+    restored = registry.create("catdog_restored", path)
+    assert restored.network.restore.width == 8  # type: ignore[union-attr]
+    images = torch.randint(0, 256, (1, 256, 256, 3), dtype=torch.uint8)
+    assert restorer.forward(images)["image"].shape == (1, 256, 256, 3)

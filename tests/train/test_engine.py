@@ -68,7 +68,8 @@ def test_the_epoch_sampler_splits_one_permutation_among_processes():
 
 def test_a_diverging_run_stops_at_the_step_and_keeps_the_last_good_checkpoint(tmp_path):
     out = tmp_path / "run"
-    with pytest.raises(Diverged, match=r"diverged at step 7 \(epoch 2\): loss=nan"):
+    with pytest.raises(Diverged, match=r"diverged at step 7 \(epoch 2\): loss=nan; the last "
+                       r"good checkpoint \(epoch 1\) is kept"):  # fmt: skip
         fit(Toy(explode_at=7), EngineConfig(out=out, epochs=5, patience=10))
     assert json.loads((out / "diverged.json").read_text())["step"] == 7
     last = torch.load(out / "last.pt", weights_only=True)
@@ -157,3 +158,30 @@ def test_mlflow_logs_params_metrics_and_the_checkpoint_to_a_local_store(tmp_path
     local = Path(client.download_artifacts(run.info.run_id, "best.pt", str(tmp_path)))
     saved = torch.load(out / "best.pt", weights_only=True)
     assert all(torch.equal(v, saved[k]) for k, v in torch.load(local, weights_only=True).items())
+
+
+def test_a_fresh_run_into_an_old_folder_keeps_nothing_of_the_old_run(tmp_path):
+    """Training anew into a folder (no --resume) removes the old run's checkpoints, so a later
+    resume never continues weights from another run; a divergence in its first epoch says no
+    checkpoint was written."""
+    out = tmp_path / "run"
+    fit(Toy(), EngineConfig(out=out, epochs=2))
+    with pytest.raises(Diverged, match="no epoch had finished, so no checkpoint was written"):
+        fit(Toy(lr=0.02, explode_at=1), EngineConfig(out=out, epochs=2))
+    assert not (out / "last.pt").exists()
+    assert not (out / "best.pt").exists()
+    assert not (out / "metrics.jsonl").exists()
+
+
+def test_a_checkpoint_is_replaced_whole_or_not_at_all(tmp_path, monkeypatch):
+    out = tmp_path / "run"
+    fit(Toy(), EngineConfig(out=out, epochs=1))
+    before = (out / "last.pt").read_bytes()
+
+    def killed(*_args, **_kwargs):
+        raise KeyboardInterrupt  # the process dies while writing
+
+    monkeypatch.setattr(torch, "save", killed)
+    with pytest.raises(KeyboardInterrupt):
+        fit(Toy(), EngineConfig(out=out, epochs=3, resume=True))
+    assert (out / "last.pt").read_bytes() == before

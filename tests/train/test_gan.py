@@ -174,3 +174,28 @@ def test_an_exploding_gan_stops_at_the_step_and_says_so(photos, tmp_path):
     assert json.loads((out / "diverged.json").read_text())["step"] == 0
     assert not (out / "best.pt").exists()
     assert (pre / "best.pt").exists()
+
+
+def test_a_resumed_gan_stage_ends_where_an_uninterrupted_one_does(photos, tmp_path):
+    """Generator, discriminator, both optimisers and the EMA copy come back from last.pt:
+    bit for bit on the CPU."""
+    pre = tmp_path / "pre"
+    train_gan(tiny(photos, pre, epochs=1))
+    straight, stopped = tmp_path / "straight", tmp_path / "stopped"
+    settings = {"stage": "gan", "init": pre / "best.pt", "epochs": 3}
+    train_gan(tiny(photos, straight, **settings))
+
+    def stop_after_first(metrics):
+        if metrics["epoch"] == 0:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        train_gan(tiny(photos, stopped, **settings), on_epoch=stop_after_first)
+    train_gan(tiny(photos, stopped, resume=True, **settings))
+    a = torch.load(straight / "last.pt", weights_only=True)
+    b = torch.load(stopped / "last.pt", weights_only=True)
+    for part in ("generator", "discriminator"):
+        assert all(torch.equal(v, b[part][k]) for k, v in a[part].items()), part
+    assert all(torch.equal(v, b["ema"]["module"][k]) for k, v in a["ema"]["module"].items())
+    assert a["ema"]["updates"] == b["ema"]["updates"] == 6
+    assert a["step"] == b["step"] == 6

@@ -96,3 +96,17 @@ def test_cli_trains_and_reports_bad_data(data, tmp_path):
     bad = runner.invoke(app, [*args[:4], "--out", str(tmp_path / "x"), "--classes", "cat,dog"])
     assert bad.exit_code == 2
     assert "unknown class(es) ['dog']" in bad.stderr
+
+
+def test_the_model_normalises_on_the_training_device(data, tmp_path):
+    """train seg --device cuda normalised on the CPU and failed at its first step: the mean
+    and scale now follow the device (checked with PyTorch's meta device, no GPU needed)."""
+    from visionloop.train.engine import Distributed
+    from visionloop.train.seg import SegTrainer
+
+    trainer = SegTrainer(config(data, tmp_path / "meta", pretrained=False))
+    trainer.setup(Distributed("meta"), steps=1, epoch_steps=1)
+    assert trainer.model._mean.device.type == "meta"
+    assert trainer.model._inv_std.device.type == "meta"
+    images = torch.zeros(1, 48, 48, 3, dtype=torch.uint8)
+    assert trainer.model.normalise(images).device.type == "meta"

@@ -11,6 +11,7 @@ import typer
 from rich.table import Table
 
 from visionloop.cli.common import console, errors, escape, fail, say, warn
+from visionloop.cli.options import ClassesOption
 
 if TYPE_CHECKING:  # torch loads only when a command runs: `visionloop --help` stays fast
     import numpy as np
@@ -29,11 +30,11 @@ ImagesArgument = Annotated[list[Path], typer.Argument(help="Image files or folde
 BatchOption = Annotated[int, typer.Option(min=1, help="Images per batch.")]
 
 
-def _unfused(name: str, weights: Path | None) -> VisionModel:
+def _unfused(name: str, weights: Path | None, classes: str | None = None) -> VisionModel:
     from visionloop.models import registry
 
     with errors(LookupError, ValueError, TypeError):
-        model = registry.create(name, weights)
+        model = registry.create(name, weights, classes)
     model.network.eval()
     return model
 
@@ -82,6 +83,7 @@ def fuse(
     images: ImagesArgument,
     model: ModelOption = "catdog",
     weights: WeightsOption = None,
+    classes: ClassesOption = None,
     batch_size: BatchOption = 8,
     min_run_time: Annotated[float, typer.Option(help="Seconds per latency measurement.")] = 2.0,
 ) -> None:
@@ -92,7 +94,7 @@ def fuse(
 
     from visionloop import bn
 
-    original = _unfused(model, weights)
+    original = _unfused(model, weights, classes)
     network = original.network
     fused, report = bn.fuse(network)
     say(str(report))
@@ -124,6 +126,7 @@ def recalibrate(
     out: Annotated[Path, typer.Option(help="Where to write the recalibrated state dict.")],
     model: ModelOption = "catdog",
     weights: WeightsOption = None,
+    classes: ClassesOption = None,
     batch_size: BatchOption = 32,
 ) -> None:
     """Re-estimate BatchNorm statistics on unlabelled images of the target domain and write
@@ -132,7 +135,7 @@ def recalibrate(
 
     from visionloop import bn
 
-    target = _unfused(model, weights)
+    target = _unfused(model, weights, classes)
     pictures = _images(target, images)
     before = _mean_drift(target, pictures, batch_size)
     total = -(-len(pictures) // batch_size)
@@ -155,6 +158,7 @@ def drift(
     images: ImagesArgument,
     model: ModelOption = "catdog",
     weights: WeightsOption = None,
+    classes: ClassesOption = None,
     batch_size: BatchOption = 16,
     top: Annotated[int, typer.Option(min=0, help="Layers to list, most drifted first.")] = 10,
     json_out: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
@@ -162,7 +166,7 @@ def drift(
     """How far the images' BatchNorm input statistics are from the model's running ones."""
     import json
 
-    target = _unfused(model, weights)
+    target = _unfused(model, weights, classes)
     report = _mean_drift(target, _images(target, images), batch_size)
     if json_out:
         console.print_json(json.dumps({"score": report.score, "layers": report.layers}))

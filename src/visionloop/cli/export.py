@@ -10,6 +10,7 @@ from typing import Annotated, Any
 import typer
 
 from visionloop.cli.common import errors, fail, say, warn
+from visionloop.cli.options import ClassesOption
 
 ModelArgument = Annotated[str, typer.Argument(help="Registry name or module:factory.")]
 OutArgument = Annotated[Path, typer.Argument(help="Artefact folder to write (new or empty).")]
@@ -47,6 +48,7 @@ def export(
     calibration: CalibrationOption = None,
     check: CheckOption = None,
     weights: WeightsOption = None,
+    classes: ClassesOption = None,
     min_top1: MinTop1Option = 0.99,
     min_label: MinLabelOption = 0.995,
     force: ForceOption = False,
@@ -65,7 +67,7 @@ def export(
     if precision not in ("fp32", "bf16", "int8"):
         raise fail(f"--precision must be fp32, bf16 or int8, got {precision!r}")
     with errors(LookupError, ValueError, TypeError):
-        loaded, calibration_set, check_set = _prepare(model, weights, calibration, check)
+        loaded, calibration_set, check_set = _prepare(model, weights, calibration, check, classes)
     with errors(ValueError), errors(EngineError, code=1):  # an engine that fails: a failed check
         result = run_export(
             loaded, fmt, precision, out,  # type: ignore[arg-type]
@@ -86,7 +88,11 @@ def export(
 
 
 def _prepare(
-    model: str, weights: Path | None, calibration: Path | None, check: Path | None
+    model: str,
+    weights: Path | None,
+    calibration: Path | None,
+    check: Path | None,
+    classes: str | None = None,
 ) -> tuple[Any, Any, Any]:
     """The torch model to export, and its calibration and check photos (unreadable ones named
     on stderr)."""
@@ -94,7 +100,7 @@ def _prepare(
     from visionloop.models import registry
     from visionloop.settings import ModelSettings
 
-    loaded = registry.create(model, weights).prepare(ModelSettings(engine="torch"))
+    loaded = registry.create(model, weights, classes).prepare(ModelSettings(engine="torch"))
     calibration_set = read_photos(calibration, loaded) if calibration else None
     check_set = read_photos(check, loaded) if check else None
     for photos in (calibration_set, check_set):

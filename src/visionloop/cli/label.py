@@ -16,6 +16,7 @@ import typer
 from rich.table import Table
 
 from visionloop.cli.common import console, errors, escape, fail, say, warn
+from visionloop.cli.options import ClassesOption
 
 app = typer.Typer(help="Label cheaply: select, pre-label, batch with honeypots, ingest, QC.")
 
@@ -93,15 +94,6 @@ def add_gold(
 
     with _errors():  # a DatasetError is a ValueError: one line, the file and the reason
         say(f"added {run(_store(db), dataset)} gold images")
-
-
-ClassesOption = Annotated[
-    str | None,
-    typer.Option(
-        help="The classes the weights were trained for, comma-separated in channel order "
-        "(train seg --classes), when not the model's own (e.g. cat,animal,plane)."
-    ),
-]
 
 
 def _segmenter(name: str, weights: Path | None, classes: str | None = None) -> Any:

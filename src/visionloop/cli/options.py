@@ -14,6 +14,13 @@ from visionloop.cli.common import errors
 
 ModelOption = Annotated[str | None, typer.Option(help="Registry name or module:factory.")]
 DeviceOption = Annotated[str | None, typer.Option(help="cpu, cuda, cuda:1 ...")]
+ClassesOption = Annotated[
+    str | None,
+    typer.Option(
+        help="The classes the weights were trained for, comma-separated in channel order "
+        "(train seg --classes), when not the model's own (e.g. cat,animal,plane)."
+    ),
+]
 
 
 def settings_from(kind: type[Any], **flags: Any) -> Any:

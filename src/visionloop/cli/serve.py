@@ -18,7 +18,7 @@ from rich.table import Table
 
 from visionloop.cli import options
 from visionloop.cli.common import console, errors, escape, fail
-from visionloop.cli.options import DeviceOption, ModelOption
+from visionloop.cli.options import ClassesOption, DeviceOption, ModelOption
 
 EngineOption = Annotated[
     str | None, typer.Option(help="auto, torch, onnxruntime or openvino (default auto).")
@@ -32,13 +32,6 @@ ArtifactOption = Annotated[
 WeightsOption = Annotated[
     Path | None,
     typer.Option(help="State dict for the model's network (train seg's best.pt; weights_only)."),
-]
-ClassesOption = Annotated[
-    str | None,
-    typer.Option(
-        help="Classes the weights were trained for, comma-separated in channel order (train seg "
-        "--classes), when not the model's own."
-    ),
 ]
 # serve and worker: the batching and executor flags, the same for both
 MaxBatchOption = Annotated[int | None, typer.Option(help="Most images per pass.")]

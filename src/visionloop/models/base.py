@@ -121,6 +121,14 @@ class VisionModel(ABC):
         self.source_sha256: str | None = None
         self._set_normalisation()
 
+    # True when the head can be rebuilt for the classes a training run chose (catseg):
+    # ``with_classes`` works, and a weights file of another class count says how to name them.
+    trainable_classes: ClassVar[bool] = False
+
+    def adapt(self, state: Mapping[str, Any]) -> None:  # noqa: B027 (optional hook)
+        """Fit the network to a state dict's shapes where the architecture allows it (the
+        restorer's width, depth and normalisation), before the weights load. Default: none."""
+
     def with_classes(self, classes: Sequence[str]) -> None:
         """Take weights trained for other ``classes`` (names in output order, e.g. ``train seg
         --classes cat,animal,plane``): a model whose head can be rebuilt for them does so, before

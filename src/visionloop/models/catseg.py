@@ -80,6 +80,7 @@ class CatSeg(VisionModel):
     name = "catseg"
     description = "EfficientNet-Lite0 + FPN: multi-label masks for cat and animal"
     exportable = True
+    trainable_classes = True
 
     def __init__(
         self,

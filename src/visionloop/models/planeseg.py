@@ -94,6 +94,7 @@ class PlaneSeg(CatSeg):
         "ImageNet head (CAM + GrabCut)"
     )
     exportable = True
+    trainable_classes = False
     weak: ClassVar[Mapping[str, str]] = MappingProxyType({"plane": WEAK})
 
     def __init__(

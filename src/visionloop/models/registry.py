@@ -105,11 +105,12 @@ def load_weights(model: VisionModel, path: Path) -> None:
         raise ValueError(f"cannot read weights from {path}: {why}") from None
     if not isinstance(state, dict):
         raise ValueError(f"{path} holds a {type(state).__name__}, not a state dict")
+    model.adapt(state)
     try:
         model.network.load_state_dict(state, strict=True)
     except RuntimeError as exc:
         hint = ""
-        if "size mismatch" in str(exc) and model.classes:
+        if "size mismatch" in str(exc) and model.trainable_classes:
             hint = (
                 f" (the model has {len(model.classes)} classes, {', '.join(model.classes)}: "
                 "weights trained for other classes need them named, in training order: "

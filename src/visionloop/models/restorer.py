@@ -73,6 +73,18 @@ class RestoreNet(nn.Module):
             nn.LeakyReLU(0.2, inplace=True), last,
         )  # fmt: skip
 
+    @staticmethod
+    def shape_of(state: Mapping[str, Any]) -> tuple[int, int, Literal["none", "batch"]] | None:
+        """(width, blocks, norm) of a RestoreNet state dict, or None if it is not one."""
+        head = state.get("head.weight")
+        if not isinstance(head, torch.Tensor) or head.ndim != 4:
+            return None
+        blocks = {k.split(".")[1] for k in state if k.startswith("body.")}
+        norm: Literal["none", "batch"] = (
+            "batch" if any(k.endswith("running_mean") for k in state) else "none"
+        )
+        return int(head.shape[0]), len(blocks), norm
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         features = self.head(x)
         deep = self.up(self.body(self.down(features)))
@@ -102,6 +114,18 @@ class Restorer(VisionModel):
             OutputSpec(IMAGE, (size, size, 3), dtype="UINT8", description="the restored RGB"),
         )
         super().__init__(network if network is not None else RestoreNet())
+
+    def adapt(self, state: Mapping[str, Any]) -> None:
+        """A ``train gan`` run with another ``--width``, ``--blocks`` or ``--norm``: the
+        generator is rebuilt to its shape before its weights load."""
+        shape = RestoreNet.shape_of(state)
+        network = self.network
+        if (
+            shape is not None
+            and isinstance(network, RestoreNet)
+            and shape != (network.width, network.blocks_count, network.norm)
+        ):
+            self.network = RestoreNet(*shape).eval()
 
     def outputs_from(self, raw: torch.Tensor) -> dict[str, torch.Tensor]:
         pixels = (raw.float().clamp(0.0, 1.0) * 255.0).round().to(torch.uint8)
@@ -164,6 +188,19 @@ class CatDogRestored(CatDog):
 
     name = "catdog_restored"
     description = "catdog after the photo restorer: restore, then cat / dog / neither"
+
+    def adapt(self, state: Mapping[str, Any]) -> None:
+        """The restorer half rebuilt to the shape of a ``train gan`` best.pt (or of the
+        ``restore.`` part of a whole state dict)."""
+        network = self.network
+        if not isinstance(network, RestoreThenClassify):
+            return
+        own = {k.removeprefix("restore."): v for k, v in state.items()
+               if k.startswith("restore.")} or dict(state)  # fmt: skip
+        shape = RestoreNet.shape_of(own)
+        current = network.restore
+        if shape is not None and shape != (current.width, current.blocks_count, current.norm):
+            network.restore = RestoreNet(*shape).eval()
 
 
 def build_catdog_restored() -> CatDogRestored:

@@ -194,18 +194,45 @@ async def _predict(state: ServerState, request: Request, runner: Transport) -> R
     return JSONResponse(_v1_body(runner, item, decode_ms, started, masks))
 
 
+def _accepted(header: str) -> dict[str, float]:
+    """``Accept`` media ranges and their ``q`` (1 unless given; a bad q counts as 0)."""
+    ranges: dict[str, float] = {}
+    for part in header.split(","):
+        media, *params = (p.strip() for p in part.split(";"))
+        if not media:
+            continue
+        q = 1.0
+        for param in params:
+            key, _, value = param.partition("=")
+            if key.strip().lower() == "q":
+                try:
+                    q = float(value)
+                except ValueError:
+                    q = 0.0
+        ranges[media.lower()] = max(q, ranges.get(media.lower(), 0.0))
+    return ranges
+
+
 def _wants_png(request: Request, runner: Transport) -> bool:
-    """``Accept: image/png`` asks a model that returns a picture (``restorer``) for the PNG
-    itself; a model without one answers 406 before the upload is read."""
-    accept = request.headers.get("accept", "")
-    if "image/png" not in accept:
+    """Whether to answer the picture itself: the client prefers ``image/png`` (or
+    ``image/*``) at least as much as JSON, and the model returns a picture (``restorer``).
+    A client that accepts pictures and not JSON, of a model without one, gets 406 before its
+    upload is read. Anything else (no ``Accept``, ``*/*``, other types): JSON, as always."""
+    header = request.headers.get("accept", "").strip()
+    if not header:
         return False
-    if not any(o.name == IMAGE for o in runner.model.outputs):
+    ranges = _accepted(header)
+    png = ranges.get("image/png", ranges.get("image/*", 0.0))
+    as_json = ranges.get("application/json", ranges.get("application/*", ranges.get("*/*", 0.0)))
+    has_image = any(o.name == IMAGE for o in runner.model.outputs)
+    if png > 0 and has_image and png >= as_json:
+        return True
+    if png > 0 and as_json <= 0:  # only a picture is acceptable, and there is none
         raise ApiError(
-            406, f"model {runner.name!r} version {runner.version} returns no image; "
-            "ask for application/json", None, "NotAcceptable",
+            406, f"model {runner.name!r} version {runner.version} returns no image; accept "
+            "application/json", None, "NotAcceptable",
         )  # fmt: skip
-    return True
+    return False
 
 
 def _png_answer(runner: Transport, item: ItemResult, decode_ms: float, started: float) -> Response:

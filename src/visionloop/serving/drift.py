@@ -42,7 +42,7 @@ async def tap_from_settings(
 
 def build_tap(settings: ModelSettings, fraction: float, metrics: Metrics) -> DriftTap:
     """A tap on an unfused CPU copy of the model the settings name (same weights)."""
-    model = registry.create(settings.model, settings.weights)
+    model = registry.create(settings.model, settings.weights, settings.classes)
     model.network.eval()
     return DriftTap(model, fraction, metrics)
 

@@ -19,8 +19,10 @@ state is; :func:`fit` runs the epochs. The run folder::
 each takes every N-th example of the epoch's permutation (``DistributedSampler``: the same
 permutation as one process with the same seed) in batches of ``batch_size / N``, gradients are
 averaged by ``DistributedDataParallel``: the same global batch as one process. Only rank 0
-writes the run folder and logs; every rank evaluates the same validation set, so they agree on
-the best epoch and on stopping without a message.
+writes the run folder, logs and reports epochs; every rank evaluates, and rank 0's numbers
+decide the best epoch and stopping for all (BatchNorm statistics differ per process on the
+CPU, where gloo has no SyncBatchNorm; on GPUs BatchNorm is synchronised). A loss that goes bad
+on any process stops every process at that step.
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ import copy
 import json
 import math
 import os
+import pickle
 import subprocess
 import time
 from abc import ABC, abstractmethod
@@ -51,6 +54,7 @@ __all__ = [
     "Trainer",
     "fit",
     "git_commit",
+    "load_scaler",
 ]
 
 # Settings that may change between a run and its resume without changing what it computes.
@@ -62,15 +66,22 @@ class RunMismatch(ValueError):
 
 
 class Diverged(RuntimeError):
-    """A loss went non-finite or past the limit; the last good checkpoint is kept."""
+    """A loss went non-finite or past the limit; the last good checkpoint (if an epoch
+    finished) is kept."""
 
-    def __init__(self, step: int, epoch: int, losses: Mapping[str, float], out: Path) -> None:
-        shown = ", ".join(f"{k}={v:.4g}" for k, v in losses.items())
-        super().__init__(
-            f"training diverged at step {step} (epoch {epoch}): {shown}; the last good "
-            f"checkpoint is kept in {out / 'last.pt'} and {out / 'best.pt'}"
+    def __init__(
+        self, step: int, epoch: int, losses: Mapping[str, float], out: Path,
+        kept_epoch: int | None = None,
+    ) -> None:  # fmt: skip
+        shown = ", ".join(f"{k}={v:.4g}" for k, v in losses.items()) or "on another process"
+        kept = (
+            f"the last good checkpoint (epoch {kept_epoch}) is kept in {out / 'last.pt'}"
+            if kept_epoch is not None
+            else "no epoch had finished, so no checkpoint was written"
         )
+        super().__init__(f"training diverged at step {step} (epoch {epoch}): {shown}; {kept}")
         self.step, self.epoch, self.losses = step, epoch, dict(losses)
+        self.kept_epoch = kept_epoch
 
 
 @dataclass
@@ -152,8 +163,11 @@ class Distributed:
         """``module`` under DistributedDataParallel in a job, else itself."""
         if self.world == 1:
             return module
-        ids = [self.device.index] if self.device.type == "cuda" else None
-        return nn.parallel.DistributedDataParallel(module, device_ids=ids)
+        if self.device.type == "cuda":  # one set of BatchNorm statistics over the global batch
+            module = nn.SyncBatchNorm.convert_sync_batchnorm(module)  # type: ignore[no-untyped-call]
+            return nn.parallel.DistributedDataParallel(module, device_ids=[self.device.index])
+        # gloo has no SyncBatchNorm: each process normalises with its own batch's statistics
+        return nn.parallel.DistributedDataParallel(module)
 
     def per_process(self, batch_size: int) -> int:
         if batch_size % self.world:
@@ -170,6 +184,23 @@ class Distributed:
         t = torch.tensor([values[k] for k in keys], dtype=torch.float64)
         torch.distributed.all_reduce(t)
         return {k: float(v) / self.world for k, v in zip(keys, t.tolist(), strict=True)}
+
+    def any(self, flag: bool) -> bool:
+        """Whether ``flag`` is true on any process (every process must call it)."""
+        if self.world == 1:
+            return flag
+        t = torch.tensor([1.0 if flag else 0.0])
+        torch.distributed.all_reduce(t, op=torch.distributed.ReduceOp.MAX)
+        return bool(t.item() > 0)
+
+    def share(self, value: Any) -> Any:
+        """Rank 0's ``value`` on every process (its decisions: BatchNorm statistics differ
+        per process, so their evaluations may too)."""
+        if self.world == 1:
+            return value
+        box = [value]
+        torch.distributed.broadcast_object_list(box, src=0)
+        return box[0]
 
     def close(self) -> None:
         if self.started:
@@ -295,19 +326,23 @@ def _fit(  # noqa: C901 (the loop's steps read best in one place)
     last = out / "last.pt"
     if engine.resume and last.is_file():
         _check_resume(out, record)
-        state = torch.load(last, map_location=dist.device, weights_only=True)
+        try:
+            state = torch.load(last, map_location=dist.device, weights_only=True)
+        except (OSError, RuntimeError, EOFError, pickle.UnpicklingError) as exc:
+            raise RunMismatch(f"cannot resume from {last}: {exc}") from None
         trainer.load_state(state)
         start, step = state["epoch"] + 1, state.get("step", 0)
         best, stale = state["best"], state["stale"]
     if dist.main:
         out.mkdir(parents=True, exist_ok=True)
-        if start == 0:
-            (out / "metrics.jsonl").unlink(missing_ok=True)
-            (out / "diverged.json").unlink(missing_ok=True)
+        if start == 0:  # a fresh run: nothing of an earlier run in this folder survives
+            for name in ("metrics.jsonl", "diverged.json", "last.pt", "best.pt"):
+                (out / name).unlink(missing_ok=True)
         (out / "config.json").write_text(
             json.dumps({**record, "resumed_at_epoch": start}, indent=2) + "\n"
         )
     tracker = _Tracker(out, record) if dist.main else None
+    kept = start - 1 if start else None  # the epoch last.pt holds
     failed = True
     try:
         for epoch in range(start, engine.epochs):
@@ -322,10 +357,11 @@ def _fit(  # noqa: C901 (the loop's steps read best in one place)
                 drop_last=drop,
                 generator=torch.Generator().manual_seed(engine.seed + epoch),
             )  # fmt: skip (its own generator: the global random state is the model's alone)
-            losses, step = _epoch(trainer, loader, batches, epoch, step, engine, dist)
+            losses, step = _epoch(trainer, loader, batches, epoch, step, engine, dist, kept)
             metrics: dict[str, Any] = {"epoch": epoch, **dist.mean(losses)}
             metrics |= trainer.evaluate()
             metrics["seconds"] = round(time.perf_counter() - started, 2)
+            metrics = dist.share(metrics)
             value = metrics[trainer.monitor]
             previous = best.get(trainer.monitor)
             improved = previous is None or (
@@ -337,16 +373,17 @@ def _fit(  # noqa: C901 (the loop's steps read best in one place)
                 stale += 1
             if dist.main:
                 if improved:
-                    torch.save(trainer.best_weights(), out / "best.pt")
+                    _save(trainer.best_weights(), out / "best.pt")
                 with (out / "metrics.jsonl").open("a") as f:
                     f.write(json.dumps(metrics) + "\n")
                 state = {**trainer.state(), "trainer": trainer.kind, "epoch": epoch,
                          "step": step, "best": best, "stale": stale}  # fmt: skip
-                torch.save(state, out / "last.pt")
+                _save(state, out / "last.pt")
                 if tracker is not None:
                     tracker.epoch(metrics, epoch)
-            if on_epoch is not None:
-                on_epoch(metrics)
+                if on_epoch is not None:
+                    on_epoch(metrics)
+            kept = epoch
             if stale >= engine.patience:
                 break
         failed = False
@@ -370,6 +407,7 @@ def _epoch(
     step: int,
     engine: EngineConfig,
     dist: Distributed,
+    kept: int | None,
 ) -> tuple[dict[str, float], int]:
     totals: dict[str, float] = {}
     count = 0
@@ -379,9 +417,10 @@ def _epoch(
                 break
             losses = {k: float(v.detach()) if isinstance(v, torch.Tensor) else float(v)
                       for k, v in trainer.step(batch, step).items()}  # fmt: skip
-            if any(not math.isfinite(v) or abs(v) > engine.divergence_limit
-                   for v in losses.values()):  # fmt: skip
-                raise Diverged(step, epoch, losses, engine.out)
+            bad = any(not math.isfinite(v) or abs(v) > engine.divergence_limit
+                      for v in losses.values())  # fmt: skip
+            if dist.any(bad):  # every process stops together: none waits in a collective
+                raise Diverged(step, epoch, losses if bad else {}, engine.out, kept)
             for k, v in losses.items():
                 totals[k] = totals.get(k, 0.0) + v
             count += 1
@@ -430,6 +469,20 @@ def _check_resume(out: Path, record: Mapping[str, Any]) -> None:
     if differ:
         shown = "; ".join(f"{k}: {before.get(k)!r} then, {record.get(k)!r} now" for k in differ)
         raise RunMismatch(f"cannot resume {out}: the configuration differs ({shown})")
+
+
+def load_scaler(scaler: torch.amp.GradScaler, state: Mapping[str, Any] | None) -> None:
+    """Restore a GradScaler unless there is nothing to restore: a run saved without mixed
+    precision (CPU) resumed with it (CUDA), or the other way, starts with a fresh scale."""
+    if state and scaler.is_enabled():
+        scaler.load_state_dict(dict(state))
+
+
+def _save(obj: Any, path: Path) -> None:
+    """Write beside ``path`` and rename: a run killed mid-save leaves the previous file."""
+    partial = path.with_name(f".{path.name}.partial")
+    torch.save(obj, partial)
+    os.replace(partial, path)
 
 
 def _unwrapped(module: nn.Module) -> nn.Module:

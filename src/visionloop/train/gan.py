@@ -22,7 +22,8 @@ trades away on purpose). A loss that turns non-finite or explodes stops the run 
 good checkpoint kept (the engine).
 
 Data: photos from a folder (any size; decoded with the server's guards, upright), reduced once
-so the short side is at most ``cache_side`` (bicubic), random crops of ``crop`` px with flips,
+so the short side is at most ``cache_side`` (bicubic; once per process, or per worker and
+epoch with ``--workers``), random crops of ``crop`` px with flips,
 damaged by :func:`~visionloop.train.degrade.degrade` (seeded per seed, epoch and index). The
 validation photos (``--val-photos``, or a share of the folder chosen by a hash of each name)
 get a centre crop and a fixed damage per photo.
@@ -47,7 +48,7 @@ from torch.nn.utils.parametrizations import spectral_norm
 from visionloop import imaging
 from visionloop.models.restorer import RestoreNet
 from visionloop.train.degrade import Degradation, degrade
-from visionloop.train.engine import EMA, Distributed, EngineConfig, Trainer, fit
+from visionloop.train.engine import EMA, Distributed, EngineConfig, Trainer, fit, load_scaler
 from visionloop.train.image_metrics import LiteFeatures, psnr_y, ssim_y
 
 __all__ = [
@@ -77,7 +78,7 @@ def _sn(conv: nn.Conv2d) -> nn.Module:
 
 class PatchDiscriminator(nn.Module):
     """PatchGAN with spectral norm: (N, 3, H, W) in [0, 1] -> (N, 1, H/8, W/8) logits, each
-    judging a ~70 px region."""
+    judging a 54 px region (its receptive field)."""
 
     def __init__(self, width: int = 64) -> None:
         super().__init__()
@@ -321,7 +322,12 @@ def train_gan(config: GanConfig, on_epoch: Any = None) -> dict[str, Any]:
 def split_photos(config: GanConfig) -> tuple[list[Path], list[Path]]:
     photos = photo_files(config.photos)
     if config.val_photos is not None:
-        return photos, photo_files(config.val_photos)
+        val = photo_files(config.val_photos)
+        held_out = {p.resolve() for p in val}
+        train = [p for p in photos if p.resolve() not in held_out]  # never both
+        if not train:
+            raise ValueError(f"every photo of {config.photos} is a validation photo")
+        return train, val
     val = [p for p in photos if _in_validation(p, config.photos, config.val_fraction)]
     train = [p for p in photos if p not in set(val)]
     if not val or not train:
@@ -482,7 +488,7 @@ class GanTrainer(Trainer):
     def load_state(self, state: Mapping[str, Any]) -> None:
         self.generator.load_state_dict(state["generator"])
         self.optimiser_g.load_state_dict(state["optimiser_g"])
-        self.scaler.load_state_dict(state["scaler"])
+        load_scaler(self.scaler, state.get("scaler"))
         if self.ema is not None:
             self.ema.load_state_dict(state["ema"])
         if self.discriminator is not None:

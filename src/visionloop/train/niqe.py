@@ -33,8 +33,8 @@ _RATIO = gamma(2.0 / _SHAPES) ** 2 / (gamma(1.0 / _SHAPES) * gamma(3.0 / _SHAPES
 
 
 def _mscn(y: Array) -> Array:
-    mu = ndimage.gaussian_filter(y, 7 / 6, truncate=3.0)
-    sigma = np.sqrt(np.abs(ndimage.gaussian_filter(y * y, 7 / 6, truncate=3.0) - mu * mu))
+    mu = ndimage.gaussian_filter(y, 7 / 6, truncate=2.5)  # a 7x7 window
+    sigma = np.sqrt(np.abs(ndimage.gaussian_filter(y * y, 7 / 6, truncate=2.5) - mu * mu))
     out: Array = (y - mu) / (sigma + 1.0)
     return out
 
@@ -76,9 +76,8 @@ def features(rgb: npt.NDArray[np.uint8], patch: int = 32) -> tuple[Array, Array]
     sharp: list[float] = []
     scales = [y, ndimage.zoom(ndimage.gaussian_filter(y, 0.5), 0.5, order=1)]
     maps = [_mscn(s) for s in scales]
-    deviation = np.sqrt(
-        np.abs(ndimage.gaussian_filter(y * y, 7 / 6) - ndimage.gaussian_filter(y, 7 / 6) ** 2)
-    )
+    local = ndimage.gaussian_filter(y, 7 / 6, truncate=2.5)
+    deviation = np.sqrt(np.abs(ndimage.gaussian_filter(y * y, 7 / 6, truncate=2.5) - local**2))
     h, w = y.shape
     for top in range(0, h - patch + 1, patch):
         for left in range(0, w - patch + 1, patch):

@@ -25,7 +25,7 @@ import torch
 
 from visionloop.models.catseg import CatSeg, SegNet
 from visionloop.train.data import Augment, SegDataset
-from visionloop.train.engine import Distributed, EngineConfig, Trainer, fit
+from visionloop.train.engine import Distributed, EngineConfig, Trainer, fit, load_scaler
 from visionloop.train.losses import masked_multilabel_bce, supervision
 
 __all__ = ["SegConfig", "SegTrainer", "evaluate", "train_seg"]
@@ -119,6 +119,7 @@ class SegTrainer(Trainer):
         self.trained = dist.wrap(self.network)
         self.model = CatSeg(self.network, size=config.size, classes=config.classes)
         self.model.device = dist.device
+        self.model._set_normalisation()  # its mean and scale on the training device too
         self.optimiser = torch.optim.AdamW(
             self.network.parameters(), config.lr, weight_decay=config.weight_decay
         )
@@ -156,13 +157,16 @@ class SegTrainer(Trainer):
         return evaluate(self.model, self.val_data, self.settings)
 
     def state(self) -> dict[str, Any]:
-        return {"network": self.network.state_dict(), "optimiser": self.optimiser.state_dict(),
-                "schedule": self.schedule.state_dict()}  # fmt: skip
+        return {
+            "network": self.network.state_dict(), "optimiser": self.optimiser.state_dict(),
+            "schedule": self.schedule.state_dict(), "scaler": self.scaler.state_dict(),
+        }  # fmt: skip
 
     def load_state(self, state: Mapping[str, Any]) -> None:
         self.network.load_state_dict(state["network"])
         self.optimiser.load_state_dict(state["optimiser"])
         self.schedule.load_state_dict(state["schedule"])
+        load_scaler(self.scaler, state.get("scaler"))
 
     def best_weights(self) -> dict[str, torch.Tensor]:
         return dict(self.network.state_dict())
