@@ -29,7 +29,7 @@ from visionloop import __version__, imaging
 from visionloop.imaging import encode_png
 from visionloop.models.base import IMAGE, MASKS, JSONDict, VisionModel
 from visionloop.models.masks import MASK_FORMATS, encode_masks
-from visionloop.serving import protocol_v2, repository_api
+from visionloop.serving import page, protocol_v2, repository_api
 from visionloop.serving.fleet import Loader
 from visionloop.serving.lag import thaw_heap
 from visionloop.serving.runner import (
@@ -113,6 +113,7 @@ def create_app(
     app.add_middleware(_RequestMetrics, state=state)
     app.include_router(_v1_router(state))
     app.include_router(_ops_router(state))
+    app.include_router(page.router(state, _authorise))
     app.include_router(protocol_v2.router(state, _authorise))
     if state.settings.model_repository is not None:
         app.include_router(repository_api.router(state, _authorise))
