@@ -31,6 +31,19 @@ class Metrics:
         self.queue_depth = Gauge(
             "visionloop_queue_depth", "Requests waiting for a batch.", ["model"], registry=r
         )
+        self.queue_capacity = Gauge(
+            "visionloop_queue_capacity",
+            "The queue's bound (max_queue): queue_depth / queue_capacity is its saturation.",
+            ["model"],
+            registry=r,
+        )
+        self.worker_heartbeat = Gauge(
+            "visionloop_worker_heartbeat_timestamp_seconds",
+            "Unix time of a Redis worker's last heartbeat written to Redis (workers only); "
+            "time() minus this growing past a few heartbeats means the worker is stuck.",
+            ["model"],
+            registry=r,
+        )
         self.late_answers = Counter(
             "visionloop_answers_after_deadline_total",
             "200s whose last byte was handed to the connection after the client's deadline as "

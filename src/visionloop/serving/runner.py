@@ -187,6 +187,7 @@ class Runner:
         """
         threads = self.config.threads or torch.get_num_threads()
         max_batch = self.config.policy.max_batch_size
+        self.metrics.queue_capacity.labels(**self._labels).set(self.config.policy.max_queue)
         self._executors = [
             _Executor(i, self.model, max_batch, threads) for i in range(self.config.instances)
         ]

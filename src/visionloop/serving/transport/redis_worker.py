@@ -219,6 +219,7 @@ class RedisWorker:
                             self.keys.versions, "-inf", time.time() - worker_ttl_s(self.settings)
                         )
                     await pipe.execute()
+                self.metrics.worker_heartbeat.labels(**self._labels).set(time.time())
                 backoff.reset()
                 await pause(self._stopped, self.settings.heartbeat_s)
             except RedisError as exc:
