@@ -107,3 +107,64 @@ def test_the_page_answers_a_cat_and_shows_errors_in_words(serve, catdog, tmp_pat
         driver.save_screenshot(str(ARTIFACTS / f"page-{width}x{height}-error.png"))
     finally:
         driver.quit()
+
+
+def test_masks_overlay_restored_picture_token_and_disconnection(serve, tmp_path):
+    """A segmenter's masks drawn over the photo with a toggle per class and an opacity; a
+    restorer's picture beside the photo with a comparison slider; a server with an API token
+    makes the page ask for it (kept in memory) and then answers; a server that goes away shows
+    "disconnected"."""
+    import torch
+    from selenium.webdriver.common.by import By
+
+    from visionloop.models.catseg import CatSeg
+    from visionloop.models.restorer import RestoreNet, Restorer
+
+    torch.manual_seed(0)
+    segmenter = CatSeg(size=64).prepare(ModelSettings(model="catseg", engine="torch"))
+    with torch.no_grad():  # every pixel a cat, none an animal: a visible, checkable overlay
+        segmenter.network.classifier.weight.zero_()
+        segmenter.network.classifier.bias.copy_(torch.tensor([9.0, -9.0]))
+    seg_server = serve(model=segmenter, api_token="s3cret")
+    network = RestoreNet(8, 1)
+    with torch.no_grad():
+        network.tail[-1].bias.fill_(0.15)  # a brighter picture
+    restorer = Restorer(network, size=64).prepare(ModelSettings(model="restorer", engine="torch"))
+    restore_server = serve(model=restorer)
+    driver = _browser(1280, 800)
+    try:
+        driver.get(seg_server.url + "/")
+        _wait(driver, lambda d: d.find_element(By.ID, "token-row").is_displayed())
+        assert "API token" in driver.find_element(By.ID, "errors").text
+        driver.find_element(By.ID, "token").send_keys("s3cret")
+        choose(driver, DATA / "cat_chelsea.png")
+        driver.find_element(By.ID, "send").click()
+        _wait(driver, lambda d: d.find_elements(By.CSS_SELECTOR, "#results fieldset input"))
+        boxes = driver.find_elements(By.CSS_SELECTOR, "#results fieldset input[type=checkbox]")
+        assert len(boxes) == 2  # cat, animal
+        assert "cat (100.0 %)" in driver.find_element(By.CSS_SELECTOR, "#results fieldset").text
+        pixel = (
+            "const c = document.querySelectorAll('#results canvas')[1];"
+            "return Array.from(c.getContext('2d').getImageData(32, 32, 1, 1).data);"
+        )
+        assert driver.execute_script(pixel)[3] > 0  # the overlay paints the cat
+        boxes[0].click()  # cat off: nothing left to paint
+        assert not boxes[0].is_selected()
+        assert driver.execute_script(pixel)[3] == 0
+        assert driver.execute_script("return window.localStorage.length") == 0
+        driver.save_screenshot(str(ARTIFACTS / "page-masks.png"))
+
+        driver.get(restore_server.url + "/")
+        _wait(driver, lambda d: d.find_elements(By.CSS_SELECTOR, "#model option"))
+        choose(driver, DATA / "cat_chelsea.png")
+        driver.find_element(By.ID, "send").click()
+        _wait(driver, lambda d: d.find_elements(By.CSS_SELECTOR, "#results .pair img"))
+        assert driver.find_element(By.CSS_SELECTOR, "#results .label").text == "label: restored"
+        captions = [c.text for c in driver.find_elements(By.CSS_SELECTOR, "#results figcaption")]
+        assert captions == ["sent (as the model saw it)", "restored"]
+        driver.save_screenshot(str(ARTIFACTS / "page-restored.png"))
+        restore_server.stop()
+        _wait(driver, lambda d: d.find_element(By.ID, "connection").text
+              == "disconnected: retrying")  # fmt: skip
+    finally:
+        driver.quit()

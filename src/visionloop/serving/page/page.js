@@ -256,9 +256,15 @@ async function masksView(card, file, answer, description) {
     const tinted = element("canvas", { width: base.width, height: base.height });
     const g = tinted.getContext("2d");
     g.drawImage(mask, 0, 0, base.width, base.height);
-    g.globalCompositeOperation = "source-in";  // keep the mask's shape, paint it
-    g.fillStyle = COLOURS[i % COLOURS.length];
-    g.fillRect(0, 0, base.width, base.height);
+    // the mask is grey (255 = the class): make that the alpha of the class's colour
+    const pixels = g.getImageData(0, 0, base.width, base.height);
+    const colour = COLOURS[i % COLOURS.length];
+    const rgb = [1, 3, 5].map((k) => parseInt(colour.slice(k, k + 2), 16));
+    for (let p = 0; p < pixels.data.length; p += 4) {
+      pixels.data[p + 3] = pixels.data[p];
+      [pixels.data[p], pixels.data[p + 1], pixels.data[p + 2]] = rgb;
+    }
+    g.putImageData(pixels, 0, 0);
     const id = `mask-${name}-${Math.random().toString(36).slice(2)}`;
     const box = element("input", { type: "checkbox", id, checked: "" });
     const area = answer.areas ? ` (${(answer.areas[name] * 100).toFixed(1)} %)` : "";
@@ -277,6 +283,7 @@ async function masksView(card, file, answer, description) {
     for (const layer of layers) if (layer.box.checked) g.drawImage(layer.tinted, 0, 0);
   };
   controls.addEventListener("input", draw);
+  controls.addEventListener("change", draw);
   draw();
   card.append(stack, controls);
 }
@@ -299,7 +306,9 @@ async function restoredView(card, file, answer, description) {
   const cut = () => { onTop.style.clipPath = `inset(0 0 0 ${slider.value}%)`; };
   slider.addEventListener("input", cut);
   cut();
-  card.append(pair, element("label", { for: id }, "compare: sent | restored"), slider, compare);
+  const sliderRow = element("div", { class: "row" });
+  sliderRow.append(element("label", { for: id }, "compare: sent | restored"), slider);
+  card.append(pair, sliderRow, compare);
   if (answer.mean_change !== undefined) {
     card.append(element("p", { class: "hint" }, `mean change ${answer.mean_change.toFixed(2)} of 255`));
   }
