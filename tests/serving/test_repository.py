@@ -566,7 +566,8 @@ def test_a_version_with_its_own_architecture_adds_a_class(tmp_path, serve_reposi
     root = tmp_path / "models"
     root.mkdir()
     repository = Repository(root)
-    config = ModelConfig(architecture="catseg", engine="torch",
+    # batch size 1 only: a short warm-up for each of the three versions
+    config = ModelConfig(architecture="catseg", engine="torch", max_batch_size=1,
                          version_policy=VersionPolicy(latest=3))  # fmt: skip
     assert repository.add_version("catseg", weights, config=config) == 1
     assert repository.add_version("catseg", weights, architecture="catseg_plane") == 2
