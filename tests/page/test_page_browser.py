@@ -86,6 +86,14 @@ def test_the_page_answers_a_cat_and_shows_errors_in_words(serve, catdog, tmp_pat
         assert not driver.find_element(By.ID, "token-row").is_displayed()  # no token asked
         ARTIFACTS.mkdir(parents=True, exist_ok=True)
         driver.save_screenshot(str(ARTIFACTS / f"page-{width}x{height}.png"))
+        # two photos at once: one multipart request, an answer each
+        field = driver.find_element(By.ID, "photos")
+        driver.execute_script("arguments[0].value = '';", field)
+        field.send_keys(f"{DATA / 'cat_chelsea.png'}\n{DATA / 'dog_german_shepherd.webp'}")
+        driver.find_element(By.ID, "send").click()
+        _wait(driver, lambda d: len(d.find_elements(By.CSS_SELECTOR, "#results .label")) == 2)
+        labels = [e.text for e in driver.find_elements(By.CSS_SELECTOR, "#results .label")]
+        assert labels == ["label: cat", "label: dog"]
         # a text file: refused by the page, nothing sent
         text = tmp_path / "notes.txt"
         text.write_text("not a photo")
