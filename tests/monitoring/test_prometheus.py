@@ -43,7 +43,7 @@ def test_the_rules_pass_promtool_check_and_their_unit_tests():
     checked = subprocess.run([promtool, "check", "rules", str(RULES)], capture_output=True,
                              text=True, timeout=60)  # fmt: skip
     assert checked.returncode == 0, checked.stdout + checked.stderr
-    assert "SUCCESS: 14 rules found" in checked.stdout
+    assert "SUCCESS: 15 rules found" in checked.stdout
     tested = subprocess.run([promtool, "test", "rules", RULE_TESTS.name], capture_output=True,
                             text=True, timeout=120, cwd=RULE_TESTS.parent)  # fmt: skip
     assert tested.returncode == 0, tested.stdout + tested.stderr
@@ -75,33 +75,53 @@ def test_a_real_prometheus_scrapes_the_server_and_returns_its_batch_histogram(
     )  # fmt: skip
     api = f"http://127.0.0.1:{port}"
     try:
-        with client(server) as http:
-            photo = sample_bytes["cat_chelsea.png"]
-            for _ in range(5):
-                assert http.post("/v1/models/fake/predict", content=photo).status_code == 200
 
         def query(expr: str) -> list[dict]:
             answer = httpx.get(f"{api}/api/v1/query", params={"query": expr}, timeout=5).json()
             assert answer["status"] == "success", answer
             return answer["data"]["result"]
 
-        deadline = time.monotonic() + 90
-        buckets: list[dict] = []
-        while time.monotonic() < deadline:
-            try:
-                buckets = query('visionloop_batch_size_bucket{model="fake"}')
-            except httpx.HTTPError:
-                buckets = []
-            if buckets and any(float(b["value"][1]) >= 5 for b in buckets):
-                break
-            assert process.poll() is None, process.stderr.read().decode() if process.stderr else ""
-            time.sleep(0.5)
+        def until(expr: str, ok) -> list[dict]:
+            while time.monotonic() < deadline:
+                try:
+                    found = query(expr)
+                except (httpx.HTTPError, ValueError):  # not up yet: no answer, or not JSON
+                    found = []
+                if found and ok(found):
+                    return found
+                assert process.poll() is None, process.stderr.read().decode()  # type: ignore[union-attr]
+                time.sleep(0.5)
+            raise AssertionError(f"{expr}: nothing as expected within the time")
+
+        deadline = time.monotonic() + 120
+        photo = sample_bytes["cat_chelsea.png"]
+        with client(server) as http:
+            # one answer before the first scrape, four after: the counters then grow between
+            # two samples, which rate() needs (a series starting at 5 has no rate)
+            assert http.post("/v1/models/fake/predict", content=photo).status_code == 200
+            until('visionloop_requests_total{model="fake"}', lambda r: True)
+            for _ in range(4):
+                assert http.post("/v1/models/fake/predict", content=photo).status_code == 200
+        buckets = until('visionloop_batch_size_bucket{model="fake"}',
+                        lambda r: any(float(b["value"][1]) >= 5 for b in r))  # fmt: skip
         by_le = {b["metric"]["le"]: float(b["value"][1]) for b in buckets}
         assert by_le.get("1.0") == 5.0, by_le  # five single-image batches
         assert by_le["+Inf"] == 5.0
         groups = httpx.get(f"{api}/api/v1/rules", timeout=5).json()["data"]["groups"]
         assert {g["name"] for g in groups} == {"visionloop.recording", "visionloop.alerts"}
         assert all(r["health"] != "err" for g in groups for r in g["rules"])
+        # the recording rules produce what the alerts read, from this server's own series
+        until(
+            'model:visionloop_queue_saturation:ratio{model="fake"}',
+            lambda r: float(r[0]["value"][1]) == 0.0,
+        )  # fmt: skip (idle: nothing waits)
+        until(
+            'model:visionloop_refusal_ratio:rate5m{model="fake"}',
+            lambda r: float(r[0]["value"][1]) == 0.0,
+        )  # fmt: skip (five 200s, none refused)
+        answers = until('model:visionloop_answers:rate5m{model="fake"}',
+                        lambda r: float(r[0]["value"][1]) > 0)  # fmt: skip
+        assert float(answers[0]["value"][1]) > 0
     finally:
         process.terminate()
         process.wait(timeout=30)

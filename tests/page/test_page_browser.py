@@ -159,7 +159,8 @@ def test_masks_overlay_restored_picture_token_and_disconnection(serve, tmp_path)
         boxes[0].click()  # cat off: nothing left to paint
         assert not boxes[0].is_selected()
         assert driver.execute_script(pixel)[3] == 0
-        assert driver.execute_script("return window.localStorage.length") == 0
+        kept = "return [localStorage.length, sessionStorage.length, document.cookie, location.href]"
+        assert driver.execute_script(kept) == [0, 0, "", seg_server.url + "/"]  # memory only
         driver.save_screenshot(str(ARTIFACTS / "page-masks.png"))
 
         driver.get(restore_server.url + "/")

@@ -44,6 +44,13 @@ class Metrics:
             ["model"],
             registry=r,
         )
+        self.workers_live = Gauge(
+            "visionloop_workers_live",
+            "Redis workers with a fresh heartbeat serving this model, as an API replica last saw "
+            "them (replicas only); 0 means its requests get 503.",
+            ["model"],
+            registry=r,
+        )
         self.late_answers = Counter(
             "visionloop_answers_after_deadline_total",
             "200s whose last byte was handed to the connection after the client's deadline as "

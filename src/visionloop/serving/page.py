@@ -66,6 +66,7 @@ def router(state: Any, authorise: Callable[[Any, Request], None]) -> APIRouter:
                 entry["error"] = str(exc)
             listed.append(entry)
         return {"models": listed, "max_upload_bytes": state.limits.max_bytes,
+                "max_request_bytes": state.settings.max_request_bytes,
                 "max_files": state.settings.max_files}  # fmt: skip
 
     @api.get("/v1/stats")

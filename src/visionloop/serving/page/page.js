@@ -12,6 +12,7 @@ const page = {
   limits: { bytes: 20 * 1024 * 1024, files: 16 },
   dropped: [],
   previous: null,
+  needsToken: false,
 };
 
 const $ = (id) => document.getElementById(id);
@@ -30,7 +31,8 @@ function element(tag, attributes, text) {
 }
 
 function showError(message) {
-  $("errors").append(element("p", { class: "error" }, message));
+  const shown = [...$("errors").children].map((p) => p.textContent);
+  if (!shown.includes(message)) $("errors").append(element("p", { class: "error" }, message));
 }
 
 function clearErrors() {
@@ -57,6 +59,7 @@ async function loadModels() {
     return false;
   }
   if (response.status === 401) {
+    page.needsToken = true;  // no more tries until Send brings a token
     $("token-row").hidden = false;
     showError("this server asks for an API token: enter it, then press Send");
     return false;
@@ -65,9 +68,16 @@ async function loadModels() {
     showError(`models: ${response.status} ${await errorText(response)}`);
     return false;
   }
-  const body = await response.json();
+  let body;
+  try {
+    body = await response.json();
+  } catch (_) {
+    showError("models: the server's answer is not JSON");
+    return false;
+  }
+  page.needsToken = false;
   page.models = body.models;
-  page.limits = { bytes: body.max_upload_bytes, files: body.max_files };
+  page.limits = { bytes: body.max_upload_bytes, files: body.max_files, request: body.max_request_bytes };
   const select = $("model");
   const chosen = select.value;
   select.replaceChildren(...page.models.map((m) => element("option", { value: m.name }, m.name)));
@@ -119,6 +129,11 @@ function problemsWith(files) {
   if (files.length > page.limits.files) {
     problems.push(`${files.length} photos at once; this server takes at most ${page.limits.files}`);
   }
+  const total = files.reduce((sum, f) => sum + f.size, 0);
+  if (files.length > 1 && page.limits.request && total > page.limits.request) {
+    const mib = (n) => (n / 1048576).toFixed(1);
+    problems.push(`${mib(total)} MiB in all, over this server's ${mib(page.limits.request)} MiB a request: send fewer at once`);
+  }
   for (const file of files) {
     if (!TYPES.includes(file.type)) {
       problems.push(`${file.name}: not a JPEG, PNG, WebP, GIF or BMP image (${file.type || "unknown type"})`);
@@ -153,8 +168,8 @@ async function send(event) {
     (version ? `/versions/${encodeURIComponent(version)}` : "") + "/predict";
   const url = kind === "segmenter" ? `${base}?masks=png` : base;
   $("send").disabled = true;
+  let response;
   try {
-    let response;
     if (files.length === 1) {
       response = await fetch(url, {
         method: "POST",
@@ -166,19 +181,26 @@ async function send(event) {
       for (const file of files) form.append("files", file, file.name);
       response = await fetch(url, { method: "POST", headers: authHeaders(), body: form });
     }
-    if (response.status === 401) $("token-row").hidden = false;
-    if (!response.ok) {
-      showError(`${response.status}: ${await errorText(response)}`);
-      return;
-    }
-    const body = await response.json();
-    const answers = body.predictions || [Object.assign({ file: files[0].name }, body)];
-    answers.forEach((answer, i) => show(files[i], answer, model.serving, kind));
   } catch (_) {
     showError("the server did not answer (disconnected?)");
+    return;
   } finally {
     $("send").disabled = false;
   }
+  if (response.status === 401) $("token-row").hidden = false;
+  if (!response.ok) {
+    showError(`${response.status}: ${await errorText(response)}`);
+    return;
+  }
+  let body;
+  try {
+    body = await response.json();
+  } catch (_) {
+    showError(`${response.status}: the server's answer is not JSON`);
+    return;
+  }
+  const answers = body.predictions || [Object.assign({ file: files[0].name }, body)];
+  answers.forEach((answer, i) => show(files[i], answer, model.serving, kind));
 }
 
 // -- answers ---------------------------------------------------------------------------------
@@ -220,8 +242,12 @@ function show(file, answer, description, kind) {
   }
   card.append(element("p", { class: "label" }, `label: ${answer.label}`));
   if (answer.scores) card.append(scoreBars(answer.scores));
-  if (kind === "segmenter" && answer.masks) masksView(card, file, answer, description);
-  if (kind === "restorer" && answer.image) restoredView(card, file, answer, description);
+  const failed = (error) => {
+    console.error(error);
+    card.append(element("p", { class: "error" }, `this answer could not be drawn: ${error}`));
+  };
+  if (kind === "segmenter" && answer.masks) masksView(card, file, answer, description).catch(failed);
+  if (kind === "restorer" && answer.image) restoredView(card, file, answer, description).catch(failed);
   const t = answer.timing_ms;
   if (t) {
     card.append(element("p", { class: "hint" },
@@ -338,8 +364,12 @@ function quantile(buckets, q) {
 
 function windowOf(before, after, name) {
   const b = after.models[name];
-  const a = (before && before.models[name]) || { requests: {}, latency: {}, refusals: {} };
-  const seconds = before ? Math.max(1e-9, after.time - before.time) : 1;
+  const a = before && before.models[name];
+  const total = (m) => Object.values(m.requests).reduce((t, v) => t + v, 0);
+  if (!a || total(b) < total(a)) {  // first look, or the server restarted: no interval yet
+    return { answers: null, p50: null, p99: null, refusals: {} };
+  }
+  const seconds = Math.max(1e-9, after.time - before.time);
   const ok = (m) => Object.entries(m.requests).filter(([s]) => s.startsWith("2")).reduce((t, [, v]) => t + v, 0);
   const latency = {};
   for (const [le, v] of Object.entries(b.latency)) latency[le] = v - (a.latency[le] || 0);
@@ -349,7 +379,7 @@ function windowOf(before, after, name) {
     if (d > 0) refusals[reason] = d / seconds;
   }
   return {
-    answers: before ? (ok(b) - ok(a)) / seconds : null,
+    answers: (ok(b) - ok(a)) / seconds,
     p50: quantile(latency, 0.5),
     p99: quantile(latency, 0.99),
     refusals,
@@ -405,19 +435,25 @@ function renderLive(now) {
   $("live").replaceChildren(...cards);
 }
 
+function say(text, kind) {  // an aria-live region: written only when it changes
+  const node = $("connection");
+  if (node.textContent !== text) {
+    node.textContent = text;
+    node.className = kind;
+  }
+}
+
 async function poll() {
   try {
     const response = await fetch("/v1/stats", { cache: "no-store" });
     if (!response.ok) throw new Error(String(response.status));
     const now = await response.json();
-    $("connection").textContent = "connected";
-    $("connection").className = "ok";
+    say("connected", "ok");
     renderLive(now);
     page.previous = now;
-    if (!page.models.length) await loadModels();
+    if (!page.models.length && !page.needsToken) await loadModels();
   } catch (_) {
-    $("connection").textContent = "disconnected: retrying";
-    $("connection").className = "bad";
+    say("disconnected: retrying", "bad");
     page.previous = null;
   } finally {
     setTimeout(poll, POLL_MS);
@@ -436,9 +472,19 @@ function start() {
     event.preventDefault();
     drop.classList.remove("over");
     page.dropped = [...event.dataTransfer.files];
-    $("about").textContent = `${page.dropped.length} photo(s) dropped; press Send`;
+    $("photos").value = "";
+    $("camera").value = "";
+    $("dropped").textContent = `${page.dropped.length} photo(s) dropped; press Send`;
   });
-  for (const id of ["photos", "camera"]) $(id).addEventListener("change", () => { page.dropped = []; });
+  // a photo dropped beside the zone must not replace the page (and the token it holds)
+  for (const type of ["dragover", "drop"]) document.addEventListener(type, (e) => e.preventDefault());
+  for (const [id, other] of [["photos", "camera"], ["camera", "photos"]]) {
+    $(id).addEventListener("change", () => {  // the latest choice is what is sent
+      page.dropped = [];
+      $(other).value = "";
+      $("dropped").textContent = "";
+    });
+  }
   loadModels();
   poll();
 }

@@ -427,6 +427,7 @@ class RedisTransport:
             with contextlib.suppress(BadJob, ValueError):
                 self._card = ModelCard.from_json(json.loads(card))
         self._workers, self._backlog = int(workers), int(backlog)
+        self.metrics.workers_live.labels(**self._labels).set(self._workers)
         if not self._connected:
             log.info("redis reachable at %s; %d live worker(s)", self.settings.url, self._workers)
         self._connected = True

@@ -159,6 +159,9 @@ class RedisWorker:
         self._stopping = asyncio.Event()  # stop taking jobs
         self._stopped = asyncio.Event()  # stop the heartbeat too
         self._labels = {"model": self.runner.name}
+        # the series exists from the start (at 0, "never"), so a worker that never reaches
+        # Redis trips the heartbeat alert instead of exporting nothing
+        self.metrics.worker_heartbeat.labels(**self._labels).set(0)
 
     async def run(self, stop: asyncio.Event) -> None:
         """Warm up, then serve until ``stop`` is set; then finish what was taken (up to the
