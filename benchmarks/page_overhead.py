@@ -63,7 +63,7 @@ def round_of(arm: str, port: int, args: argparse.Namespace) -> dict[str, object]
              "--json", str(out), "--label", arm],
             cwd=ROOT, check=True, capture_output=True,
         )  # fmt: skip
-        rows = [json.loads(line) for line in out.read_text().splitlines() if line.strip()]
+        rows = json.loads(out.read_text())  # bench load --json writes one array of rows
     stop.set()
     if poller is not None:
         poller.join()
