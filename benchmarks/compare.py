@@ -119,6 +119,17 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+def wait_ready(port: int, tries: int = 600, every: float = 0.5) -> None:
+    """Until a visionloop server on ``port`` answers ready (up to ``tries * every`` seconds)."""
+    for _ in range(tries):
+        try:
+            if httpx.get(f"http://127.0.0.1:{port}/v2/health/ready").status_code == 200:
+                return
+        except httpx.TransportError:
+            pass
+        time.sleep(every)
+
+
 def peer_name(name: str) -> tuple[str, str, str]:
     """``<peer>[-fast][-slo]`` -> (peer, engine, mode)."""
     mode = "slo" if name.endswith("-slo") else "shipped"

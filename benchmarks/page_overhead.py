@@ -31,7 +31,7 @@ HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 sys.path.insert(0, str(HERE))
 
-from compare import free_port, machine  # noqa: E402
+from compare import free_port, machine, wait_ready  # noqa: E402
 
 ARMS = {"none": None, "page": 2.0, "10 pages": 0.2}
 
@@ -93,13 +93,7 @@ def main() -> None:
     )  # fmt: skip
     rows = []
     try:
-        for _ in range(600):
-            try:
-                if httpx.get(f"http://127.0.0.1:{port}/v2/health/ready").status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            time.sleep(0.5)
+        wait_ready(port)
         order = list(ARMS)
         for r in range(args.rounds):
             for arm in order[r % 3 :] + order[: r % 3]:

@@ -19,7 +19,6 @@ import argparse
 import json
 import os
 import shlex
-import socket
 import subprocess
 import sys
 import tempfile
@@ -30,12 +29,9 @@ from pathlib import Path
 import httpx
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "benchmarks"))
 
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+from compare import free_port, wait_ready  # noqa: E402
 
 
 def cpu_seconds(pid: int) -> float:
@@ -65,13 +61,7 @@ def main() -> None:
     server = subprocess.Popen(serve, cwd=ROOT)
     load = None
     try:
-        for _ in range(600):
-            try:
-                if httpx.get(f"http://127.0.0.1:{port}/v2/health/ready").status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            time.sleep(0.5)
+        wait_ready(port)
         engine = httpx.get(f"http://127.0.0.1:{port}/v2/models/catdog/config").json()["engine"]
         duration = args.seconds + 10
         load = subprocess.Popen([sys.executable, "-m", "visionloop", "bench", "load",
