@@ -60,6 +60,7 @@ from visionloop import imaging  # noqa: E402
 from visionloop.models import registry  # noqa: E402
 from visionloop.models.restorer import RestoreNet  # noqa: E402
 from visionloop.train.degrade import degrade  # noqa: E402
+from visionloop.train.engine import Diverged  # noqa: E402
 from visionloop.train.gan import GanConfig, train_gan  # noqa: E402
 from visionloop.train.image_metrics import FeatureDistance, psnr_y, ssim_y  # noqa: E402
 from visionloop.train.niqe import Niqe  # noqa: E402
@@ -112,26 +113,36 @@ def train_arm(
     """The arm's served weights (best.pt) and its training figures."""
     base = {"photos": photos, "val_fraction": 0.15, "crop": args.crop, "batch_size": args.batch,
             "width": args.width, "blocks": args.blocks, "seed": seed, "patience": 10**6,
-            "max_batches": args.batches, "lr_g": 2e-4}  # fmt: skip
+            "crops_per_photo": args.crops, "lr_g": args.lr}  # fmt: skip
     folder = args.work / f"seed{seed}" / name.replace(" ", "_").replace(",", "")
     started = time.process_time()
     if arm.get("kind") == "long":
         config = GanConfig(out=folder, epochs=args.pretrain + args.gan,
                            content_weight=arm["content_weight"], **base)  # fmt: skip
-        best = train_gan(config)
-        return folder / "best.pt", {"cpu_s": round(time.process_time() - started, 1), **best}
+        return folder / "best.pt", {"cpu_s": round(time.process_time() - started, 1),
+                                    **fit(config)}  # fmt: skip
     norm = arm.get("norm", "none")
     if norm not in pretrained:
         pre = args.work / f"seed{seed}" / f"pretrain-{norm}"
-        train_gan(GanConfig(out=pre, epochs=args.pretrain, norm=norm, **base))
+        fit(GanConfig(out=pre, epochs=args.pretrain, norm=norm, **base))
         pretrained[norm] = pre / "best.pt"
     config = GanConfig(
         out=folder, stage="gan", init=pretrained[norm], epochs=args.gan, norm=norm,
         content_weight=1.0, adv_weight=0.1, discriminator=arm["discriminator"],
         gan_loss=arm["gan_loss"], ema=arm.get("ema", 0.999), **base,
     )  # fmt: skip
-    best = train_gan(config)
-    return folder / "best.pt", {"cpu_s": round(time.process_time() - started, 1), **best}
+    return folder / "best.pt", {"cpu_s": round(time.process_time() - started, 1), **fit(config)}
+
+
+def fit(config: GanConfig) -> dict[str, Any]:
+    """Train; a run that diverges keeps its last good epoch (judged like the others) and says
+    so in its figures rather than ending the study."""
+    try:
+        return train_gan(config)
+    except Diverged as exc:
+        if not (config.out / "best.pt").is_file():
+            raise
+        return {"diverged": str(exc)}
 
 
 class Judge:
@@ -181,8 +192,9 @@ class Judge:
         pairs = list(zip(labels, self.clean_labels, strict=True))
         agree = sum(x[0] == y[0] for x, y in pairs)
         top1 = sum(x[1] == y[1] for x, y in pairs)
+        psnr = float(psnr_y(a, b).mean())
         return {
-            "psnr_y": round(float(psnr_y(a, b).mean()), 3),
+            "psnr_y": round(psnr, 3) if np.isfinite(psnr) else None,  # None: identical images
             "ssim_y": round(float(ssim_y(a, b).mean()), 4),
             "feature_distance": round(
                 float(self.distance(a.float() / 255, b.float() / 255).mean()), 4
@@ -208,11 +220,12 @@ def grid(rows: list[list[Image.Image]], path: Path, size: int = 96) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--seeds", default="0,1")
-    parser.add_argument("--pretrain", type=int, default=8, help="epochs of the L1 warm start")
-    parser.add_argument("--gan", type=int, default=8, help="epochs of the GAN stage")
-    parser.add_argument("--batches", type=int, default=20, help="batches per epoch")
-    parser.add_argument("--batch", type=int, default=8)
-    parser.add_argument("--crop", type=int, default=48)
+    parser.add_argument("--pretrain", type=int, default=4, help="epochs of the L1 warm start")
+    parser.add_argument("--gan", type=int, default=4, help="epochs of the GAN stage")
+    parser.add_argument("--crops", type=int, default=10, help="crops of each photo per epoch")
+    parser.add_argument("--batch", type=int, default=16)
+    parser.add_argument("--crop", type=int, default=64)
+    parser.add_argument("--lr", type=float, default=5e-4, help="every generator's Adam rate")
     parser.add_argument("--width", type=int, default=24)
     parser.add_argument("--blocks", type=int, default=3)
     parser.add_argument("--arms", default=";".join(ARMS), help="names separated by ;")
@@ -271,7 +284,9 @@ def summarise(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
         keys = ("psnr_y", "ssim_y", "feature_distance", "niqe", "catdog_agreement",
                 "imagenet_top1_agreement")  # fmt: skip
         for key in keys:
-            values = [float(r[key]) for r in group]
+            values = [float(r[key]) for r in group if r[key] is not None]
+            if not values:
+                continue
             entry[key] = {"mean": round(statistics.mean(values), 4),
                           "min": round(min(values), 4), "max": round(max(values), 4)}  # fmt: skip
         out.append(entry)

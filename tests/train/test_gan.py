@@ -86,6 +86,21 @@ def test_pairs_are_reproducible_and_validation_is_fixed(photos):
         RestorePairs(files, crop=72)[0]
 
 
+def test_several_crops_of_each_photo_per_epoch(photos):
+    files = photo_files(photos)
+    three = RestorePairs(files, crop=32, seed=1, crops_per_photo=3)
+    assert len(three) == 3 * len(files)
+    # index i and i + len(files) are crops of the same photo, drawn apart
+    crops = [three[2 + k * len(files)][1] for k in range(3)]
+    assert not torch.equal(crops[0], crops[1]) and not torch.equal(crops[1], crops[2])
+    # the first pass is the one-crop dataset's, so one crop per photo is what it was
+    assert torch.equal(crops[0], RestorePairs(files, crop=32, seed=1)[2][1])
+    val = RestorePairs(files, crop=32, train=False, crops_per_photo=3)
+    assert len(val) == len(files)  # validation stays one fixed crop per photo
+    with pytest.raises(ValueError, match="crops_per_photo"):
+        RestorePairs(files, crop=32, crops_per_photo=0)
+
+
 def tiny(photos, out, **overrides) -> GanConfig:
     values = {"crop": 32, "epochs": 2, "batch_size": 4, "width": 8, "blocks": 1,
               "val_fraction": 0.3, "max_batches": 2, "seed": 0, **overrides}  # fmt: skip

@@ -74,6 +74,9 @@ def gan(
     ] = None,
     val_fraction: Annotated[float, typer.Option(help="Held out of --photos.")] = 0.15,
     crop: Annotated[int, typer.Option(min=16, help="Training crop (multiple of 8).")] = 96,
+    crops_per_photo: Annotated[
+        int, typer.Option(min=1, help="Random crops of each training photo per epoch.")
+    ] = 1,
     epochs: Annotated[int, typer.Option(min=1)] = 20,
     batch_size: Annotated[int, typer.Option(min=1)] = 8,
     lr_g: Annotated[float, typer.Option(help="Generator's Adam learning rate.")] = 2e-4,
@@ -102,8 +105,9 @@ def gan(
     with errors(ValueError):
         config = GanConfig(
             photos=photos, out=out, stage=stage, init=init, val_photos=val_photos,  # type: ignore[arg-type]
-            val_fraction=val_fraction, crop=crop, epochs=epochs, batch_size=batch_size,
-            lr_g=lr_g, lr_d=lr_d, width=width, blocks=blocks, norm=norm,  # type: ignore[arg-type]
+            val_fraction=val_fraction, crop=crop, crops_per_photo=crops_per_photo,
+            epochs=epochs, batch_size=batch_size, lr_g=lr_g, lr_d=lr_d, width=width,
+            blocks=blocks, norm=norm,  # type: ignore[arg-type]
             discriminator=discriminator, gan_loss=gan_loss,  # type: ignore[arg-type]
             l1_weight=l1_weight, content_weight=content_weight, adv_weight=adv_weight,
             ema=ema or None, patience=patience, seed=seed, device=device, workers=workers,

@@ -187,9 +187,10 @@ def _in_validation(path: Path, root: Path, fraction: float) -> bool:
 
 
 class RestorePairs(torch.utils.data.Dataset[tuple[torch.Tensor, torch.Tensor]]):
-    """``(degraded, clean)`` uint8 (crop, crop, 3) pairs. ``train``: a random crop and flip,
-    a random damage per (seed, epoch, index); else a centre crop and a damage fixed per index.
-    Photos smaller than the crop are refused when read (named)."""
+    """``(degraded, clean)`` uint8 (crop, crop, 3) pairs. ``train``: ``crops_per_photo`` random
+    crops and flips of each photo per epoch, a random damage per (seed, epoch, index); else a
+    centre crop and a damage fixed per index. Photos smaller than the crop are refused when read
+    (named)."""
 
     def __init__(
         self,
@@ -199,15 +200,19 @@ class RestorePairs(torch.utils.data.Dataset[tuple[torch.Tensor, torch.Tensor]]):
         seed: int = 0,
         damage: Degradation | None = None,
         cache_side: int = 384,
+        crops_per_photo: int = 1,
     ) -> None:
         if crop % 8:
             raise ValueError(f"crop must be a multiple of 8, got {crop}")
+        if crops_per_photo < 1:
+            raise ValueError(f"crops_per_photo must be at least 1, got {crops_per_photo}")
         self.photos, self.crop, self.train, self.seed = list(photos), crop, train, seed
+        self.repeats = crops_per_photo if train else 1
         self.damage, self.cache_side, self.epoch = damage or Degradation(), cache_side, 0
         self._cache: dict[int, Image.Image] = {}
 
     def __len__(self) -> int:
-        return len(self.photos)
+        return len(self.photos) * self.repeats
 
     def fingerprint(self) -> str:
         digest = hashlib.sha256()
@@ -240,7 +245,7 @@ class RestorePairs(torch.utils.data.Dataset[tuple[torch.Tensor, torch.Tensor]]):
         return self._cache[index]
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
-        image = self.photo(index)
+        image = self.photo(index % len(self.photos))
         c = self.crop
         if self.train:
             rng = random.Random(f"{self.seed}:{self.epoch}:{index}")
@@ -294,6 +299,7 @@ class GanConfig:
     workers: int = 0
     max_batches: int | None = None
     cache_side: int = 384
+    crops_per_photo: int = 1  # random crops of each training photo per epoch
     damage: dict[str, Any] = field(default_factory=dict)  # Degradation fields
 
     def __post_init__(self) -> None:
@@ -353,8 +359,9 @@ class GanTrainer(Trainer):
         damage = Degradation(**config.damage)
         train, val = split_photos(config)
         self.train_data = RestorePairs(
-            train, config.crop, True, config.seed, damage, config.cache_side
-        )
+            train, config.crop, True, config.seed, damage, config.cache_side,
+            config.crops_per_photo,
+        )  # fmt: skip
         self.val_data = RestorePairs(
             val, config.crop, False, config.seed, damage, config.cache_side
         )
@@ -363,7 +370,7 @@ class GanTrainer(Trainer):
         return {k: str(v) if isinstance(v, Path) else v for k, v in asdict(self.settings).items()}
 
     def fingerprints(self) -> dict[str, Any]:
-        return {"train_photos": len(self.train_data), "val_photos": len(self.val_data),
+        return {"train_photos": len(self.train_data.photos), "val_photos": len(self.val_data),
                 "train_fingerprint": self.train_data.fingerprint(),
                 "val_fingerprint": self.val_data.fingerprint()}  # fmt: skip
 
