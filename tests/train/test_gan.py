@@ -92,7 +92,8 @@ def test_several_crops_of_each_photo_per_epoch(photos):
     assert len(three) == 3 * len(files)
     # index i and i + len(files) are crops of the same photo, drawn apart
     crops = [three[2 + k * len(files)][1] for k in range(3)]
-    assert not torch.equal(crops[0], crops[1]) and not torch.equal(crops[1], crops[2])
+    assert not torch.equal(crops[0], crops[1])
+    assert not torch.equal(crops[1], crops[2])
     # the first pass is the one-crop dataset's, so one crop per photo is what it was
     assert torch.equal(crops[0], RestorePairs(files, crop=32, seed=1)[2][1])
     val = RestorePairs(files, crop=32, train=False, crops_per_photo=3)

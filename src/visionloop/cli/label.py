@@ -405,20 +405,35 @@ def simulate(
         str, typer.Option(help="honeypots, unchanged, overlap3, none.")
     ] = "honeypots,unchanged,overlap3",
     seeds: Annotated[int, typer.Option(min=1, help="Crowds per setting.")] = 3,
+    crowds: Annotated[
+        str,
+        typer.Option(
+            help="tuning (the kinds the QC rules were tuned on), heldout (kinds written after "
+            "the rules were frozen), or both, comma-separated."
+        ),
+    ] = "tuning",
     out: Annotated[Path | None, typer.Option(help="Write every run as JSON.")] = None,
     markdown: Annotated[bool, typer.Option(help="Print the table as Markdown.")] = False,
 ) -> None:
     """Simulate a crowd; compare QC strategies (lazy caught, honest banned, IoU, cost)."""
-    from visionloop.label.simulate import SimConfig, summarise
+    from visionloop.label.crowd_heldout import HELD_OUT, HELD_OUT_CROWD
+    from visionloop.label.simulate import CROWD, TUNING, SimConfig, summarise
     from visionloop.label.simulate import simulate as run
 
+    known = {"tuning": (CROWD, TUNING), "heldout": (HELD_OUT_CROWD, HELD_OUT)}
     with _errors():
+        chosen = [c.strip() for c in crowds.split(",") if c.strip()]
+        unknown = [c for c in chosen if c not in known]
+        if unknown or not chosen:
+            raise ValueError(f"unknown crowd {unknown or crowds!r}; have tuning, heldout")
         runs = [
-            run(SimConfig(strategy=s, images=images, model_quality=float(q), seed=seed))
+            run(SimConfig(strategy=s, images=images, model_quality=float(q), seed=seed,
+                          crowd=dict(known[c][0]), behaviours=known[c][1], label=c))
+            for c in chosen
             for q in quality.split(",")
             for s in strategies.split(",")
             for seed in range(seeds)
-        ]
+        ]  # fmt: skip
     rows = summarise(runs)
     if markdown:
         print("| " + " | ".join(rows[0]) + " |")

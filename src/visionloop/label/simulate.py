@@ -12,6 +12,10 @@ object, gain a false blob or have a badly drawn boundary. Annotators:
 - ``scribbler``: draws random blobs
 - ``lazy_fixes_obvious``: fixes only errors covering 4 % of the image or more
 
+Each kind is a :class:`Behaviour` (``TUNING``, the set the QC rules were tuned on); a
+simulation takes any name -> behaviour table, so :mod:`visionloop.label.crowd_heldout` judges
+the frozen rules on annotators they never saw.
+
 The work is handed out in rounds; after each round QC runs on everything so far, banned
 annotators get no more work, and their tasks go back to the queue (paid again). Strategies:
 ``honeypots`` (10 % spoiled gold tasks; 50 % for newcomers and suspects, i.e. until the
@@ -27,7 +31,7 @@ from __future__ import annotations
 from collections import defaultdict
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 from scipy import ndimage
@@ -39,6 +43,9 @@ from visionloop.label.spoil import spoil
 __all__ = [
     "CROWD",
     "STRATEGIES",
+    "TUNING",
+    "Behaviour",
+    "Seen",
     "SimConfig",
     "annotate",
     "crowd_answers",
@@ -49,7 +56,6 @@ __all__ = [
 ]
 
 STRATEGIES = ("honeypots", "unchanged", "overlap3", "none")
-LAZY = ("lazy", "lazy_fixes_obvious")
 HONEST = ("careful", "sloppy")
 CROWD = {"careful": 16, "sloppy": 12, "lazy": 6, "lazy_fixes_obvious": 4, "scribbler": 2}
 SECONDS = {
@@ -59,6 +65,48 @@ SECONDS = {
     "lazy_fixes_obvious": 5.0,
     "scribbler": 3.0,
 }
+
+
+@dataclass(frozen=True)
+class Seen:
+    """What an annotator has to go on besides the task: its name, how many tasks it has
+    submitted so far, and the answers others have already given to this task (what a copier
+    would get from a partner)."""
+
+    name: str
+    done: int
+    answers: Mapping[str, Label]
+
+
+class Behaviour(Protocol):
+    """One kind of annotator: honest or not (what "caught" and "honest banned" count), and its
+    answer to a task with the seconds it took."""
+
+    @property
+    def honest(self) -> bool: ...
+
+    def __call__(
+        self, shown: Label, truth: Label, rng: np.random.Generator, size: int, seen: Seen
+    ) -> tuple[Label, float]: ...
+
+
+@dataclass(frozen=True)
+class Kind:
+    """A behaviour of the tuning set: :func:`annotate` for ``kind``, ``SECONDS[kind]`` each."""
+
+    kind: str
+
+    @property
+    def honest(self) -> bool:
+        return self.kind in HONEST
+
+    def __call__(
+        self, shown: Label, truth: Label, rng: np.random.Generator, size: int, seen: Seen
+    ) -> tuple[Label, float]:
+        return annotate(self.kind, shown, truth, rng, size), SECONDS[self.kind]
+
+
+TUNING: dict[str, Behaviour] = {k: Kind(k) for k in SECONDS}
 
 
 @dataclass(frozen=True)
@@ -75,15 +123,19 @@ class SimConfig:
     per_round: int = 10  # tasks per annotator per round
     seed: int = 0
     rules: Rules = field(default_factory=Rules)
+    behaviours: Mapping[str, Behaviour] = field(default_factory=lambda: dict(TUNING))
+    label: str = "tuning"  # which crowd this is, in the figures
 
     def __post_init__(self) -> None:
         if self.strategy not in STRATEGIES:
             raise ValueError(f"strategy must be one of {', '.join(STRATEGIES)}")
         if not 0 <= self.model_quality <= 1 or not 0 <= self.honeypot_share < 1:
             raise ValueError("model_quality must be in [0, 1] and honeypot_share in [0, 1)")
-        unknown = set(self.crowd) - set(SECONDS)
+        unknown = set(self.crowd) - set(self.behaviours)
         if unknown:
-            raise ValueError(f"unknown annotator types {sorted(unknown)}; have {sorted(SECONDS)}")
+            raise ValueError(
+                f"unknown annotator types {sorted(unknown)}; have {sorted(self.behaviours)}"
+            )
 
 
 def scene(rng: np.random.Generator, size: int) -> Label:
@@ -186,6 +238,8 @@ def simulate(config: SimConfig) -> dict[str, Any]:
     banned: dict[str, str] = {}
     trusted: set[str] = set()  # newcomers and suspects get qualification_share honeypots
     retired: set[int] = set()
+    answers: dict[int, dict[str, Label]] = defaultdict(dict)
+    count: dict[str, int] = defaultdict(int)
     rounds = 0
     while queue and rounds < 1000:
         rounds += 1
@@ -199,11 +253,14 @@ def simulate(config: SimConfig) -> dict[str, Any]:
                 task = _next(queue, baits, name, done, retired, share, rng)
                 if task is None:
                     break
-                label = annotate(kind, task.shown, task.truth, rng, config.size)
-                done[task.id].add(name)
-                subs.append(
-                    Sub(task.id, name, task.kind, label, task.shown, task.gold, SECONDS[kind])
+                seen = Seen(name, count[name], dict(answers[task.id]))
+                label, seconds = config.behaviours[kind](
+                    task.shown, task.truth, rng, config.size, seen
                 )
+                done[task.id].add(name)
+                answers[task.id][name] = label
+                count[name] += 1
+                subs.append(Sub(task.id, name, task.kind, label, task.shown, task.gold, seconds))
         result = assess(subs, rules, banned, retired)
         retired = {t for t, b in result.baits.items() if b.retired}
         trusted = {n for n, a in result.annotators.items() if not a.suspect(rules)}
@@ -214,6 +271,7 @@ def simulate(config: SimConfig) -> dict[str, Any]:
             queue.extend(t for t in pool if t.id in lost)
             for t in lost:
                 done[t].discard(name)
+                answers[t].pop(name, None)
     final = assess(subs, rules, banned, retired)
     return _figures(config, pool, baits, subs, final, kind_of, rounds)
 
@@ -281,11 +339,19 @@ def _figures(
     )
     final.update({t: g[0][1] for t, g in labels.items() if len(g) == 1})
     scores = [mean_iou(final[t.id], t.truth) if t.id in final else 0.0 for t in pool]
-    lazy = [n for n, k in kind_of.items() if k in LAZY]
-    honest = [n for n, k in kind_of.items() if k in HONEST]
+    honest_kind = {k: config.behaviours[k].honest for k in set(kind_of.values())}
+    # "lazy": every dishonest kind but the scribbler, who is counted apart
+    lazy = [n for n, k in kind_of.items() if not honest_kind[k] and k != "scribbler"]
+    honest = [n for n, k in kind_of.items() if honest_kind[k]]
+    by_kind: dict[str, dict[str, Any]] = {}
+    for kind in sorted(set(kind_of.values())):
+        names = [n for n, k in kind_of.items() if k == kind]
+        by_kind[kind] = {"honest": honest_kind[kind], "people": len(names),
+                         "banned": sum(n in banned for n in names)}  # fmt: skip
     stale = {b.id for b in baits if b.stale}
     retired = {t for t, b in result.baits.items() if b.retired}
     return {
+        "crowd": config.label,
         "strategy": config.strategy,
         "model_quality": config.model_quality,
         "seed": config.seed,
@@ -303,16 +369,17 @@ def _figures(
         "stale_retired": len(stale & retired),
         "sound_retired": len(retired - stale),
         "rounds": rounds,
+        "by_kind": by_kind,
     }
 
 
 def summarise(runs: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
-    """One row per (model quality, strategy), summed over seeds."""
-    groups: dict[tuple[float, str], list[dict[str, Any]]] = defaultdict(list)
+    """One row per (crowd, model quality, strategy), summed over seeds."""
+    groups: dict[tuple[str, float, str], list[dict[str, Any]]] = defaultdict(list)
     for r in runs:
-        groups[r["model_quality"], r["strategy"]].append(r)
+        groups[r.get("crowd", "tuning"), r["model_quality"], r["strategy"]].append(r)
     rows = []
-    for (quality, strategy), group in groups.items():
+    for (crowd, quality, strategy), group in groups.items():
 
         def total(key: str, g: list[dict[str, Any]] = group) -> int:
             return sum(int(r[key]) for r in g)
@@ -320,6 +387,7 @@ def summarise(runs: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
         images = sum(r["images"] for r in group)
         rows.append(
             {
+                "crowd": crowd,
                 "model right": f"{quality:.0%}",
                 "strategy": strategy,
                 "crowds": len(group),
