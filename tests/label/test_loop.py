@@ -19,7 +19,6 @@ from visionloop.label.masks import label_from_json
 from visionloop.label.quality import Rules
 from visionloop.label.simulate import crowd_answers
 from visionloop.label.store import Annotator, Decision, Submission, Task, open_store
-from visionloop.train.synth import synthesize
 
 runner = CliRunner()
 CROWD = [
@@ -43,14 +42,6 @@ def truth_of(image: str) -> dict[str, np.ndarray]:
     return {
         c: np.asarray(Image.open(root / "masks" / c / path.name)) > 0 for c in ("cat", "animal")
     }
-
-
-@pytest.fixture
-def world(tmp_path, monkeypatch):
-    synthesize(tmp_path / "pool", 24, size=48, seed=1)
-    synthesize(tmp_path / "gold", 16, size=48, seed=2)
-    monkeypatch.setenv("VISIONLOOP_LABEL_DB", f"sqlite:///{tmp_path / 'labels.db'}")
-    return tmp_path
 
 
 @pytest.mark.slow

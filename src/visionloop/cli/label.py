@@ -395,6 +395,37 @@ def _print_annotators(result: Any, rules: Any) -> None:
         )
 
 
+@app.command("timing")
+def timing(
+    drop_slowest: Annotated[
+        float, typer.Option(help="Share of the slowest tasks left out (idle time).")
+    ] = 0.05,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the fit as JSON.")] = False,
+    db: Db = DEFAULT_DB,
+) -> None:
+    """Fit seconds per task to what annotators changed (objects drawn, erased, fixed) on the
+    times the annotation tool recorded (Label Studio's lead_time, kept by `label ingest`)."""
+    from visionloop.label.results import load_subs
+    from visionloop.label.timing import changes, fit
+
+    with _errors():
+        subs, _, _ = load_subs(_store(db))
+        result = fit(changes(subs), drop_slowest=drop_slowest, source=f"label timing, {db}")
+    if as_json:
+        print(json.dumps(result.to_json(), indent=1))
+        return
+    m = result.model
+    say(
+        f"seconds per task = {m.look:.1f} (look) + {m.draw:.1f} x objects drawn + "
+        f"{m.erase:.1f} x erased + {m.fix:.1f} x fixed"
+    )
+    say(
+        f"fitted on {result.used} timed submissions ({result.dropped} slowest left out as idle "
+        f"time); median error {result.median_abs_error_s:.1f} s; "
+        + ", ".join(f"{n} {k}" for k, n in result.counts.items())
+    )
+
+
 @app.command("simulate")
 def simulate(
     images: Annotated[int, typer.Option(min=10, help="Pool size.")] = 2000,
