@@ -24,10 +24,12 @@ PSNR and SSIM on the luma (BasicSR's way, 4 px border), the Lite0 feature distan
 (uncalibrated), NIQE with a pristine model fitted on clean ``work`` crops (no reference; lower
 is more natural), and what our users care about: the ``catdog`` label of the restored copy
 against its label on the clean copy (and the degraded copy's, for the floor), and the same for
-its ImageNet top-1 class, which moves long before the three-way label does. The photos carry no
-cat/dog labels of their own (three of them show a cat, a kitten or a dog; nearly all are
-"neither"), so agreement with the clean copy stands in for accuracy: it says whether restoring
-brings the classifier back to what it says on an undamaged photo.
+its ImageNet top-1 class, which moves long before the three-way label does. The eval photos
+carry no cat/dog labels and nearly all are "neither", so agreement with the clean copy says
+whether restoring brings the classifier back to what it says on an undamaged photo;
+``catdog.py`` beside this file measures accuracy on person-labelled cat, dog and neither photos.
+Every arm is judged with the generator it ends with (its moving average where it keeps one),
+after the same number of steps, not at the epoch its own validation liked best.
 
 Writes the results file and, beside it, ``<out>.png``: crops of four eval photos, degraded /
 L1 / LSGAN U-Net / clean.
@@ -110,7 +112,7 @@ def train_arm(
     photos: Path,
     pretrained: dict[str, Path],
 ) -> tuple[Path, dict[str, Any]]:
-    """The arm's served weights (best.pt) and its training figures."""
+    """The arm's run folder and its training figures (its best validation epoch's, and CPU s)."""
     base = {"photos": photos, "val_fraction": 0.15, "crop": args.crop, "batch_size": args.batch,
             "width": args.width, "blocks": args.blocks, "seed": seed, "patience": 10**6,
             "crops_per_photo": args.crops, "lr_g": args.lr}  # fmt: skip
@@ -119,19 +121,23 @@ def train_arm(
     if arm.get("kind") == "long":
         config = GanConfig(out=folder, epochs=args.pretrain + args.gan,
                            content_weight=arm["content_weight"], **base)  # fmt: skip
-        return folder / "best.pt", {"cpu_s": round(time.process_time() - started, 1),
-                                    **fit(config)}  # fmt: skip
+        figures = fit(config)
+        return folder, {"cpu_s": round(time.process_time() - started, 1), **figures}
     norm = arm.get("norm", "none")
-    if norm not in pretrained:
+    extra: dict[str, Any] = {}
+    if norm not in pretrained:  # the first arm of a kind of generator trains the shared warm start
         pre = args.work / f"seed{seed}" / f"pretrain-{norm}"
         fit(GanConfig(out=pre, epochs=args.pretrain, norm=norm, **base))
         pretrained[norm] = pre / "best.pt"
+        extra["pretrain_cpu_s"] = round(time.process_time() - started, 1)
+        started = time.process_time()
     config = GanConfig(
         out=folder, stage="gan", init=pretrained[norm], epochs=args.gan, norm=norm,
         content_weight=1.0, adv_weight=0.1, discriminator=arm["discriminator"],
         gan_loss=arm["gan_loss"], ema=arm.get("ema", 0.999), **base,
     )  # fmt: skip
-    return folder / "best.pt", {"cpu_s": round(time.process_time() - started, 1), **fit(config)}
+    figures = fit(config)
+    return folder, {"cpu_s": round(time.process_time() - started, 1), **extra, **figures}
 
 
 def fit(config: GanConfig) -> dict[str, Any]:
@@ -143,6 +149,13 @@ def fit(config: GanConfig) -> dict[str, Any]:
         if not (config.out / "best.pt").is_file():
             raise
         return {"diverged": str(exc)}
+
+
+def final_weights(run: Path) -> dict[str, torch.Tensor]:
+    """The generator a run ends with (its moving average where it keeps one): every arm is
+    judged after the same number of steps, not at the epoch its own validation liked best."""
+    state = torch.load(run / "last.pt", weights_only=False, map_location="cpu")
+    return state["ema"]["module"] if state.get("ema") else state["generator"]
 
 
 class Judge:
@@ -169,9 +182,9 @@ class Judge:
         return out
 
     @torch.no_grad()
-    def restore(self, weights: Path, width: int, blocks: int, norm: str) -> list[Image.Image]:
+    def restore(self, run: Path, width: int, blocks: int, norm: str) -> list[Image.Image]:
         net = RestoreNet(width, blocks, norm)  # type: ignore[arg-type]
-        net.load_state_dict(torch.load(weights, weights_only=True))
+        net.load_state_dict(final_weights(run))
         net.eval()
         out = []
         for i in range(0, len(self.damaged), 8):
@@ -220,9 +233,9 @@ def grid(rows: list[list[Image.Image]], path: Path, size: int = 96) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--seeds", default="0,1")
-    parser.add_argument("--pretrain", type=int, default=4, help="epochs of the L1 warm start")
-    parser.add_argument("--gan", type=int, default=4, help="epochs of the GAN stage")
-    parser.add_argument("--crops", type=int, default=10, help="crops of each photo per epoch")
+    parser.add_argument("--pretrain", type=int, default=3, help="epochs of the L1 warm start")
+    parser.add_argument("--gan", type=int, default=3, help="epochs of the GAN stage")
+    parser.add_argument("--crops", type=int, default=6, help="crops of each photo per epoch")
     parser.add_argument("--batch", type=int, default=16)
     parser.add_argument("--crop", type=int, default=64)
     parser.add_argument("--lr", type=float, default=5e-4, help="every generator's Adam rate")
@@ -249,8 +262,8 @@ def main() -> None:
         pretrained: dict[str, Path] = {}
         for name in names:
             arm = ARMS[name]
-            weights, training = train_arm(name, arm, seed, args, train_folder, pretrained)
-            restored = judge.restore(weights, args.width, args.blocks, arm.get("norm", "none"))
+            run, training = train_arm(name, arm, seed, args, train_folder, pretrained)
+            restored = judge.restore(run, args.width, args.blocks, arm.get("norm", "none"))
             row = {"arm": name, "seed": seed, **judge.figures(restored), "training": training}
             rows.append(row)
             print(json.dumps(row), flush=True)
