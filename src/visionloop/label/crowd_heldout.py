@@ -24,10 +24,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-from scipy import ndimage
 
 from visionloop.label.masks import Label, iou
-from visionloop.label.simulate import Behaviour, Kind, Seen, wobble
+from visionloop.label.simulate import Behaviour, Kind, Seen, fix_large_errors, wobble
 
 __all__ = ["HELD_OUT", "HELD_OUT_CROWD"]
 
@@ -41,16 +40,7 @@ class FixesLargeOnly:
     def __call__(
         self, shown: Label, truth: Label, rng: np.random.Generator, size: int, seen: Seen
     ) -> tuple[Label, float]:
-        out = {}
-        for c, mask in shown.items():
-            wrong, count = ndimage.label(mask != truth[c])
-            fixed = mask.copy()
-            for index in range(1, count + 1):
-                part = wrong == index
-                if part.sum() >= self.share * mask.size:
-                    fixed[part] = truth[c][part]
-            out[c] = fixed
-        return out, self.seconds
+        return fix_large_errors(shown, truth, self.share), self.seconds
 
 
 @dataclass(frozen=True)

@@ -49,6 +49,7 @@ __all__ = [
     "SimConfig",
     "annotate",
     "crowd_answers",
+    "fix_large_errors",
     "scene",
     "simulate",
     "summarise",
@@ -181,6 +182,21 @@ def _prelabel(truth: Label, rng: np.random.Generator, quality: float) -> Label:
         return shown
 
 
+def fix_large_errors(shown: Label, truth: Label, share: float) -> Label:
+    """``shown`` with each connected error of ``share`` of the image or more set right, the
+    smaller ones left as they are."""
+    out = {}
+    for c, mask in shown.items():
+        wrong, count = ndimage.label(mask != truth[c])
+        fixed = mask.copy()
+        for index in range(1, count + 1):
+            part = wrong == index
+            if part.sum() >= share * mask.size:
+                fixed[part] = truth[c][part]
+        out[c] = fixed
+    return out
+
+
 def annotate(kind: str, shown: Label, truth: Label, rng: np.random.Generator, size: int) -> Label:
     if kind == "lazy":
         return shown
@@ -188,16 +204,7 @@ def annotate(kind: str, shown: Label, truth: Label, rng: np.random.Generator, si
         scribble = scene(rng, size)
         return {c: scribble[c] for c in shown}
     if kind == "lazy_fixes_obvious":
-        out = {}
-        for c, mask in shown.items():
-            wrong, count = ndimage.label(mask != truth[c])
-            fixed = mask.copy()
-            for index in range(1, count + 1):
-                part = wrong == index
-                if part.sum() >= 0.04 * mask.size:
-                    fixed[part] = truth[c][part]
-            out[c] = fixed
-        return out
+        return fix_large_errors(shown, truth, 0.04)
     worst = min(iou(shown[c], truth[c]) for c in shown)  # one wrong class is noticed
     good = worst >= (0.93 if kind == "careful" else 0.85)
     if good or (kind == "sloppy" and rng.random() < 0.05):
