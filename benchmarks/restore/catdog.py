@@ -116,6 +116,8 @@ def main() -> None:
                    **score(labels(catdog, restored), truth)}  # fmt: skip
             rows.append(row)
             print(json.dumps(row), flush=True)
+    if len(rows) == 2:
+        raise SystemExit(f"no trained arm under {work}: run study.py first (its --work)")
     document = {
         "what": "catdog accuracy on person-labelled photos: clean, damaged, and damaged then "
         "restored by each arm of the restore study",

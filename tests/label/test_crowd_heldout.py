@@ -69,13 +69,18 @@ def test_the_novice_is_honest_slow_and_redraws_what_is_wrong():
 
 
 def test_fixes_large_only_leaves_a_small_error():
-    truth = truth_with_objects()
+    truth = {c: m.copy() for c, m in truth_with_objects().items()}
+    for c in truth:  # empty corners, so that each error below is one component of known size
+        truth[c][:12, :12] = False
+        truth[c][52:, :12] = False
     shown = {c: m.copy() for c, m in truth.items()}
-    shown["animal"][0:3, 0:3] = True  # 9 px: under 1.5 % of 64 x 64
-    shown["animal"][40:60, 0:20] = ~truth["animal"][40:60, 0:20]  # 400 px: over it
+    shown["animal"][0:7, 0:7] = True  # 49 px: 1.2 % of 64 x 64, under the 1.5 % line
+    shown["animal"][54:64, 0:10] = True  # 100 px: 2.4 %, over it (and under the tuning 4 %)
     answer, _ = HELD_OUT["fixes_large_only"](shown, truth, np.random.default_rng(0), 64, NOBODY)
-    assert answer["animal"][0:3, 0:3].all()
-    assert np.array_equal(answer["animal"][40:60, 0:20], truth["animal"][40:60, 0:20])
+    assert answer["animal"][0:7, 0:7].all()
+    assert not answer["animal"][54:64, 0:10].any()
+    tuning, _ = TUNING["lazy_fixes_obvious"](shown, truth, np.random.default_rng(0), 64, NOBODY)
+    assert tuning["animal"][54:64, 0:10].all()  # the tuning kind's 4 % line leaves it
 
 
 def test_the_two_crowds_are_the_same_size_with_the_same_honest_share():

@@ -398,19 +398,22 @@ def _print_annotators(result: Any, rules: Any) -> None:
 @app.command("timing")
 def timing(
     drop_slowest: Annotated[
-        float, typer.Option(help="Share of the slowest tasks left out (idle time).")
+        float,
+        typer.Option(help="Share of tasks furthest above a first fit left out (idle time)."),
     ] = 0.05,
     as_json: Annotated[bool, typer.Option("--json", help="Print the fit as JSON.")] = False,
     db: Db = DEFAULT_DB,
 ) -> None:
     """Fit seconds per task to what annotators changed (objects drawn, erased, fixed) on the
-    times the annotation tool recorded (Label Studio's lead_time, kept by `label ingest`)."""
+    times the annotation tool recorded (Label Studio's lead_time, kept by `label ingest`);
+    banned annotators' work is left out."""
     from visionloop.label.results import load_subs
     from visionloop.label.timing import changes, fit
 
     with _errors():
-        subs, _, _ = load_subs(_store(db))
-        result = fit(changes(subs), drop_slowest=drop_slowest, source=f"label timing, {db}")
+        subs, banned, _ = load_subs(_store(db))
+        kept = [s for s in subs if s.annotator not in banned]
+        result = fit(changes(kept), drop_slowest=drop_slowest, source=f"label timing, {db}")
     if as_json:
         print(json.dumps(result.to_json(), indent=1))
         return
@@ -420,8 +423,8 @@ def timing(
         f"{m.erase:.1f} x erased + {m.fix:.1f} x fixed"
     )
     say(
-        f"fitted on {result.used} timed submissions ({result.dropped} slowest left out as idle "
-        f"time); median error {result.median_abs_error_s:.1f} s; "
+        f"fitted on {result.used} timed submissions ({result.dropped} furthest above a first "
+        f"fit left out as idle time); median error {result.median_abs_error_s:.1f} s; "
         + ", ".join(f"{n} {k}" for k, n in result.counts.items())
     )
 

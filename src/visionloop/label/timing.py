@@ -12,10 +12,11 @@ A submission is compared with the pre-label it was shown, class by class, object
 
 The model is linear in those counts: ``seconds = look + draw * drawn + erase * erased + fix *
 fixed``. :func:`fit` calibrates it on submissions with the time the annotation tool recorded
-(Label Studio's ``lead_time``, which ``label ingest`` keeps with each submission), with a
-non-negative least squares fit after dropping the slowest share of tasks: ``lead_time`` runs from
-when the task loads to when it is submitted, idle time included, so a coffee break is one long
-task, not information about drawing.
+(Label Studio's ``lead_time``, which ``label ingest`` keeps with each submission) by
+non-negative least squares, twice: ``lead_time`` runs from when the task loads to when it is
+submitted, idle time included, so a coffee break is one long task, not information about
+drawing. The second fit leaves out the share of tasks furthest above the first (a heavy task is
+long and expected to be; an idle one is long for its changes).
 """
 
 from __future__ import annotations
@@ -125,7 +126,7 @@ class TimeModel:
 class Fit:
     model: TimeModel
     used: int  # submissions the fit used
-    dropped: int  # the slowest, read as idle time
+    dropped: int  # the furthest above a first fit, read as idle time
     median_abs_error_s: float  # over the used submissions
     counts: dict[str, int]  # how many used submissions drew, erased, fixed, changed nothing
 
@@ -146,9 +147,11 @@ def fit(
         raise ValueError("a recorded time is negative")
     if not 0 <= drop_slowest < 0.5:
         raise ValueError(f"drop_slowest must be in [0, 0.5), got {drop_slowest}")
-    pairs.sort(key=lambda p: p[1])
     dropped = math.floor(len(pairs) * drop_slowest)
-    used = pairs[: len(pairs) - dropped]
+    used = pairs
+    if dropped:  # leave out the tasks furthest above a first fit: idle time, not work
+        first = _solve(pairs)
+        used = sorted(pairs, key=lambda p: p[1] - first.seconds(p[0]))[: len(pairs) - dropped]
     counts = {
         "unchanged": sum(c.unchanged for c, _ in used),
         "drew": sum(c.drawn > 0 for c, _ in used),
@@ -162,13 +165,17 @@ def fit(
             f"{len(used)} timed submissions ({seen}): too few to tell a look from drawing, "
             "erasing and fixing; the fit needs at least 8, and some of each"
         )
-    design = np.array([[1.0, c.drawn, c.erased, c.fixed] for c, _ in used])
-    times = np.array([t for _, t in used])
-    coefficients, _ = optimize.nnls(design, times)
-    look, draw, erase, fix = (round(float(v), 3) for v in coefficients)
-    model = TimeModel(look, draw, erase, fix, source=source)
+    model = _solve(used, source)
     errors = [abs(model.seconds(c) - t) for c, t in used]
     return Fit(model, len(used), dropped, round(statistics.median(errors), 3), counts)
+
+
+def _solve(pairs: Sequence[tuple[Change, float]], source: str = "") -> TimeModel:
+    design = np.array([[1.0, c.drawn, c.erased, c.fixed] for c, _ in pairs])
+    times = np.array([t for _, t in pairs])
+    coefficients, _ = optimize.nnls(design, times)
+    look, draw, erase, fix = (round(float(v), 3) for v in coefficients)
+    return TimeModel(look, draw, erase, fix, source=source)
 
 
 def changes(

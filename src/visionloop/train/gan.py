@@ -309,6 +309,8 @@ class GanConfig:
             raise ValueError(f"discriminator must be one of {', '.join(DISCRIMINATORS)}")
         if self.gan_loss not in GAN_LOSSES:
             raise ValueError(f"gan_loss must be one of {', '.join(GAN_LOSSES)}")
+        if self.crops_per_photo < 1:
+            raise ValueError(f"crops_per_photo must be at least 1, got {self.crops_per_photo}")
         if self.ema is not None and not 0 <= self.ema < 1:
             raise ValueError(f"ema must be in [0, 1) or None, got {self.ema}")
         if not 0 < self.val_fraction < 1 and self.val_photos is None:
