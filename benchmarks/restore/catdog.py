@@ -35,10 +35,9 @@ sys.path.insert(0, str(HERE.parent))
 sys.path.insert(0, str(HERE))
 
 from compare import machine  # noqa: E402
-from study import ARMS, centre, final_weights  # noqa: E402
+from study import ARMS, centre, restore_pixels  # noqa: E402
 
 from visionloop.models import registry  # noqa: E402
-from visionloop.models.restorer import RestoreNet  # noqa: E402
 from visionloop.train.degrade import degrade  # noqa: E402
 
 ROOT = HERE.parents[1]
@@ -55,18 +54,6 @@ def labels(catdog: Any, images: list[np.ndarray]) -> list[str]:
     for i in range(0, len(images), 16):
         batch = torch.from_numpy(np.stack(images[i : i + 16]))
         out += [a["label"] for a in catdog.postprocess(catdog.forward(batch))]
-    return out
-
-
-@torch.no_grad()
-def restore(run: Path, width: int, blocks: int, norm: str, images: list[np.ndarray]):
-    net = RestoreNet(width, blocks, norm)  # type: ignore[arg-type]
-    net.load_state_dict(final_weights(run))
-    net.eval()
-    out: list[np.ndarray] = []
-    for i in range(0, len(images), 8):
-        x = torch.from_numpy(np.stack(images[i : i + 8])).permute(0, 3, 1, 2).float() / 255
-        out += list((net(x) * 255).round().byte().permute(0, 2, 3, 1).numpy())
     return out
 
 
@@ -111,7 +98,7 @@ def main() -> None:
             run = seed_folder / name.replace(" ", "_").replace(",", "")
             if not (run / "last.pt").is_file():
                 continue
-            restored = restore(run, width, blocks, arm.get("norm", "none"), damaged)
+            restored = restore_pixels(run, width, blocks, arm.get("norm", "none"), damaged)
             row = {"copy": f"restored: {name}", "seed": int(seed_folder.name[4:]),
                    **score(labels(catdog, restored), truth)}  # fmt: skip
             rows.append(row)

@@ -158,6 +158,21 @@ def final_weights(run: Path) -> dict[str, torch.Tensor]:
     return state["ema"]["module"] if state.get("ema") else state["generator"]
 
 
+@torch.no_grad()
+def restore_pixels(
+    run: Path, width: int, blocks: int, norm: str, images: list[np.ndarray]
+) -> list[np.ndarray]:
+    """``images`` (uint8 HWC) restored by the generator ``run`` ends with, 8 at a time."""
+    net = RestoreNet(width, blocks, norm)  # type: ignore[arg-type]
+    net.load_state_dict(final_weights(run))
+    net.eval()
+    out: list[np.ndarray] = []
+    for i in range(0, len(images), 8):
+        x = torch.from_numpy(np.stack(images[i : i + 8])).permute(0, 3, 1, 2).float() / 255
+        out += list((net(x) * 255).round().byte().permute(0, 2, 3, 1).numpy())
+    return out
+
+
 class Judge:
     """The eval photos, clean and damaged, and every number an arm is judged by."""
 
@@ -181,18 +196,9 @@ class Judge:
             out += [(a["label"], int(t)) for a, t in zip(answers, top, strict=True)]
         return out
 
-    @torch.no_grad()
     def restore(self, run: Path, width: int, blocks: int, norm: str) -> list[Image.Image]:
-        net = RestoreNet(width, blocks, norm)  # type: ignore[arg-type]
-        net.load_state_dict(final_weights(run))
-        net.eval()
-        out = []
-        for i in range(0, len(self.damaged), 8):
-            x = torch.from_numpy(np.stack([np.asarray(d) for d in self.damaged[i : i + 8]]))
-            y = net(x.permute(0, 3, 1, 2).float() / 255)
-            pixels = (y * 255).round().byte().permute(0, 2, 3, 1).numpy()
-            out += [Image.fromarray(p) for p in pixels]
-        return out
+        pixels = restore_pixels(run, width, blocks, norm, [np.asarray(d) for d in self.damaged])
+        return [Image.fromarray(p) for p in pixels]
 
     def figures(self, images: list[Image.Image]) -> dict[str, Any]:
         a = torch.from_numpy(np.stack([np.asarray(x) for x in images])).permute(0, 3, 1, 2).double()
