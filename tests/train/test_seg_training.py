@@ -69,6 +69,22 @@ def test_resuming_ends_where_an_uninterrupted_run_does(data, tmp_path):
     assert resumed["epoch"] in (0, 1, 2)
 
 
+def test_a_step_budget_stops_mid_epoch_and_the_schedule_spans_it(data, tmp_path):
+    """--steps 5 over epochs of 3 batches: two epochs (3 + 2 steps), the cosine ends at zero
+    on step 5 (it spans the budget, not epochs x batches); a resume adds nothing."""
+    out = tmp_path / "budget"
+    train_seg(config(data, out, epochs=10, steps=5, warmup=0.2))
+    state = torch.load(out / "last.pt", weights_only=True)
+    lines = (out / "metrics.jsonl").read_text().splitlines()
+    assert (state["step"], len(lines)) == (5, 2)
+    assert state["schedule"]["last_epoch"] == 5
+    assert state["schedule"]["_last_lr"] == [0.0]
+    train_seg(config(data, out, epochs=10, steps=5, warmup=0.2, resume=True))
+    assert len((out / "metrics.jsonl").read_text().splitlines()) == 2
+    with pytest.raises(ValueError, match="warmup"):
+        config(data, out, warmup=1.5)
+
+
 def untimed(metrics: dict) -> dict:
     return {k: v for k, v in metrics.items() if k != "seconds"}
 

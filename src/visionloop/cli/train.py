@@ -34,6 +34,12 @@ def seg(
     dice_weight: Annotated[float, typer.Option(help="Weight of the masked Dice term.")] = 0.0,
     hierarchy: Annotated[str, typer.Option(help="child:parent pairs, e.g. cat:animal.")] = "",
     patience: Annotated[int, typer.Option(help="Epochs without a better mean IoU.")] = 5,
+    steps: Annotated[
+        int | None, typer.Option(min=1, help="Stop after this many optimisation steps.")
+    ] = None,
+    warmup: Annotated[
+        float | None, typer.Option(help="Warm-up share of all steps (default: one epoch).")
+    ] = None,
     seed: Annotated[int, typer.Option()] = 0,
     device: Annotated[str, typer.Option(help="cpu, cuda, cuda:1 ...")] = "cpu",
     workers: Annotated[int, typer.Option(help="DataLoader worker processes.")] = 0,
@@ -50,7 +56,7 @@ def seg(
             data=data, out=out, classes=classes.split(","), labels=labels, val_data=val_data,
             val_fraction=val_fraction, size=size, epochs=epochs, batch_size=batch_size, lr=lr,
             dice_weight=dice_weight, hierarchy=pairs, patience=patience, seed=seed,
-            device=device, workers=workers, resume=resume,
+            device=device, workers=workers, resume=resume, steps=steps, warmup=warmup,
         )  # fmt: skip
 
         def report(m: dict[str, object]) -> None:

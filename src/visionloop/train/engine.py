@@ -58,7 +58,9 @@ __all__ = [
 ]
 
 # Settings that may change between a run and its resume without changing what it computes.
-VOLATILE = frozenset({"out", "resume", "workers", "epochs", "patience", "device", "max_batches"})
+VOLATILE = frozenset(
+    {"out", "resume", "workers", "epochs", "patience", "device", "max_batches", "steps"}
+)
 
 
 class RunMismatch(ValueError):
@@ -95,6 +97,10 @@ class EngineConfig:
     workers: int = 0
     divergence_limit: float = 1e4  # a step loss above this (or non-finite) stops the run
     max_batches: int | None = None  # per epoch, for smoke tests
+    # A budget of optimisation steps over the whole run: training stops after this many even
+    # mid-epoch (that epoch is evaluated and checkpointed as usual); schedules span
+    # min(epochs x batches, max_steps). Studies use it to give every arm the same budget.
+    max_steps: int | None = None
 
 
 class Trainer(ABC):
@@ -186,7 +192,12 @@ def _fit(  # noqa: C901 (the loop's steps read best in one place)
     if engine.max_batches:
         batches = min(batches, engine.max_batches)
     batches = max(1, batches)
-    trainer.setup(dist, engine.epochs * batches, batches)
+    total = engine.epochs * batches
+    if engine.max_steps is not None:
+        if engine.max_steps < 1:
+            raise ValueError(f"max_steps must be at least 1, got {engine.max_steps}")
+        total = min(total, engine.max_steps)
+    trainer.setup(dist, total, batches)
     record = _record(trainer, engine, dist)
     start, step, best, stale = 0, 0, {trainer.monitor: None}, 0
     last = out / "last.pt"
@@ -212,6 +223,8 @@ def _fit(  # noqa: C901 (the loop's steps read best in one place)
     failed = True
     try:
         for epoch in range(start, engine.epochs):
+            if step >= total:  # a resume of a run that had spent its step budget
+                break
             started = time.perf_counter()
             sampler.set_epoch(epoch)
             trainer.start_epoch(epoch)
@@ -223,7 +236,9 @@ def _fit(  # noqa: C901 (the loop's steps read best in one place)
                 drop_last=drop,
                 generator=torch.Generator().manual_seed(engine.seed + epoch),
             )  # fmt: skip (its own generator: the global random state is the model's alone)
-            losses, step = _epoch(trainer, loader, batches, epoch, step, engine, dist, kept)
+            losses, step = _epoch(
+                trainer, loader, min(batches, total - step), epoch, step, engine, dist, kept
+            )
             metrics: dict[str, Any] = {"epoch": epoch, **dist.mean(losses)}
             metrics |= trainer.evaluate()
             metrics["seconds"] = round(time.perf_counter() - started, 2)
@@ -250,7 +265,7 @@ def _fit(  # noqa: C901 (the loop's steps read best in one place)
                 if on_epoch is not None:
                     on_epoch(metrics)
             kept = epoch
-            if stale >= engine.patience:
+            if stale >= engine.patience or step >= total:
                 break
         failed = False
     except Diverged as exc:

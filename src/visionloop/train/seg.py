@@ -54,6 +54,8 @@ class SegConfig:
     pretrained: bool = True
     resume: bool = False
     max_batches: int | None = None  # per epoch, for smoke tests
+    steps: int | None = None  # a budget of optimisation steps (stops mid-epoch if need be)
+    warmup: float | None = None  # warm-up as a share of all steps; None: one epoch
     # The mistake the masked loss prevents, kept for the study: a class not annotated on an
     # image is trained as background there.
     unannotated_as_background: bool = False
@@ -64,6 +66,10 @@ class SegConfig:
             raise ValueError(f"hierarchy names classes not trained: {sorted(unknown)}")
         if not 0 < self.val_fraction < 1 and self.val_data is None:
             raise ValueError(f"val_fraction must be in (0, 1), got {self.val_fraction}")
+        if self.steps is not None and self.steps < 1:
+            raise ValueError(f"steps must be at least 1, got {self.steps}")
+        if self.warmup is not None and not 0 <= self.warmup < 1:
+            raise ValueError(f"warmup must be in [0, 1), got {self.warmup}")
 
 
 def train_seg(
@@ -74,7 +80,7 @@ def train_seg(
     engine = EngineConfig(
         out=config.out, epochs=config.epochs, patience=config.patience, seed=config.seed,
         device=config.device, resume=config.resume, workers=config.workers,
-        max_batches=config.max_batches,
+        max_batches=config.max_batches, max_steps=config.steps,
     )  # fmt: skip
     return fit(SegTrainer(config), engine, on_epoch)
 
@@ -123,8 +129,9 @@ class SegTrainer(Trainer):
         self.optimiser = torch.optim.AdamW(
             self.network.parameters(), config.lr, weight_decay=config.weight_decay
         )
+        warmup = epoch_steps if config.warmup is None else round(config.warmup * steps)
         self.schedule = torch.optim.lr_scheduler.LambdaLR(
-            self.optimiser, _cosine(steps, warmup=epoch_steps)
+            self.optimiser, _cosine(steps, warmup=warmup)
         )
         self.amp = dist.device.type == "cuda"
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp)
