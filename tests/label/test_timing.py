@@ -33,6 +33,11 @@ def test_change_counts_objects_drawn_erased_and_fixed():
     assert (change(shown, erased).erased, change(shown, erased).drawn) == (1, 0)
     fixed = {**shown, "cat": disc(8, 8, 4) | disc(24, 24, 7)}  # the outline redrawn bigger
     assert (change(shown, fixed).fixed, change(shown, fixed).drawn) == (1, 0)
+    grazed = {**shown, "cat": disc(8, 8, 4) | disc(24, 20, 5)}  # moved 4 px: IoU 0.2
+    assert change(shown, grazed) == Change(
+        drawn=1, erased=1, pixels=int((shown["cat"] ^ grazed["cat"]).sum())
+    )
+    assert change(shown, grazed, redraw=0.1).fixed == 1
     nudged = {**shown, "cat": shown["cat"].copy()}
     nudged["cat"][24, 29] = ~nudged["cat"][24, 29]  # one pixel of 81: under the tolerance
     assert change(shown, nudged).fixed == 0

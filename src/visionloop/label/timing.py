@@ -8,6 +8,9 @@ A submission is compared with the pre-label it was shown, class by class, object
   removed);
 - **fixed**: an object in both whose outline was changed (more than ``tolerance`` of its pixels
   differ, so a one-pixel nudge is not a fix);
+- **erased and drawn**: an object in both that changed so much that old and new overlap by an
+  IoU under ``redraw`` (a blob that only grazes the true object is thrown away and the object
+  drawn, not edited);
 - **unchanged**: nothing differs at all.
 
 The model is linear in those counts: ``seconds = look + draw * drawn + erase * erased + fix *
@@ -56,7 +59,10 @@ class Change:
 
 
 def change(
-    shown: Mapping[str, BoolMask], answer: Mapping[str, BoolMask], tolerance: float = 0.02
+    shown: Mapping[str, BoolMask],
+    answer: Mapping[str, BoolMask],
+    tolerance: float = 0.02,
+    redraw: float = 0.5,
 ) -> Change:
     """What ``answer`` changed in ``shown`` (classes missing from either count as empty)."""
     total = Change()
@@ -71,11 +77,11 @@ def change(
             s = np.zeros_like(a, dtype=bool)
         if a.shape != s.shape:
             raise ValueError(f"class {name}: answer {a.shape} and pre-label {s.shape} differ")
-        total = total + _class_change(np.asarray(s, bool), np.asarray(a, bool), tolerance)
+        total = total + _class_change(np.asarray(s, bool), np.asarray(a, bool), tolerance, redraw)
     return total
 
 
-def _class_change(shown: np.ndarray, answer: np.ndarray, tolerance: float) -> Change:
+def _class_change(shown: np.ndarray, answer: np.ndarray, tolerance: float, redraw: float) -> Change:
     differ = shown != answer
     if not differ.any():
         return Change()
@@ -86,6 +92,7 @@ def _class_change(shown: np.ndarray, answer: np.ndarray, tolerance: float) -> Ch
         if not (part & shown).any():
             drawn += 1
     old, old_count = ndimage.label(shown, structure=_EIGHT)
+    redrawn: set[int] = set()  # answer objects drawn anew over a shown one thrown away
     for index in range(1, old_count + 1):
         part = old == index
         if not (part & answer).any():
@@ -95,9 +102,14 @@ def _class_change(shown: np.ndarray, answer: np.ndarray, tolerance: float) -> Ch
         touched = np.unique(parts[part & answer])
         new = np.isin(parts, touched[touched > 0])
         moved = int((part ^ new).sum())
-        if moved > tolerance * max(int(part.sum()), int(new.sum())):
+        if moved <= tolerance * max(int(part.sum()), int(new.sum())):
+            continue
+        if int((part & new).sum()) < redraw * int((part | new).sum()):
+            erased += 1
+            redrawn.update(int(t) for t in touched if t > 0)
+        else:
             fixed += 1
-    return Change(drawn, erased, fixed, int(differ.sum()))
+    return Change(drawn + len(redrawn), erased, fixed, int(differ.sum()))
 
 
 @dataclass(frozen=True)
