@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 from sqlalchemy import select
 from typer.testing import CliRunner
@@ -19,6 +20,7 @@ from visionloop.label.masks import label_from_json
 from visionloop.label.quality import Rules
 from visionloop.label.simulate import crowd_answers
 from visionloop.label.store import Annotator, Decision, Submission, Task, open_store
+from visionloop.models.catseg import CatSeg
 
 runner = CliRunner()
 CROWD = [
@@ -49,8 +51,14 @@ def test_select_prelabel_batch_crowd_ingest_qc_dataset_train(world):
     tmp = world
     assert "added 24 images" in cli("label", "add", str(tmp / "pool" / "images"))
     assert "added 16 gold" in cli("label", "add-gold", str(tmp / "gold"))
-    assert "selected 12 of 24" in cli("label", "select", "--k", "12", "--method", "mix")
-    assert "pre-labelled 12" in cli("label", "prelabel")
+    refused = runner.invoke(app, ["label", "select", "--k", "12"])
+    assert refused.exit_code == 2
+    assert "catseg without --weights has an untrained decoder (cat, animal)" in refused.stderr
+    weights = tmp / "catseg.pt"  # a run's best.pt stands here (untrained too, but named)
+    torch.save(CatSeg().network.state_dict(), weights)
+    assert "selected 12 of 24" in cli("label", "select", "--k", "12", "--method", "mix",
+                                      "--weights", str(weights))  # fmt: skip
+    assert "pre-labelled 12" in cli("label", "prelabel", "--weights", str(weights))
     out = cli("label", "make-batch", "b1", "--size", "12", "--honeypots", "0.25",
               "--overlap", "0.25", "--out", str(tmp / "b1.json"))  # fmt: skip
     assert "batch b1: 16 tasks" in out  # 12 + 4 honeypots
@@ -92,6 +100,27 @@ def test_select_prelabel_batch_crowd_ingest_qc_dataset_train(world):
     assert all(float(pay[name]["pay"]) == 0 for name in banned)
     assert verdicts <= {"accepted", "rejected"}
     assert "accepted" in verdicts
+
+    # the same outcome for a program: qc --json (stdout is the JSON alone), status --json
+    result = runner.invoke(app, ["label", "qc", "--warmup", "2", "--json", "--payments",
+                                 str(tmp / "pay2.csv")], catch_exceptions=False)  # fmt: skip
+    assert result.exit_code == 0, result.output
+    summary = json.loads(result.stdout)
+    assert "payments:" in result.stderr
+    people = {a["annotator"]: a for a in summary["annotators"]}
+    assert set(people) == set(pay)
+    assert {n for n, a in people.items() if a["status"] == "banned"} == banned
+    assert all(people[n]["pay"] == float(pay[n]["pay"]) for n in pay)
+    assert summary["new_bans"] == {}  # the first run made them
+    assert summary["rules"]["warmup"] == 2
+    status = json.loads(cli("label", "status", "--json"))
+    assert status["counts"]["honeypots"] == 4
+    cost = status["cost"]
+    assert cost["images to label"] == 12
+    assert (cost["copies: one per image"], cost["copies: overlap extra"]) == (12, 6)
+    assert cost["copies: honeypots"] == 4 * 3  # each honeypot goes to --copies annotators
+    assert cost["paid tasks per image (wanted)"] == 30 / 12
+    assert cost["submissions"] == submitted
 
     with (tmp / "ds" / "labels.csv").open() as f:
         rows = list(csv.reader(f))
@@ -223,7 +252,10 @@ def test_a_plane_batch_mines_prelabels_with_the_weak_channel_and_asks_only_plane
     cli("label", "add", str(tmp / "pool" / "images"))
     assert "added 4 gold" in cli("label", "add-gold", str(gold))
     assert "selected 6 of 24 pool images for plane" in cli("label", "mine", "plane", "--k", "6")
-    assert "pre-labelled 6" in cli("label", "prelabel", "--model", "catseg_plane")
+    weak = runner.invoke(app, ["label", "prelabel", "--model", "catseg_plane"])
+    assert weak.exit_code == 0, weak.output
+    assert "pre-labelled 6" in weak.stdout
+    assert "only plane pre-labels mean anything" in weak.stderr  # cat and animal: untrained
     out = cli("label", "make-batch", "planes", "--size", "6", "--honeypots", "0.25",
               "--overlap", "0", "--classes", "plane",
               "--out", str(tmp / "planes.json"))  # fmt: skip

@@ -24,7 +24,7 @@ from visionloop.label.masks import (
 from visionloop.label.prelabel import Prelabeler
 
 # The second half (ingest, QC, dataset) lives in results.py; its names are part of this API.
-from visionloop.label.results import IngestReport, ingest, run_qc, write_dataset
+from visionloop.label.results import IngestReport, ingest, qc_summary, run_qc, write_dataset
 from visionloop.label.select import pick, pool_scores
 from visionloop.label.spoil import SPOILINGS, spoil
 from visionloop.label.store import Annotator, Image, Store, Submission, Task
@@ -34,11 +34,14 @@ __all__ = [
     "IngestReport",
     "add_gold",
     "add_images",
+    "cost",
     "export_batch",
     "ingest",
     "make_batch",
     "prelabel",
+    "qc_summary",
     "run_qc",
+    "status",
     "write_dataset",
 ]
 
@@ -102,6 +105,36 @@ def status(store: Store) -> dict[str, int]:
             "banned": n(select(Annotator.id).where(Annotator.banned_at.is_not(None))),
             "to re-queue": len(_rejected_images(s)),
         }
+
+
+def cost(store: Store) -> dict[str, float | int]:
+    """The cost model, from the tasks made so far: every copy of a task is a paid task when
+    its answer is accepted. ``wanted`` splits the copies asked for into one per image to
+    label, the extra copies of overlap tasks, the honeypots in paid batches and the
+    qualification batches (honeypots only); ``per image`` divides them by the images to
+    label. ``bought`` counts the submissions received so far, rejected ones included (a
+    banned annotator's work goes back in the queue and is bought again)."""
+    with store.session() as s:
+        rows = s.execute(select(Task.batch, Task.kind, Task.copies, Task.image_id)).all()
+        submissions = int(s.scalar(select(func.count(Submission.id))) or 0)
+    qualification = {b for b in {r.batch for r in rows}
+                     if all(r.kind == "honeypot" for r in rows if r.batch == b)}  # fmt: skip
+    images = {r.image_id for r in rows if r.kind != "honeypot"}
+    parts = {"images to label": len(images), "copies: one per image": 0, "copies: overlap extra": 0,
+             "copies: honeypots": 0, "copies: qualification": 0}  # fmt: skip
+    for r in rows:
+        if r.kind == "honeypot":
+            parts["copies: qualification" if r.batch in qualification else "copies: honeypots"] += (
+                r.copies
+            )
+        else:
+            parts["copies: one per image"] += 1
+            parts["copies: overlap extra"] += r.copies - 1
+    wanted = sum(v for k, v in parts.items() if k.startswith("copies"))
+    per_image = round(wanted / len(images), 3) if images else 0.0
+    bought = round(submissions / len(images), 3) if images else 0.0
+    return {**parts, "copies wanted": wanted, "paid tasks per image (wanted)": per_image,
+            "submissions": submissions, "submissions per image (bought)": bought}  # fmt: skip
 
 
 def add_gold(store: Store, dataset: Path) -> int:

@@ -8,8 +8,9 @@ import csv
 import shutil
 from collections import defaultdict
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from PIL import Image as PILImage
@@ -22,10 +23,10 @@ from visionloop.label.masks import (
     StoredLabel,
     label_to_json,
 )
-from visionloop.label.quality import QCResult, Rules, Sub, aggregate, assess
+from visionloop.label.quality import QCResult, Rules, Sub, aggregate, assess, payment
 from visionloop.label.store import Annotator, Decision, Image, Store, Submission, Task, _now
 
-__all__ = ["IngestReport", "ingest", "load_subs", "run_qc", "write_dataset"]
+__all__ = ["IngestReport", "ingest", "load_subs", "qc_summary", "run_qc", "write_dataset"]
 
 
 @dataclass
@@ -163,6 +164,35 @@ def run_qc(store: Store, rules: Rules) -> tuple[QCResult, list[Sub]]:
         if rows:
             s.execute(update(Submission), rows)
     return result, subs
+
+
+def qc_summary(result: QCResult, rules: Rules, rate: float = 1.0) -> dict[str, Any]:
+    """What ``label qc`` prints, for a program: every annotator (status, evidence, pay), the
+    bans this run made, the honeypots retired, who still needs a qualification batch, and the
+    rules applied."""
+    pay = {row["annotator"]: row for row in payment(result, rate)}
+    annotators = []
+    for name, a in sorted(result.annotators.items()):
+        state = "banned" if a.ban else "suspect" if a.suspect(rules) else "trusted"
+        annotators.append({
+            "annotator": name, "status": state, "ban_reason": a.ban, "tasks": a.tasks,
+            "honeypots": a.honeypots, "passed": a.passed, "p_good": a.plausible,
+            "agreement": a.agreement, "unchanged": round(a.unchanged, 4),
+            "median_seconds": a.median_seconds, "accepted": pay[name]["accepted"],
+            "rejected": pay[name]["rejected"], "pay": pay[name]["pay"],
+        })  # fmt: skip
+    return {
+        "annotators": annotators,
+        "new_bans": dict(result.new_bans),
+        "retired_honeypots": [
+            {"task": t, "trusted_fails": b.trusted_fails, "trusted_attempts": b.trusted_attempts}
+            for t, b in sorted(result.baits.items())
+            if b.retired
+        ],
+        "needs_qualification": [a["annotator"] for a in annotators if a["status"] == "suspect"],
+        "rules": asdict(rules),
+        "pay_per_accepted_task": rate,
+    }
 
 
 def write_dataset(

@@ -112,6 +112,9 @@ class VisionModel(ABC):
     # (no data-dependent Python branches, no side effects): ``engine auto`` then converts it.
     # Any model can still be converted by naming the engine; the conversion is verified.
     exportable: bool = False
+    # True when the network is untrained until weights are loaded (catseg's decoder): its
+    # classes other than the ``weak`` ones answer noise, different on every build.
+    needs_weights: ClassVar[bool] = False
 
     def __init__(self, network: nn.Module) -> None:
         self.network = network.eval()
@@ -119,7 +122,15 @@ class VisionModel(ABC):
         self.dtype = torch.float32
         self.engine: Engine | None = None
         self.source_sha256: str | None = None
+        self.weights_loaded = False  # set by registry.load_weights
         self._set_normalisation()
+
+    def untrained_classes(self) -> list[str]:
+        """The classes that answer noise: those of a model that ``needs_weights`` and has none
+        loaded, its weak (zero-label) channels excepted."""
+        if not self.needs_weights or self.weights_loaded:
+            return []
+        return [c for c in self.classes if c not in self.weak]
 
     # True when the head can be rebuilt for the classes a training run chose (catseg):
     # ``with_classes`` works, and a weights file of another class count says how to name them.

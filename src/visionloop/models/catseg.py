@@ -81,6 +81,7 @@ class CatSeg(VisionModel):
     description = "EfficientNet-Lite0 + FPN: multi-label masks for cat and animal"
     exportable = True
     trainable_classes = True
+    needs_weights = True  # the FPN decoder is trained by `train seg`
 
     def __init__(
         self,

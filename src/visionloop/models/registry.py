@@ -121,3 +121,4 @@ def load_weights(model: VisionModel, path: Path) -> None:
         raise ValueError(
             f"weights in {path} do not fit model {model.name!r}{hint}: {detail}"
         ) from None
+    model.weights_loaded = True

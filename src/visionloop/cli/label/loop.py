@@ -3,6 +3,7 @@ export, ingest."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -15,16 +16,26 @@ from visionloop.cli.options import ClassesOption
 
 
 @app.command("status")
-def status(db: Db = DEFAULT_DB) -> None:
-    """Where the loop stands: images, tasks, submissions, annotators."""
+def status(
+    as_json: Annotated[bool, typer.Option("--json", help="Print the same as JSON.")] = False,
+    db: Db = DEFAULT_DB,
+) -> None:
+    """Where the loop stands: images, tasks, submissions, annotators; and the cost model (paid
+    tasks per image: one per image, overlap copies, honeypots, qualification batches)."""
+    from visionloop.label.loop import cost
     from visionloop.label.loop import status as run
 
     with label_errors():
-        counts = run(open_store_at(db))
-    table = Table("", "count")
-    for name, value in counts.items():
-        table.add_row(name, str(value))
-    console.print(table)
+        store = open_store_at(db)
+        counts, costs = run(store), cost(store)
+    if as_json:
+        print(json.dumps({"counts": counts, "cost": costs}, indent=1))
+        return
+    for title, values in (("count", counts), ("cost", costs)):
+        table = Table("", title)
+        for name, value in values.items():
+            table.add_row(name, str(value))
+        console.print(table)
 
 
 @app.command("add")
@@ -56,16 +67,29 @@ def add_gold(
         say(f"added {run(open_store_at(db), dataset)} gold images")
 
 
-def _segmenter(name: str, weights: Path | None, classes: str | None = None) -> Any:
+def _segmenter(name: str, weights: Path | None, classes: str | None, command: str) -> Any:
     """The model ``name`` (registry name or ``module:factory``), with ``weights`` trained for
     ``classes``, as a :class:`~visionloop.models.base.Segmenter`; a ValueError (one line) if
-    it is unknown or not a segmenter."""
+    it is unknown or not a segmenter, or if it needs weights that were not given: an untrained
+    decoder ranks and pre-labels at random, differently on every run. A model with a weak
+    (zero-label) channel may pre-label without them, with a warning for the other classes."""
     from visionloop.models import UnknownModel, as_segmenter, registry
 
     try:
-        return as_segmenter(registry.create(name, weights, classes))
+        model = registry.create(name, weights, classes)
     except UnknownModel as exc:
         raise ValueError(str(exc)) from None
+    untrained = model.untrained_classes()
+    if untrained:
+        hint = (
+            f"{name} without --weights has an untrained decoder ({', '.join(untrained)}): "
+            "pass --weights RUN/best.pt from `visionloop train seg`"
+        )
+        if command == "select" or len(untrained) == len(model.classes):
+            raise ValueError(f"{hint}; its {command} would be noise, different on every run")
+        warn(f"{hint}; only {', '.join(c for c in model.classes if c not in untrained)} "
+             "pre-labels mean anything (make-batch --classes to ask for those alone)")  # fmt: skip
+    return as_segmenter(model)
 
 
 @app.command("select")
@@ -88,7 +112,7 @@ def select_images(
     with label_errors():
         if method not in METHODS:
             raise ValueError(f"--method must be one of {', '.join(METHODS)}")
-        segmenter = _segmenter(model, weights, classes)  # refused before the store is opened
+        segmenter = _segmenter(model, weights, classes, "select")  # before the store opens
         picked, size = run(open_store_at(db), segmenter, k, method)
         say(f"selected {picked} of {size} pool images by {method}")
 
@@ -153,7 +177,7 @@ def prelabel(
         if server:
             labeler = ServerPrelabeler(server, model)
         else:
-            labeler = LibraryPrelabeler(_segmenter(model, weights, classes))
+            labeler = LibraryPrelabeler(_segmenter(model, weights, classes, "prelabel"))
         say(f"pre-labelled {run(open_store_at(db), labeler, everything)} images")
 
 

@@ -10,7 +10,7 @@ from typing import Annotated, Any
 import typer
 from rich.table import Table
 
-from visionloop.cli.common import console, escape, say
+from visionloop.cli.common import console, escape, say, warn
 from visionloop.cli.label.app import DEFAULT_DB, Db, app, label_errors, open_store_at
 
 ReportOption = Annotated[Path | None, typer.Option(help="Write a static HTML report here.")]
@@ -46,10 +46,13 @@ def qc(
     max_unchanged: UnchangedOption = 1.0,
     min_seconds: SecondsOption = 0.0,
     aggregator: AggregatorOption = "mv",
+    as_json: Annotated[
+        bool, typer.Option("--json", help="Print the outcome as JSON (messages go to stderr).")
+    ] = False,
     db: Db = DEFAULT_DB,
 ) -> None:
     """Score annotators, ban and reject by the rules, retire bad honeypots, aggregate."""
-    from visionloop.label.loop import run_qc, write_dataset
+    from visionloop.label.loop import qc_summary, run_qc, write_dataset
     from visionloop.label.quality import Rules
 
     with label_errors():
@@ -64,18 +67,23 @@ def qc(
         result, subs = run_qc(store, rules)
         if not subs:
             raise ValueError("no submissions yet: `label ingest` first")
-        _print_annotators(result, rules)
-        _print_decisions(result)
+        tell = warn if as_json else say  # with --json, stdout is the JSON alone
+        if as_json:
+            print(json.dumps(qc_summary(result, rules, rate), indent=1))
+        else:
+            _print_annotators(result, rules)
+            _print_decisions(result)
         if payments is not None:
             _write_payments(payments, result, rate)
+            tell(f"payments: {payments}")
         if dataset is not None:
             count = write_dataset(store, dataset, result, subs, aggregator)
-            say(f"dataset: {count} images in {dataset}")
+            tell(f"dataset: {count} images in {dataset}")
         if report is not None:
             from visionloop.label.report import write_report
 
             write_report(report, store, result, subs)
-            say(f"report: {report}")
+            tell(f"report: {report}")
 
 
 def _print_decisions(result: Any) -> None:
@@ -96,7 +104,6 @@ def _write_payments(path: Path, result: Any, rate: float) -> None:
         writer = csv.DictWriter(f, fieldnames=list(rows[0]))
         writer.writeheader()
         writer.writerows(rows)
-    say(f"payments: {path}")
 
 
 def _print_annotators(result: Any, rules: Any) -> None:
