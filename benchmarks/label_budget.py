@@ -158,9 +158,12 @@ def setup_row(
     free: list[bool] | None = None,
 ) -> dict[str, Any]:
     count, spent = spend(seconds, budget, free)
+    whole = sum(0.0 if free is not None and free[i] else s for i, s in enumerate(seconds))
     row: dict[str, Any] = {
         "setup": name, "images": count, "exhausted_pool": count == len(seconds),
         "crowd_hours_spent": round(spent / 3600, 2),
+        "hours_for_the_whole_pool": round(whole / 3600, 2),
+        "images_per_hour_over_the_pool": round(len(seconds) / (whole / 3600), 1) if whole else None,
         "label_iou": dataset_iou(labels[:count], truths[:count]),
     }  # fmt: skip
     if free is not None:
@@ -187,6 +190,11 @@ def setups(
     ]
     if "entropy" in pool:
         entropy = np.asarray(pool["entropy"])
+        order = [int(i) for i in np.argsort(-entropy, kind="stable")]  # label select's order
+        rows.append(setup_row(
+            "pre-labels, most uncertain first", [prelabelled[i] for i in order],
+            [done["prelabels"][i] for i in order], [truths[i] for i in order], budget,
+        ))  # fmt: skip
         for share in accept:
             threshold = float(np.quantile(entropy, share))
             free = [bool(e <= threshold) for e in entropy]
@@ -219,6 +227,7 @@ def work_summary(pool: dict[str, Any], done: dict[str, list[Any]]) -> dict[str, 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--hours", type=float, default=8.0, help="the crowd's budget")
+    parser.add_argument("--plane-hours", type=float, default=2.0, help="for the plane pool")
     parser.add_argument("--pool", type=int, default=3000, help="procedural images to label")
     parser.add_argument("--planes", type=int, default=400, help="plane pool images")
     parser.add_argument("--size", type=int, default=96)
@@ -240,14 +249,15 @@ def main() -> None:
     started = time.perf_counter()
     editor = Editor(keep=args.keep, wobble=args.wobble)
     models = time_models(args)
-    budget = args.hours * 3600
     accept = [float(s) for s in args.accept.split(",")]
     results: dict[str, Any] = {}
-    for task, make in (("cat and animal", catseg_pool), ("plane (a new class)", plane_pool)):
+    for task, make, hours in (("cat and animal", catseg_pool, args.hours),
+                              ("plane (a new class)", plane_pool, args.plane_hours)):  # fmt: skip
+        budget = hours * 3600
         pool = make(args)
         done = answers(pool, editor, args.seed)
         results[task] = {
-            "pool": len(pool["truths"]), **work_summary(pool, done),
+            "pool": len(pool["truths"]), "budget_hours": hours, **work_summary(pool, done),
             "train_seconds": pool.get("train_seconds"),
             "budgets": {name: setups(pool, done, model, budget, accept)
                         for name, model in models.items()},

@@ -17,6 +17,7 @@ The set-ups compared (:func:`spend` does the counting):
 
 - **from scratch**: every image drawn by hand;
 - **pre-labels**: every image's pre-label corrected;
+- **most uncertain first**: the same, in the order uncertainty selection picks them;
 - **triage by uncertainty**: images on which the model is confident (its mean per-pixel entropy,
   as ``label select`` ranks) are accepted as pre-labelled, unreviewed; the rest are corrected.
   More images for the hours, and the accepted ones carry the model's errors: the quality says by
