@@ -362,6 +362,20 @@ def markdown(rows: list[dict[str, object]]) -> str:
     return "\n".join(lines)
 
 
+def provenance(what: str) -> dict[str, object]:
+    """The head of a results file: what it measured, the command that made it (this script,
+    relative to the repository, with its arguments), when, and on what machine."""
+    script = Path(sys.argv[0]).resolve()
+    with contextlib.suppress(ValueError):  # a script outside the repository keeps its path
+        script = script.relative_to(Path(__file__).resolve().parents[1])
+    return {
+        "what": what,
+        "command": " ".join([script.as_posix(), *sys.argv[1:]]),
+        "date": datetime.now(UTC).isoformat(timespec="seconds"),
+        "machine": machine(),
+    }
+
+
 def machine() -> dict[str, object]:
     """What the figures were measured on."""
     model, flags = cpu_model_and_flags()

@@ -31,7 +31,6 @@ drawing it, bracketed by what interactive tools report: 1/4.7 (Polygon-RNN, Cast
 from __future__ import annotations
 
 import argparse
-import datetime as dt
 import json
 import sys
 import time
@@ -46,7 +45,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(HERE / "planes"))
 
-from compare import machine  # noqa: E402
+from compare import provenance  # noqa: E402
 
 from visionloop.label.budget import Editor, dataset_iou, spend  # noqa: E402
 from visionloop.label.masks import Label  # noqa: E402
@@ -264,10 +263,7 @@ def main() -> None:
         }  # fmt: skip
         print(json.dumps({task: results[task]["budgets"]}, indent=1), flush=True)
     document = {
-        "what": "images labelled in a budget of crowd hours, and their label IoU, by set-up",
-        "command": "benchmarks/label_budget.py " + " ".join(sys.argv[1:]),
-        "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
-        "machine": machine(),
+        **provenance("images labelled in a budget of crowd hours, and their label IoU, by set-up"),
         "settings": {k: str(v) for k, v in vars(args).items()},
         "time_models": {k: m.to_json() for k, m in models.items()},
         "sources": SOURCES,

@@ -22,7 +22,6 @@ busy at saturation), is the share of the server a page takes.
 from __future__ import annotations
 
 import argparse
-import datetime as dt
 import json
 import os
 import statistics
@@ -39,7 +38,7 @@ HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 sys.path.insert(0, str(HERE))
 
-from compare import free_port, machine, wait_ready  # noqa: E402
+from compare import free_port, provenance, wait_ready  # noqa: E402
 
 ARMS = {"none": None, "page": 2.0, "10 pages": 0.2}
 
@@ -169,11 +168,10 @@ def main() -> None:
             "median": round(statistics.median(ratios), 4), "min": round(min(ratios), 4),
             "max": round(max(ratios), 4)}}  # fmt: skip
     document = {
-        "what": "closed-loop answers/s of a saturated catdog server with and without clients "
-        "polling /v1/stats (the page's live panel), alternating rounds",
-        "command": "benchmarks/page_overhead.py " + " ".join(sys.argv[1:]),
-        "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
-        "machine": machine(),
+        **provenance(
+            "closed-loop answers/s of a saturated catdog server with and without clients "
+            "polling /v1/stats (the page's live panel), alternating rounds"
+        ),
         "settings": {k: str(v) for k, v in vars(args).items()},
         "rows": rows,
         "stats_cost": cost,

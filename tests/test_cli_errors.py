@@ -147,8 +147,10 @@ def imports(module: Path) -> set[str]:
     for node in ast.walk(ast.parse(module.read_text())):
         if isinstance(node, ast.Import):
             names |= {alias.name for alias in node.names}
-        elif isinstance(node, ast.ImportFrom) and node.module and node.module.startswith(
-            "visionloop.cli"
+        elif (
+            isinstance(node, ast.ImportFrom)
+            and node.module
+            and node.module.startswith("visionloop.cli")
         ):
             folder = CLI.joinpath(*node.module.split(".")[2:])
             for alias in node.names:

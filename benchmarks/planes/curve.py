@@ -40,7 +40,6 @@ the first served zero-label mask (``catseg_plane`` built, first answer). Everyth
 from __future__ import annotations
 
 import argparse
-import datetime as dt
 import json
 import math
 import shutil
@@ -60,7 +59,7 @@ sys.path.insert(0, str(HERE.parent))
 sys.path.insert(0, str(HERE))
 
 from cam import composed, normalise  # noqa: E402
-from compare import machine  # noqa: E402
+from compare import provenance  # noqa: E402
 
 from data import build  # noqa: E402
 from visionloop.label.masks import iou  # noqa: E402
@@ -339,12 +338,11 @@ def main() -> None:
         "mining_cpu_s": round(mining.cpu, 1),
     }  # fmt: skip
     document = {
-        "what": "plane IoU on held-out composed images: zero labels (CAM), then after N "
-        "corrected labels (pre-labels from the model being served), vs labels from scratch "
-        "at the same crowd cost",
-        "command": "benchmarks/planes/curve.py " + " ".join(sys.argv[1:]),
-        "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
-        "machine": machine(),
+        **provenance(
+            "plane IoU on held-out composed images: zero labels (CAM), then after N "
+            "corrected labels (pre-labels from the model being served), vs labels from scratch "
+            "at the same crowd cost"
+        ),
         "settings": {k: str(v) for k, v in vars(args).items()},
         "pool": pool_figures,
         "test": {"images": len(test[0]), "with_plane": int(test[1].any(axis=(1, 2)).sum())},

@@ -23,7 +23,6 @@ comes along.
 from __future__ import annotations
 
 import argparse
-import datetime as dt
 import json
 import statistics
 import sys
@@ -38,7 +37,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 sys.path.insert(0, str(HERE))
 
-from compare import machine  # noqa: E402
+from compare import provenance  # noqa: E402
 
 from data import build  # noqa: E402
 from visionloop.models.catseg import CatSeg, SegNet  # noqa: E402
@@ -121,11 +120,10 @@ def main() -> None:
             print(json.dumps(row), flush=True)
     summary = summarise(rows)
     document = {
-        "what": "cat and animal IoU without and with a plane class trained from plane-only "
-        "labelled images (masked loss), per seed",
-        "command": "benchmarks/planes/no_drop.py " + " ".join(sys.argv[1:]),
-        "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
-        "machine": machine(),
+        **provenance(
+            "cat and animal IoU without and with a plane class trained from plane-only "
+            "labelled images (masked loss), per seed"
+        ),
         "settings": {k: str(v) for k, v in vars(args).items()},
         "rows": rows,
         "summary": summary,

@@ -18,7 +18,6 @@ phone photos at large.
 from __future__ import annotations
 
 import argparse
-import datetime as dt
 import json
 import random
 import sys
@@ -34,7 +33,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 sys.path.insert(0, str(HERE))
 
-from compare import machine  # noqa: E402
+from compare import provenance  # noqa: E402
 from study import ARMS, centre, restore_pixels  # noqa: E402
 
 from visionloop.models import registry  # noqa: E402
@@ -106,11 +105,10 @@ def main() -> None:
     if len(rows) == 2:
         raise SystemExit(f"no trained arm under {work}: run study.py first (its --work)")
     document = {
-        "what": "catdog accuracy on person-labelled photos: clean, damaged, and damaged then "
-        "restored by each arm of the restore study",
-        "command": "benchmarks/restore/catdog.py " + " ".join(sys.argv[1:]),
-        "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
-        "machine": machine(),
+        **provenance(
+            "catdog accuracy on person-labelled photos: clean, damaged, and damaged then "
+            "restored by each arm of the restore study"
+        ),
         "study": {"file": str(args.study), "date": study["date"], "command": study["command"]},
         "photos": LABELLED,
         "damages_per_photo": args.damages,

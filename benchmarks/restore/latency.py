@@ -15,7 +15,6 @@ the weights do not change the time.
 from __future__ import annotations
 
 import argparse
-import datetime as dt
 import json
 import statistics
 import sys
@@ -27,7 +26,7 @@ import torch
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 
-from compare import machine  # noqa: E402
+from compare import provenance  # noqa: E402
 
 from visionloop.models import registry  # noqa: E402
 from visionloop.models.restorer import CatDogRestored, RestoreNet, RestoreThenClassify  # noqa: E402
@@ -80,10 +79,7 @@ def main() -> None:
         }  # fmt: skip
         print(size, json.dumps(results[str(size)]), flush=True)
     document = {
-        "what": "model-only ms per image: catdog vs catdog_restored (restore, then classify)",
-        "command": "benchmarks/restore/latency.py " + " ".join(sys.argv[1:]),
-        "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
-        "machine": machine(),
+        **provenance("model-only ms per image: catdog vs catdog_restored (restore, then classify)"),
         "settings": {k: str(v) for k, v in vars(args).items()},
         "results": results,
     }

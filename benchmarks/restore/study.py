@@ -38,7 +38,6 @@ L1 / LSGAN U-Net / clean.
 from __future__ import annotations
 
 import argparse
-import datetime as dt
 import json
 import random
 import statistics
@@ -55,7 +54,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 sys.path.insert(0, str(HERE.parent / "planes"))
 
-from compare import machine  # noqa: E402
+from compare import provenance  # noqa: E402
 
 from data import backgrounds  # noqa: E402
 from visionloop import imaging  # noqa: E402
@@ -276,11 +275,10 @@ def main() -> None:
             if seed == int(args.seeds.split(",")[0]):
                 pictures[name] = restored[:4]
     document = {
-        "what": "a small photo restorer trained arm by arm on the GAN recipe's points, judged "
-        "on held-out photos",
-        "command": "benchmarks/restore/study.py " + " ".join(sys.argv[1:]),
-        "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
-        "machine": machine(),
+        **provenance(
+            "a small photo restorer trained arm by arm on the GAN recipe's points, judged "
+            "on held-out photos"
+        ),
         "settings": {k: str(v) for k, v in vars(args).items()},
         "photos": {"work": len(work_photos), "eval": len(eval_photos)},
         "rows": rows,
