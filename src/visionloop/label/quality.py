@@ -50,6 +50,7 @@ __all__ = [
     "aggregate",
     "assess",
     "check_honeypot",
+    "is_unchanged",
 ]
 
 Vote = tuple[int, str, BoolMask]  # (task, annotator, mask)
@@ -243,7 +244,8 @@ def check_honeypot(sub: Sub, rules: Rules) -> HoneypotCheck:
     return HoneypotCheck(sub.task, sub.annotator, overlap, fixed, passed)
 
 
-def _unchanged(sub: Sub) -> bool:
+def is_unchanged(sub: Sub) -> bool:
+    """The submission is the pre-label it was shown, class for class."""
     if isinstance(sub.label, StoredLabel) and isinstance(sub.prelabel, StoredLabel):
         return all(sub.label.json.get(c) == rle for c, rle in sub.prelabel.json.items())
     return all(
@@ -312,7 +314,7 @@ def _scores(
     unchanged: dict[str, int] = defaultdict(int)
     for s in subs:
         scores[s.annotator].tasks += 1
-        unchanged[s.annotator] += s.kind != "honeypot" and _unchanged(s)
+        unchanged[s.annotator] += s.kind != "honeypot" and is_unchanged(s)
         if s.seconds is not None:
             seconds[s.annotator].append(s.seconds)
     for c in checks:

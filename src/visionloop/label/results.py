@@ -18,6 +18,7 @@ from sqlalchemy import select, update
 
 from visionloop import imaging
 from visionloop.label import formats
+from visionloop.label.collusion import Pair
 from visionloop.label.masks import (
     BoolMask,
     StoredLabel,
@@ -166,10 +167,13 @@ def run_qc(store: Store, rules: Rules) -> tuple[QCResult, list[Sub]]:
     return result, subs
 
 
-def qc_summary(result: QCResult, rules: Rules, rate: float = 1.0) -> dict[str, Any]:
+def qc_summary(
+    result: QCResult, rules: Rules, rate: float = 1.0, copying: Sequence[Pair] = ()
+) -> dict[str, Any]:
     """What ``label qc`` prints, for a program: every annotator (status, evidence, pay), the
-    bans this run made, the honeypots retired, who still needs a qualification batch, and the
-    rules applied."""
+    bans this run made, the honeypots retired, who still needs a qualification batch, the
+    pairs who made the same edits (:mod:`~visionloop.label.collusion`), and the rules
+    applied."""
     pay = {row["annotator"]: row for row in payment(result, rate)}
     annotators = []
     for name, a in sorted(result.annotators.items()):
@@ -190,9 +194,15 @@ def qc_summary(result: QCResult, rules: Rules, rate: float = 1.0) -> dict[str, A
             if b.retired
         ],
         "needs_qualification": [a["annotator"] for a in annotators if a["status"] == "suspect"],
+        "same_edits": [_pair_json(p) for p in copying],
         "rules": asdict(rules),
         "pay_per_accepted_task": rate,
     }
+
+
+def _pair_json(pair: Pair) -> dict[str, Any]:
+    return {"annotators": [pair.first, pair.second], "shared_changed_tasks": pair.shared,
+            "same_edit_tasks": list(pair.copied)}  # fmt: skip
 
 
 def write_dataset(

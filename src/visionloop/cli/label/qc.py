@@ -52,6 +52,7 @@ def qc(
     db: Db = DEFAULT_DB,
 ) -> None:
     """Score annotators, ban and reject by the rules, retire bad honeypots, aggregate."""
+    from visionloop.label.collusion import copying_pairs
     from visionloop.label.loop import qc_summary, run_qc, write_dataset
     from visionloop.label.quality import Rules
 
@@ -67,12 +68,19 @@ def qc(
         result, subs = run_qc(store, rules)
         if not subs:
             raise ValueError("no submissions yet: `label ingest` first")
+        copying = copying_pairs(subs)
         tell = warn if as_json else say  # with --json, stdout is the JSON alone
         if as_json:
-            print(json.dumps(qc_summary(result, rules, rate), indent=1))
+            print(json.dumps(qc_summary(result, rules, rate, copying), indent=1))
         else:
             _print_annotators(result, rules)
             _print_decisions(result)
+            for pair in copying:
+                say(
+                    f"same edits: {pair.first} and {pair.second} on {len(pair.copied)} of the "
+                    f"{pair.shared} tasks both changed (tasks {', '.join(map(str, pair.copied))})"
+                    ": one copies the other; give each a qualification batch"
+                )
         if payments is not None:
             _write_payments(payments, result, rate)
             tell(f"payments: {payments}")

@@ -1,0 +1,79 @@
+"""Pairs of annotators whose answers are the same answer: one copies the other.
+
+Honeypots and overlap tasks go to several annotators, so a copier can share a bait with an
+honest partner and pass it, and agreement with the consensus only rewards it. What independent
+hands never produce is the same *edit*: two honest annotators who correct a pre-label change
+roughly the same pixels, but their outlines differ by a pixel here and there. So for every task
+two annotators both answered, each changing the pre-label, the sets of pixels each changed are
+compared; their IoU at ``identical`` or above (default 0.99: the same edit, give or take a few
+pixels) counts as a copy. A pair is reported when it copied on at least ``min_tasks`` tasks and on
+at least ``min_share`` of the tasks it shared. Both leaving a right pre-label alone is not
+evidence: that is what honest people do too.
+
+Who copied whom cannot be told from the answers alone, so :func:`copying_pairs` only names
+the pair; ``label qc`` reports it (the table and ``--json``) for the operator to send each a
+qualification batch, where no partner's answer exists to copy.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Sequence
+from dataclasses import dataclass
+from itertools import combinations
+
+import numpy as np
+
+from visionloop.label.quality import Sub, is_unchanged
+
+__all__ = ["Pair", "copying_pairs", "edit_iou"]
+
+
+@dataclass(frozen=True)
+class Pair:
+    first: str
+    second: str
+    shared: int  # tasks both answered, both changing the pre-label
+    copied: tuple[int, ...]  # of those, the tasks where they made the same edit
+
+
+def edit_iou(a: Sub, b: Sub) -> float:
+    """IoU of the pixels ``a`` and ``b`` changed in the pre-label they were both shown (over
+    its classes); 1.0 when neither changed anything."""
+    inter = union = 0
+    for name, shown in a.prelabel.items():
+        shown = np.asarray(shown, dtype=bool)
+        da = np.asarray(a.label.get(name, np.zeros_like(shown)), dtype=bool) ^ shown
+        db = np.asarray(b.label.get(name, np.zeros_like(shown)), dtype=bool) ^ shown
+        inter += int((da & db).sum())
+        union += int((da | db).sum())
+    return inter / union if union else 1.0
+
+
+def copying_pairs(
+    subs: Sequence[Sub], identical: float = 0.99, min_tasks: int = 3, min_share: float = 0.5
+) -> list[Pair]:
+    """Pairs who made the same edit on at least ``min_tasks`` tasks and ``min_share`` of the
+    tasks both of them changed (see the module docstring), most copies first."""
+    if not 0 < identical <= 1 or min_tasks < 1 or not 0 < min_share <= 1:
+        raise ValueError("need 0 < identical <= 1, min_tasks >= 1, 0 < min_share <= 1")
+    by_task: dict[int, list[Sub]] = defaultdict(list)
+    for s in subs:
+        by_task[s.task].append(s)
+    shared: dict[tuple[str, str], int] = defaultdict(int)
+    copied: dict[tuple[str, str], list[int]] = defaultdict(list)
+    for task, group in by_task.items():
+        changed = sorted((s for s in group if not is_unchanged(s)), key=lambda s: s.annotator)
+        for a, b in combinations(changed, 2):
+            if a.annotator == b.annotator:
+                continue
+            key = (a.annotator, b.annotator)
+            shared[key] += 1
+            if edit_iou(a, b) >= identical:
+                copied[key].append(task)
+    pairs = [
+        Pair(first, second, shared[first, second], tuple(sorted(tasks)))
+        for (first, second), tasks in copied.items()
+        if len(tasks) >= min_tasks and len(tasks) >= min_share * shared[first, second]
+    ]
+    return sorted(pairs, key=lambda p: (-len(p.copied), p.first, p.second))

@@ -1,0 +1,69 @@
+"""Two annotators who make the same edit on task after task are one answer: independent honest
+hands correcting the same pre-label never change exactly the same pixels."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from visionloop.label.collusion import copying_pairs, edit_iou
+from visionloop.label.quality import Rules, Sub, assess
+from visionloop.label.results import qc_summary
+from visionloop.label.simulate import scene, wobble
+
+SIZE = 64
+
+
+def tasks(count: int, seed: int = 0) -> list[Sub]:
+    """Per task: a pre-label missing the truth's objects; two honest hands redraw them, a
+    copier submits the first one's answer, and a fourth leaves the pre-label alone."""
+    rng = np.random.default_rng(seed)
+    subs = []
+    for task in range(count):
+        truth = scene(rng, SIZE)
+        while not truth["animal"].any():
+            truth = scene(rng, SIZE)
+        shown = {c: np.zeros_like(m) for c, m in truth.items()}
+        honest = wobble(truth, rng, 0.7)
+        subs += [
+            Sub(task, "honest", "overlap", honest, shown),
+            Sub(task, "other", "overlap", wobble(truth, rng, 0.7), shown),
+            Sub(task, "copier", "overlap", {c: m.copy() for c, m in honest.items()}, shown),
+            Sub(task, "lazy", "overlap", shown, shown),
+        ]
+    return subs
+
+
+def test_the_same_edit_on_every_shared_task_names_the_pair_and_only_it():
+    subs = tasks(5)
+    pairs = copying_pairs(subs)
+    assert [(p.first, p.second) for p in pairs] == [("copier", "honest")]
+    assert (pairs[0].shared, pairs[0].copied) == (5, (0, 1, 2, 3, 4))
+    # two honest hands redraw the same objects, and still not the same pixels
+    honest = [s for s in subs if s.annotator in ("honest", "other")]
+    for a, b in zip(honest[::2], honest[1::2], strict=True):
+        assert 0.5 < edit_iou(a, b) < 0.99
+
+
+def test_too_few_copies_or_too_small_a_share_is_not_a_pair():
+    assert copying_pairs(tasks(2)) == []  # 2 copies, under min_tasks = 3
+    assert copying_pairs(tasks(2), min_tasks=2)[0].copied == (0, 1)
+    mixed = tasks(6)
+    for s in mixed:  # the copier works on its own on half of the tasks
+        if s.annotator == "copier" and s.task % 2:
+            s.label = {c: np.roll(m, 3, axis=1) for c, m in s.label.items()}
+    pair = copying_pairs(mixed)[0]
+    assert (pair.first, pair.shared, pair.copied) == ("copier", 6, (0, 2, 4))  # half: named
+    assert copying_pairs(mixed, min_share=0.6) == []
+    with pytest.raises(ValueError, match="identical"):
+        copying_pairs(mixed, identical=0)
+
+
+def test_qc_summary_reports_the_pairs():
+    subs = tasks(4)
+    rules = Rules()
+    summary = qc_summary(assess(subs, rules), rules, copying=copying_pairs(subs))
+    assert summary["same_edits"] == [
+        {"annotators": ["copier", "honest"], "shared_changed_tasks": 4,
+         "same_edit_tasks": [0, 1, 2, 3]}
+    ]  # fmt: skip
