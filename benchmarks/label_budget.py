@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import statistics
 import sys
 import time
 from pathlib import Path
@@ -88,31 +89,33 @@ def catseg_pool(args: argparse.Namespace) -> dict[str, Any]:
     from visionloop.train.seg import SegConfig, train_seg
     from visionloop.train.synth import synthesize
 
-    work: Path = args.work
-    for name, count, seed in (("train", 1000, 100), ("val", 96, 300), ("pool", args.pool, 500)):
-        if not (work / name / "labels.csv").exists():
-            synthesize(work / name, count, size=args.size, seed=seed)
+    work: Path = args.work  # folder names carry what made them: a cache of other settings is
+    train, val = work / f"train-{args.size}", work / f"val-{args.size}"  # never reused
+    pool, run = work / f"pool-{args.pool}-{args.size}", work / f"run-{args.size}-{args.steps}"
+    for folder, count, seed in ((train, 1000, 100), (val, 96, 300), (pool, args.pool, 500)):
+        if not (folder / "labels.csv").exists():
+            synthesize(folder, count, size=args.size, seed=seed)
     config = SegConfig(
-        data=work / "train", val_data=work / "val", out=work / "run", size=args.size,
+        data=train, val_data=val, out=run, size=args.size,
         epochs=args.steps, steps=args.steps, warmup=0.05, patience=10**9, seed=0,
     )  # fmt: skip
     started = time.perf_counter()
-    if not (work / "run" / "last.pt").exists():
+    train_seconds = None  # a run trained before, by the same settings, is reused
+    if not (run / "last.pt").exists():
         train_seg(config)
-    train_seconds = time.perf_counter() - started
+        train_seconds = round(time.perf_counter() - started, 1)
     network = SegNet(2, pretrained=False)
-    network.load_state_dict(torch.load(work / "run" / "last.pt", weights_only=True)["network"])
+    network.load_state_dict(torch.load(run / "last.pt", weights_only=True)["network"])
     model = CatSeg(network.eval(), size=args.size, classes=CLASSES)
-    names = sorted(p.name for p in (work / "pool" / "images").iterdir())
-    paths = [work / "pool" / "images" / n for n in names]
+    names = sorted(p.name for p in (pool / "images").iterdir())
+    paths = [pool / "images" / n for n in names]
     prelabels = LibraryPrelabeler(model, batch_size=32)(paths)
     entropy, _ = pool_scores(model, paths, batch_size=32)
     truths = [
-        {c: np.asarray(Image.open(work / "pool" / "masks" / c / n)) > 127 for c in CLASSES}
-        for n in names
+        {c: np.asarray(Image.open(pool / "masks" / c / n)) > 127 for c in CLASSES} for n in names
     ]
     return {"truths": truths, "prelabels": prelabels, "entropy": entropy,
-            "train_seconds": round(train_seconds, 1)}  # fmt: skip
+            "train_seconds": train_seconds}  # fmt: skip
 
 
 def plane_pool(args: argparse.Namespace) -> dict[str, Any]:
@@ -134,43 +137,77 @@ def plane_pool(args: argparse.Namespace) -> dict[str, Any]:
 
 def answers(pool: dict[str, Any], editor: Editor, seed: int) -> dict[str, list[Any]]:
     """The editor's answer to every pool image, shown nothing and shown its pre-label; what
-    each answer changed. Both arms draw an image's outline noise from one generator (common
+    each answer changed. An object redrawn in both arms gets the same outline noise (common
     random numbers: the arms differ by what they were shown, not by luck)."""
     out: dict[str, list[Any]] = {"scratch": [], "prelabels": [], "scratch_change": [],
                                  "prelabels_change": []}  # fmt: skip
     for index, (truth, shown) in enumerate(zip(pool["truths"], pool["prelabels"], strict=True)):
         empty = {c: np.zeros_like(m) for c, m in truth.items()}
         for arm, given in (("scratch", empty), ("prelabels", shown)):
-            rng = np.random.default_rng([seed, index])
-            answer = editor(given, truth, rng)
+            answer = editor(given, truth, seed=[seed, index])
             out[arm].append(answer)
             out[f"{arm}_change"].append(change(given, answer))
     return out
 
 
-def setup_row(
-    name: str,
+def bought(
+    order: list[int],
     seconds: list[float],
     labels: list[Label],
+    done_changes: list[Change],
     truths: list[Label],
     budget: float,
     free: list[bool] | None = None,
 ) -> dict[str, Any]:
-    count, spent = spend(seconds, budget, free)
-    whole = sum(0.0 if free is not None and free[i] else s for i, s in enumerate(seconds))
+    """One set-up in one pool order: the images the budget buys, their label IoU, and the
+    work per bought image (accepted ones count as no work)."""
+    count, spent = spend([seconds[i] for i in order], budget,
+                         None if free is None else [free[i] for i in order])  # fmt: skip
+    chosen = order[:count]
+    work = sum((done_changes[i] for i in chosen if not (free and free[i])), Change())
     row: dict[str, Any] = {
-        "setup": name, "images": count, "exhausted_pool": count == len(seconds),
-        "crowd_hours_spent": round(spent / 3600, 2),
-        "hours_for_the_whole_pool": round(whole / 3600, 2),
-        "images_per_hour_over_the_pool": round(len(seconds) / (whole / 3600), 1) if whole else None,
-        "label_iou": dataset_iou(labels[:count], truths[:count]),
+        "images": count, "exhausted_pool": count == len(order), "hours": spent / 3600,
+        "label_iou": dataset_iou([labels[i] for i in chosen], [truths[i] for i in chosen]),
+        "drawn": work.drawn / max(1, count), "erased": work.erased / max(1, count),
+        "fixed": work.fixed / max(1, count),
     }  # fmt: skip
     if free is not None:
-        accepted = [i for i in range(count) if free[i]]
-        row["accepted_unreviewed"] = len(accepted)
+        accepted = [i for i in chosen if free[i]]
+        row["accepted"] = len(accepted)
         row["accepted_iou"] = dataset_iou([labels[i] for i in accepted],
-                                          [truths[i] for i in accepted])  # fmt: skip
+                                          [truths[i] for i in accepted]).get("mean")  # fmt: skip
     return row
+
+
+def summary(name: str, runs: list[dict[str, Any]], scratch: list[dict[str, Any]] | None) -> dict:
+    """A set-up over pool orders: mean [min, max] of images, ratio to from scratch (paired by
+    order) and label IoU; the work per image and the rest as means."""
+
+    def spread(values: list[float], digits: int) -> dict[str, float]:
+        return {"mean": round(statistics.mean(values), digits),
+                "min": round(min(values), digits), "max": round(max(values), digits)}  # fmt: skip
+
+    out: dict[str, Any] = {
+        "setup": name, "orders": len(runs),
+        "images": spread([r["images"] for r in runs], 1),
+        "exhausted_pool": any(r["exhausted_pool"] for r in runs),
+        "crowd_hours_spent": round(statistics.mean(r["hours"] for r in runs), 2),
+        "label_iou": spread([r["label_iou"]["mean"] for r in runs], 4),
+        "label_iou_by_class": {
+            c: round(statistics.mean(r["label_iou"][c] for r in runs), 4)
+            for c in runs[0]["label_iou"] if c != "mean"
+        },
+        "per_bought_image": {k: round(statistics.mean(r[k] for r in runs), 3)
+                             for k in ("drawn", "erased", "fixed")},
+    }  # fmt: skip
+    if scratch is not None:
+        ratios = [r["images"] / s["images"] for r, s in zip(runs, scratch, strict=False)]
+        out["images_vs_scratch"] = spread(ratios, 2)
+    if "accepted" in runs[0]:
+        out["accepted_unreviewed"] = round(statistics.mean(r["accepted"] for r in runs), 1)
+        judged = [r["accepted_iou"] for r in runs if r["accepted_iou"] is not None]
+        out["accepted_iou"] = round(statistics.mean(judged), 4) if judged else None
+    return out
 
 
 def setups(
@@ -179,21 +216,24 @@ def setups(
     model: TimeModel,
     budget: float,
     accept: list[float],
+    orders: list[list[int]],
 ) -> list[dict[str, Any]]:
+    """Every set-up, each over the same pool orders (uncertainty-first has its own order)."""
     truths = pool["truths"]
-    scratch = [model.seconds(c) for c in done["scratch_change"]]
-    prelabelled = [model.seconds(c) for c in done["prelabels_change"]]
+    scratch_s = [model.seconds(c) for c in done["scratch_change"]]
+    pre_s = [model.seconds(c) for c in done["prelabels_change"]]
+    scratch = [bought(o, scratch_s, done["scratch"], done["scratch_change"], truths, budget)
+               for o in orders]  # fmt: skip
     rows = [
-        setup_row("from scratch", scratch, done["scratch"], truths, budget),
-        setup_row("pre-labels", prelabelled, done["prelabels"], truths, budget),
-    ]
+        summary("from scratch", scratch, scratch),
+        summary("pre-labels", [bought(o, pre_s, done["prelabels"], done["prelabels_change"],
+                                      truths, budget) for o in orders], scratch),
+    ]  # fmt: skip
     if "entropy" in pool:
         entropy = np.asarray(pool["entropy"])
-        order = [int(i) for i in np.argsort(-entropy, kind="stable")]  # label select's order
-        rows.append(setup_row(
-            "pre-labels, most uncertain first", [prelabelled[i] for i in order],
-            [done["prelabels"][i] for i in order], [truths[i] for i in order], budget,
-        ))  # fmt: skip
+        ranked = [int(i) for i in np.argsort(-entropy, kind="stable")]  # label select's order
+        first = bought(ranked, pre_s, done["prelabels"], done["prelabels_change"], truths, budget)
+        rows.append(summary("pre-labels, most uncertain first", [first] * len(orders), scratch))
         for share in accept:
             threshold = float(np.quantile(entropy, share))
             free = [bool(e <= threshold) for e in entropy]
@@ -201,11 +241,18 @@ def setups(
                       for shown, answer, f in zip(pool["prelabels"], done["prelabels"], free,
                                                   strict=True)]  # fmt: skip
             name = f"pre-labels, the {share:.0%} most confident accepted unreviewed"
-            rows.append(setup_row(name, prelabelled, labels, truths, budget, free))
-    scratch_rate = rows[0]["images"]
-    for row in rows:
-        row["images_vs_scratch"] = round(row["images"] / scratch_rate, 2) if scratch_rate else None
+            runs = [bought(o, pre_s, labels, done["prelabels_change"], truths, budget, free)
+                    for o in orders]  # fmt: skip
+            rows.append(summary(name, runs, scratch))
     return rows
+
+
+def orders(count: int, args: argparse.Namespace) -> list[list[int]]:
+    """``--orders`` random orders of the pool (the first: as it was made)."""
+    rng = np.random.default_rng(args.seed)
+    return [list(range(count))] + [
+        [int(i) for i in rng.permutation(count)] for _ in range(args.orders - 1)
+    ]
 
 
 def work_summary(pool: dict[str, Any], done: dict[str, list[Any]]) -> dict[str, Any]:
@@ -241,6 +288,7 @@ def main() -> None:
     parser.add_argument("--wobble", type=float, default=0.7, help="the editor's outline error")
     parser.add_argument("--accept", default="0.25,0.5", help="shares accepted by triage")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--orders", type=int, default=20, help="pool orders to average over")
     parser.add_argument("--work", type=Path, default=Path("out/label_budget"))
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/label_budget.json"))
     args = parser.parse_args()
@@ -255,10 +303,11 @@ def main() -> None:
         budget = hours * 3600
         pool = make(args)
         done = answers(pool, editor, args.seed)
+        shuffles = orders(len(done["scratch"]), args)
         results[task] = {
             "pool": len(pool["truths"]), "budget_hours": hours, **work_summary(pool, done),
             "train_seconds": pool.get("train_seconds"),
-            "budgets": {name: setups(pool, done, model, budget, accept)
+            "budgets": {name: setups(pool, done, model, budget, accept, shuffles)
                         for name, model in models.items()},
         }  # fmt: skip
         print(json.dumps({task: results[task]["budgets"]}, indent=1), flush=True)

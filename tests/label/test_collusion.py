@@ -59,6 +59,24 @@ def test_too_few_copies_or_too_small_a_share_is_not_a_pair():
         copying_pairs(mixed, identical=0)
 
 
+def test_erasing_the_same_false_blob_is_not_a_copy():
+    """Two honest people who delete the same stray blob change the same pixels; so do two who
+    move a mask to the right class. Neither is a drawing, so neither counts."""
+    rng = np.random.default_rng(3)
+    subs = []
+    for task in range(4):
+        truth = scene(rng, SIZE)
+        blob = np.zeros((SIZE, SIZE), bool)
+        blob[2:12, 2:12] = True
+        shown = {"cat": truth["cat"] | blob, "animal": truth["animal"] | blob}
+        swapped = {"cat": truth["animal"], "animal": truth["cat"]}  # shown in the wrong class
+        for name in ("a", "b"):
+            subs.append(Sub(task, name, "overlap", {c: m.copy() for c, m in truth.items()}, shown))
+            subs.append(Sub(task + 10, name, "overlap", {c: m.copy() for c, m in truth.items()},
+                            swapped))  # fmt: skip
+    assert copying_pairs(subs) == []
+
+
 def test_qc_summary_reports_the_pairs():
     subs = tasks(4)
     rules = Rules()

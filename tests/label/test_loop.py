@@ -117,7 +117,8 @@ def test_select_prelabel_batch_crowd_ingest_qc_dataset_train(world):
     assert status["counts"]["honeypots"] == 4
     cost = status["cost"]
     assert cost["images to label"] == 12
-    assert (cost["copies: one per image"], cost["copies: overlap extra"]) == (12, 6)
+    assert (cost["copies: one per image task"], cost["copies: overlap extra"]) == (12, 6)
+    assert cost["re-asked images"] == 0
     assert cost["copies: honeypots"] == 4 * 3  # each honeypot goes to --copies annotators
     assert cost["paid tasks per image (wanted)"] == 30 / 12
     assert cost["submissions"] == submitted

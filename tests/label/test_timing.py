@@ -33,11 +33,15 @@ def test_change_counts_objects_drawn_erased_and_fixed():
     assert (change(shown, erased).erased, change(shown, erased).drawn) == (1, 0)
     fixed = {**shown, "cat": disc(8, 8, 4) | disc(24, 24, 7)}  # the outline redrawn bigger
     assert (change(shown, fixed).fixed, change(shown, fixed).drawn) == (1, 0)
-    grazed = {**shown, "cat": disc(8, 8, 4) | disc(24, 20, 5)}  # moved 4 px: IoU 0.2
+    grazed = {**shown, "cat": disc(8, 8, 4) | disc(24, 20, 5)}  # moved 4 px: IoU about 0.3
     assert change(shown, grazed) == Change(
         drawn=1, erased=1, pixels=int((shown["cat"] ^ grazed["cat"]).sum())
     )
     assert change(shown, grazed, redraw=0.1).fixed == 1
+    split = {**shown, "cat": shown["cat"].copy()}
+    split["cat"][:, 24] = False  # the pre-label of the right object came in two halves
+    joined = change(split, shown)  # the answer joins them: one fix
+    assert (joined.fixed, joined.drawn, joined.erased) == (1, 0, 0)
     nudged = {**shown, "cat": shown["cat"].copy()}
     nudged["cat"][24, 29] = ~nudged["cat"][24, 29]  # one pixel of 81: under the tolerance
     assert change(shown, nudged).fixed == 0

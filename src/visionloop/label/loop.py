@@ -109,18 +109,20 @@ def status(store: Store) -> dict[str, int]:
 
 def cost(store: Store) -> dict[str, float | int]:
     """The cost model, from the tasks made so far: every copy of a task is a paid task when
-    its answer is accepted. ``wanted`` splits the copies asked for into one per image to
-    label, the extra copies of overlap tasks, the honeypots in paid batches and the
-    qualification batches (honeypots only); ``per image`` divides them by the images to
-    label. ``bought`` counts the submissions received so far, rejected ones included (a
-    banned annotator's work goes back in the queue and is bought again)."""
+    its answer is accepted. The copies asked for split into one per image task (an image
+    asked again after its answers were rejected counts again: ``re-asked images`` says how
+    many), the extra copies of overlap tasks, the honeypots in paid batches and the
+    qualification batches (honeypots only); ``per image`` divides them by the images to label.
+    ``bought`` counts the submissions received so far, rejected ones included."""
     with store.session() as s:
         rows = s.execute(select(Task.batch, Task.kind, Task.copies, Task.image_id)).all()
         submissions = int(s.scalar(select(func.count(Submission.id))) or 0)
     qualification = {b for b in {r.batch for r in rows}
                      if all(r.kind == "honeypot" for r in rows if r.batch == b)}  # fmt: skip
     images = {r.image_id for r in rows if r.kind != "honeypot"}
-    parts = {"images to label": len(images), "copies: one per image": 0, "copies: overlap extra": 0,
+    asked = [r.image_id for r in rows if r.kind != "honeypot"]
+    parts = {"images to label": len(images), "re-asked images": len(asked) - len(set(asked)),
+             "copies: one per image task": 0, "copies: overlap extra": 0,
              "copies: honeypots": 0, "copies: qualification": 0}  # fmt: skip
     for r in rows:
         if r.kind == "honeypot":
@@ -128,7 +130,7 @@ def cost(store: Store) -> dict[str, float | int]:
                 r.copies
             )
         else:
-            parts["copies: one per image"] += 1
+            parts["copies: one per image task"] += 1
             parts["copies: overlap extra"] += r.copies - 1
     wanted = sum(v for k, v in parts.items() if k.startswith("copies"))
     per_image = round(wanted / len(images), 3) if images else 0.0

@@ -86,30 +86,30 @@ def _class_change(shown: np.ndarray, answer: np.ndarray, tolerance: float, redra
     if not differ.any():
         return Change()
     drawn = erased = fixed = 0
+    old, old_count = ndimage.label(shown, structure=_EIGHT)
+    for index in range(1, old_count + 1):
+        if not ((old == index) & answer).any():
+            erased += 1  # a shown object the answer dropped
     parts, count = ndimage.label(answer, structure=_EIGHT)
     for index in range(1, count + 1):
-        part = parts == index
-        if not (part & shown).any():
+        new = parts == index
+        touched = np.unique(old[new & shown])
+        touched = touched[touched > 0]
+        if not len(touched):
             drawn += 1
-    old, old_count = ndimage.label(shown, structure=_EIGHT)
-    redrawn: set[int] = set()  # answer objects drawn anew over a shown one thrown away
-    for index in range(1, old_count + 1):
-        part = old == index
-        if not (part & answer).any():
-            erased += 1
             continue
-        # the object and what it became in the answer: the answer's components touching it
-        touched = np.unique(parts[part & answer])
-        new = np.isin(parts, touched[touched > 0])
-        moved = int((part ^ new).sum())
-        if moved <= tolerance * max(int(part.sum()), int(new.sum())):
+        # the answer's object and what was shown of it: every shown part touching it (a
+        # pre-label split in two and joined is one fix, not two)
+        before = np.isin(old, touched)
+        moved = int((before ^ new).sum())
+        if moved <= tolerance * max(int(before.sum()), int(new.sum())):
             continue
-        if int((part & new).sum()) < redraw * int((part | new).sum()):
-            erased += 1
-            redrawn.update(int(t) for t in touched if t > 0)
+        if int((before & new).sum()) < redraw * int((before | new).sum()):
+            erased += len(touched)  # thrown away and drawn anew
+            drawn += 1
         else:
             fixed += 1
-    return Change(drawn + len(redrawn), erased, fixed, int(differ.sum()))
+    return Change(drawn, erased, fixed, int(differ.sum()))
 
 
 @dataclass(frozen=True)
