@@ -305,8 +305,16 @@ def main() -> None:
         return
     config = {k: v for k, v in vars(args).items() if k not in ("out", "work", "table", "jobs")}
     results = json.loads(args.out.read_text()) if args.out.exists() else None
-    if results is not None and results["config"] != config:
+    free = ("seeds", "threads")  # more seeds, or other threads, continue the same study
+
+    def identity(c: dict[str, Any]) -> dict[str, Any]:
+        return {k: v for k, v in c.items() if k not in free}
+
+    if results is not None and identity(results["config"]) != identity(config):
         raise SystemExit(f"{args.out} holds a study with another configuration; use another --out")
+    if results is not None:
+        seen = {*results["config"]["seeds"].split(","), *args.seeds.split(",")}
+        results["config"]["seeds"] = ",".join(sorted(seen, key=int))
     results = results or {"config": config, "rows": []}
     done = {key(r) for r in results["rows"]}
     todo = [j for j in jobs(args) if key(j) not in done]
