@@ -185,11 +185,19 @@ def prelabel(
 def make_batch(
     name: Annotated[str, typer.Argument(help="Batch name.")],
     size: Annotated[int, typer.Option(min=1, help="Images to annotate (honeypots extra).")] = 100,
-    honeypots: Annotated[float, typer.Option(help="Share of the batch that are honeypots.")] = 0.1,
+    honeypots: Annotated[
+        float,
+        typer.Option(
+            help="Share of the batch that are honeypots; each goes to --copies annotators "
+            "(paid tasks: `label status` shows the cost)."
+        ),
+    ] = 0.1,
     overlap: Annotated[
         float, typer.Option(help="Share of tasks sent to --copies annotators.")
     ] = 0.1,
-    copies: Annotated[int, typer.Option(min=2)] = 3,
+    copies: Annotated[
+        int, typer.Option(min=2, help="Annotators per overlap task and per honeypot.")
+    ] = 3,
     classes: Annotated[str, typer.Option(help="Classes to annotate (default: all).")] = "",
     spoilings: Annotated[str, typer.Option(help="Honeypot corruptions to use.")] = "",
     qualification: Annotated[bool, typer.Option(help="Honeypots only, for newcomers.")] = False,
