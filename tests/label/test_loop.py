@@ -58,7 +58,8 @@ def test_select_prelabel_batch_crowd_ingest_qc_dataset_train(world):
     torch.save(CatSeg().network.state_dict(), weights)
     assert "selected 12 of 24" in cli("label", "select", "--k", "12", "--method", "mix",
                                       "--weights", str(weights))  # fmt: skip
-    assert "pre-labelled 12" in cli("label", "prelabel", "--weights", str(weights))
+    assert "pre-labelled 28 images (selected and gold)" in cli("label", "prelabel", "--weights",
+                                                              str(weights))  # fmt: skip
     out = cli("label", "make-batch", "b1", "--size", "12", "--honeypots", "0.25",
               "--overlap", "0.25", "--out", str(tmp / "b1.json"))  # fmt: skip
     assert "batch b1: 16 tasks" in out  # 12 + 4 honeypots
@@ -70,9 +71,12 @@ def test_select_prelabel_batch_crowd_ingest_qc_dataset_train(world):
     store = open_store(f"sqlite:///{tmp / 'labels.db'}")
     with store.session() as s:
         copies = {t.id: t.copies for t in s.scalars(select(Task))}
-        kinds = [t.kind for t in s.scalars(select(Task))]
-    assert kinds.count("honeypot") == 4
-    assert kinds.count("overlap") == 3
+        kinds = {t.id: t.kind for t in s.scalars(select(Task))}
+    assert list(kinds.values()).count("honeypot") == 4
+    # a quarter of all 16 tasks, honeypots included, go to 3 annotators; the rest to one
+    assert sorted(copies.values()) == [1] * 12 + [3] * 4
+    bait_copies = sum(copies[t] for t, kind in kinds.items() if kind == "honeypot")
+    overlap_extra = sum(copies[t] - 1 for t, kind in kinds.items() if kind != "honeypot")
     done = crowd_answers(tasks, truth_of, copies.get, CROWD, seed=0)
     (tmp / "done.json").write_text(json.dumps(done))
     submitted = sum(len(t["annotations"]) for t in done)
@@ -117,10 +121,13 @@ def test_select_prelabel_batch_crowd_ingest_qc_dataset_train(world):
     assert status["counts"]["honeypots"] == 4
     cost = status["cost"]
     assert cost["images to label"] == 12
-    assert (cost["copies: one per image task"], cost["copies: overlap extra"]) == (12, 6)
+    assert (cost["copies: one per image task"], cost["copies: overlap extra"]) == (
+        12,
+        overlap_extra,
+    )
     assert cost["re-asked images"] == 0
-    assert cost["copies: honeypots"] == 4 * 3  # each honeypot goes to --copies annotators
-    assert cost["paid tasks per image (wanted)"] == 30 / 12
+    assert cost["copies: honeypots"] == bait_copies
+    assert cost["paid tasks per image (wanted)"] == (12 + overlap_extra + bait_copies) / 12
     assert cost["submissions"] == submitted
 
     with (tmp / "ds" / "labels.csv").open() as f:
@@ -135,14 +142,14 @@ def test_select_prelabel_batch_crowd_ingest_qc_dataset_train(world):
 def make_one_batch(tmp: Path, honeypots: float = 0.0) -> tuple[object, list[int]]:
     store = open_store(f"sqlite:///{tmp / 'labels.db'}")
     loop.add_images(store, tmp / "pool" / "images")
-    loop.add_gold(store, tmp / "gold")
+    gold = loop.add_gold(store, tmp / "gold")
     candidates = loop.pool(store)[:6]
     loop.mark_selected(store, [(i, 1.0) for i, _ in candidates], "test")
 
     def from_truth(paths):
         return [truth_of(str(p)) for p in paths]
 
-    assert loop.prelabel(store, from_truth) == 6
+    assert loop.prelabel(store, from_truth) == 6 + gold  # the selected and the gold
     return store, loop.make_batch(store, "b", 6, honeypot_share=honeypots, overlap_share=0)
 
 
@@ -255,7 +262,7 @@ def test_a_plane_batch_mines_prelabels_with_the_weak_channel_and_asks_only_plane
     assert "selected 6 of 24 pool images for plane" in cli("label", "mine", "plane", "--k", "6")
     weak = runner.invoke(app, ["label", "prelabel", "--model", "catseg_plane"])
     assert weak.exit_code == 0, weak.output
-    assert "pre-labelled 6" in weak.stdout
+    assert "pre-labelled 10 images (selected and gold)" in weak.stdout  # 6 + 4 gold
     assert "only plane pre-labels mean anything" in weak.stderr  # cat and animal: untrained
     out = cli("label", "make-batch", "planes", "--size", "6", "--honeypots", "0.25",
               "--overlap", "0", "--classes", "plane",

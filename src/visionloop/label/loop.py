@@ -15,7 +15,7 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from visionloop import imaging
-from visionloop.label import formats
+from visionloop.label import baits, formats
 from visionloop.label.masks import (
     label_from_json,
     label_to_json,
@@ -26,7 +26,7 @@ from visionloop.label.prelabel import Prelabeler
 # The second half (ingest, QC, dataset) lives in results.py; its names are part of this API.
 from visionloop.label.results import IngestReport, ingest, qc_summary, run_qc, write_dataset
 from visionloop.label.select import pick, pool_scores
-from visionloop.label.spoil import SPOILINGS, spoil
+from visionloop.label.spoil import SPOILINGS
 from visionloop.label.store import Annotator, Image, Store, Submission, Task
 from visionloop.models.base import Segmenter
 
@@ -165,11 +165,13 @@ def add_gold(store: Store, dataset: Path) -> int:
 
 
 def prelabel(store: Store, model: Prelabeler, everything: bool = False, batch: int = 16) -> int:
-    """Pre-label the selected images that have none (``everything``: the whole pool)."""
+    """Pre-label the selected images and the gold images that have none (``everything``: the
+    whole pool too). A honeypot shows the model's pre-label of a gold image, spoiled, so that
+    what it shows is drawn the way every other task's is."""
     with store.session() as s:
-        query = select(Image).where(Image.prelabel.is_(None), Image.gold.is_(None))
+        query = select(Image).where(Image.prelabel.is_(None))
         if not everything:
-            query = query.where(Image.selected.is_not(None))
+            query = query.where(Image.selected.is_not(None) | Image.gold.is_not(None))
         todo = [(i.id, Path(i.path)) for i in s.scalars(query)]
     for start in range(0, len(todo), batch):
         chunk = todo[start : start + batch]
@@ -233,12 +235,14 @@ def make_batch(
     copies: int = 3,
     spoilings: Sequence[str] = SPOILINGS,
     qualification: bool = False,
+    min_object: float = baits.MIN_OBJECT,
     seed: int = 0,
 ) -> list[int]:
     """A batch of ``size`` selected, pre-labelled images (most useful first), plus honeypots
-    (``honeypot_share`` of the whole batch) made from gold images, ``overlap_share`` of the
-    tasks wanted from ``copies`` annotators; shuffled. ``qualification``: honeypots only, for
-    newcomers. Returns the task ids."""
+    (``honeypot_share`` of the whole batch) made from gold images (:mod:`~visionloop.label.
+    baits`: no object under ``min_object`` of the image); ``overlap_share`` of all the tasks,
+    honeypots included, wanted from ``copies`` annotators, the rest from one; shuffled.
+    ``qualification``: honeypots only, for newcomers. Returns the task ids."""
     if not 0 <= honeypot_share < 1 or not 0 <= overlap_share <= 1 or copies < 2:
         raise ValueError("need 0 <= honeypot share < 1, 0 <= overlap share <= 1, copies >= 2")
     rng = np.random.default_rng(seed)
@@ -261,15 +265,19 @@ def make_batch(
         honeypots = (
             size if qualification else round(len(picked) * honeypot_share / (1 - honeypot_share))
         )
-        baits = _bait_images(s, wanted, honeypots, rng)
-        if not picked and not baits:
+        gold = baits.pick(s, wanted, honeypots, rng, min_object)
+        if not picked and not gold:
             raise ValueError("nothing to batch: select and pre-label images first (and add gold)")
-        overlap = set(rng.permutation(len(picked))[: round(len(picked) * overlap_share)].tolist())
+        everyone = len(picked) + len(gold)
+        overlap = set(rng.permutation(everyone)[: round(everyone * overlap_share)].tolist())
         tasks = [
             _task(name, image, wanted, copies if n in overlap else 1)
             for n, image in enumerate(picked)
         ]
-        tasks += [_honeypot(name, image, wanted, copies, spoilings, rng) for image in baits]
+        tasks += [
+            baits.honeypot(name, image, wanted, copies if n in overlap else 1, spoilings, rng)
+            for n, image in enumerate(gold, len(picked))
+        ]
         random.Random(seed).shuffle(tasks)
         s.add_all(tasks)
         s.flush()
@@ -297,23 +305,6 @@ def _task(batch: str, image: Image, classes: Sequence[str], copies: int) -> Task
     return Task(image_id=image.id, batch=batch, kind=kind, prelabel=shown, copies=copies)
 
 
-def _honeypot(
-    batch: str,
-    image: Image,
-    classes: Sequence[str],
-    copies: int,
-    spoilings: Sequence[str],
-    rng: np.random.Generator,
-) -> Task:
-    """A task showing the gold with one recorded spoiling."""
-    gold = label_from_json({c: (image.gold or {})[c] for c in classes})
-    spoiled, record = spoil(gold, rng, spoilings)
-    return Task(
-        image_id=image.id, batch=batch, kind="honeypot", prelabel=label_to_json(spoiled),
-        gold=label_to_json(gold), spoil=record, copies=copies,
-    )  # fmt: skip
-
-
 def _classes(images: Iterable[Image], field: str) -> list[str]:
     for image in images:
         label = getattr(image, field)
@@ -322,32 +313,6 @@ def _classes(images: Iterable[Image], field: str) -> list[str]:
     if field == "gold":
         raise ValueError("no gold images: `label add-gold DATASET` first")
     raise ValueError("no selected, pre-labelled images: `label select` and `label prelabel` first")
-
-
-def _bait_images(
-    s: Any, classes: Sequence[str], count: int, rng: np.random.Generator
-) -> list[Image]:
-    """Up to ``count`` gold images with every wanted class, not retired as a bait, least used
-    first (add more gold when a batch asks for more honeypots than that)."""
-    if count <= 0:
-        return []
-    retired = set(s.scalars(select(Task.image_id).where(Task.retired_at.is_not(None))))
-    uses: dict[int, int] = defaultdict(int)
-    for image_id in s.scalars(select(Task.image_id).where(Task.kind == "honeypot")):
-        uses[image_id] += 1
-    gold = [
-        i
-        for i in s.scalars(select(Image).where(Image.gold.is_not(None)))
-        if i.id not in retired and all(c in i.gold for c in classes)
-    ]
-    if not gold:
-        raise ValueError(
-            f"no gold images with {list(classes)} for honeypots: `label add-gold DATASET` first "
-            "(or --honeypots 0)"
-        )
-    order = sorted(gold, key=lambda i: (uses[i.id], rng.random()))
-    # never the same bait twice in one batch: a repeated image gives the honeypot away
-    return order[:count]
 
 
 def export_batch(

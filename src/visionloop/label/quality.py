@@ -162,6 +162,11 @@ class Sub:
     prelabel: Mapping[str, BoolMask]
     gold: Mapping[str, BoolMask] | None = None
     seconds: float | None = None
+    bait: int | None = None  # a honeypot's health key (its gold image); None: the task
+
+    @property
+    def bait_key(self) -> int:
+        return self.task if self.bait is None else self.bait
 
 
 @dataclass(frozen=True)
@@ -171,6 +176,7 @@ class HoneypotCheck:
     iou: float
     fixed: float  # share of the spoiled pixels set right
     passed: bool
+    bait: int  # the health key: the gold image behind the task (or the task itself)
 
 
 @dataclass
@@ -204,9 +210,10 @@ class AnnotatorScore:
 
 @dataclass
 class Bait:
-    """Health of one honeypot task."""
+    """Health of one bait: a gold image over every honeypot task made from it (in the store),
+    or one honeypot task (in the simulator, where a task is handed to many people)."""
 
-    task: int
+    key: int
     attempts: int = 0
     trusted_attempts: int = 0
     trusted_fails: int = 0
@@ -241,7 +248,7 @@ def check_honeypot(sub: Sub, rules: Rules) -> HoneypotCheck:
     right = sum(int(np.count_nonzero((label[c] == gold[c]) & r)) for c, r in regions.items())
     fixed = right / total if total else 1.0
     passed = overlap >= rules.iou_threshold and fixed >= rules.fix_fraction
-    return HoneypotCheck(sub.task, sub.annotator, overlap, fixed, passed)
+    return HoneypotCheck(sub.task, sub.annotator, overlap, fixed, passed, sub.bait_key)
 
 
 def is_unchanged(sub: Sub) -> bool:
@@ -260,10 +267,11 @@ def assess(
     retired: Iterable[int] = (),
 ) -> QCResult:
     """Score every annotator, judge the baits, decide bans and each submission's verdict.
-    ``banned`` and ``retired``: decisions already taken (they stand)."""
+    ``banned`` and ``retired`` (bait keys, :attr:`Sub.bait_key`): decisions already taken
+    (they stand)."""
     banned = dict(banned or {})
     checks = [check_honeypot(s, rules) for s in subs if s.kind == "honeypot"]
-    baits = {c.task: Bait(c.task) for c in checks}
+    baits = {c.bait: Bait(c.bait) for c in checks}
     retired_now = set(retired) & set(baits)
     for _ in range(2):  # trust depends on retirements and retirements on trust: settle twice
         scores = _scores(subs, checks, retired_now, banned, rules)
@@ -284,7 +292,7 @@ def assess(
         person = scores[s.annotator]
         if person.ban:
             result.verdicts[s.task, s.annotator] = ("rejected", f"annotator banned: {person.ban}")
-        elif s.kind == "honeypot" and s.task in retired_now:
+        elif s.kind == "honeypot" and s.bait_key in retired_now:
             result.verdicts[s.task, s.annotator] = ("accepted", "honeypot retired: not judged")
         elif s.kind == "honeypot":
             check = passed[s.task, s.annotator]
@@ -318,7 +326,7 @@ def _scores(
         if s.seconds is not None:
             seconds[s.annotator].append(s.seconds)
     for c in checks:
-        if c.task not in retired:
+        if c.bait not in retired:
             scores[c.annotator].honeypots += 1
             scores[c.annotator].passed += c.passed
     for name, a in scores.items():
@@ -399,7 +407,7 @@ def _health(
 ) -> dict[int, Bait]:
     baits: dict[int, Bait] = {}
     for c in checks:
-        bait = baits.setdefault(c.task, Bait(c.task, retired=c.task in retired))
+        bait = baits.setdefault(c.bait, Bait(c.bait, retired=c.bait in retired))
         bait.attempts += 1
         if c.annotator in trusted:
             bait.trusted_attempts += 1

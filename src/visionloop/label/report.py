@@ -58,7 +58,7 @@ def _summary(result: QCResult, subs: Sequence[Sub]) -> str:
     return (
         f"<p>{len(subs)} submissions from {len(result.annotators)} annotators; "
         f"{accepted} accepted; {len(banned)} annotators banned; "
-        f"{len(result.baits)} honeypot tasks, {retired} retired.</p>"
+        f"{len(result.baits)} gold images used as honeypots, {retired} retired.</p>"
     )
 
 
@@ -104,12 +104,12 @@ def _histogram(values: Sequence[float], bins: int = 10) -> str:
 
 def _baits(result: QCResult) -> str:
     rows = [
-        "<table><tr><th>task</th><th>attempts</th><th>trusted attempts</th>"
+        "<table><tr><th>gold image</th><th>attempts</th><th>trusted attempts</th>"
         "<th>trusted fails</th><th>status</th></tr>"
     ]
-    for task, b in sorted(result.baits.items(), key=lambda kv: -(kv[1].trusted_fail_rate or 0)):
+    for key, b in sorted(result.baits.items(), key=lambda kv: -(kv[1].trusted_fail_rate or 0)):
         rows.append(
-            f"<tr class={'retired' if b.retired else 'ok'}><td>{task}</td><td>{b.attempts}</td>"
+            f"<tr class={'retired' if b.retired else 'ok'}><td>{key}</td><td>{b.attempts}</td>"
             f"<td>{b.trusted_attempts}</td><td>{b.trusted_fails}</td>"
             f"<td>{'retired' if b.retired else 'active'}</td></tr>"
         )

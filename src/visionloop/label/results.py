@@ -116,7 +116,9 @@ def _check_images(paths: Sequence[Path]) -> None:
 
 
 def load_subs(store: Store) -> tuple[list[Sub], dict[str, str], set[int]]:
-    """Every submission as QC sees it, the bans already made and the retired baits."""
+    """Every submission as QC sees it, the bans already made and the retired baits. A
+    honeypot's health is kept per gold image (:attr:`Sub.bait`), over every task made from it:
+    a bait usually goes to one annotator, and its image is shown again only to re-check it."""
     with store.session() as s:
         rows = s.execute(
             select(Submission, Task, Annotator)
@@ -128,6 +130,7 @@ def load_subs(store: Store) -> tuple[list[Sub], dict[str, str], set[int]]:
             Sub(
                 t.id, a.name, t.kind, StoredLabel(sub.masks), StoredLabel(t.prelabel or {}),
                 StoredLabel(t.gold) if t.gold else None, sub.seconds,
+                t.image_id if t.kind == "honeypot" else None,
             )
             for sub, t, a in rows
         ]  # fmt: skip
@@ -135,7 +138,7 @@ def load_subs(store: Store) -> tuple[list[Sub], dict[str, str], set[int]]:
             a.name: a.ban_reason or "banned"
             for a in s.scalars(select(Annotator).where(Annotator.banned_at.is_not(None)))
         }
-        retired = set(s.scalars(select(Task.id).where(Task.retired_at.is_not(None))))
+        retired = set(s.scalars(select(Task.image_id).where(Task.retired_at.is_not(None))))
     return subs, banned, retired
 
 
@@ -148,12 +151,19 @@ def run_qc(store: Store, rules: Rules) -> tuple[QCResult, list[Sub]]:
         for name, reason in result.new_bans.items():
             people[name].banned_at, people[name].ban_reason = _now(), reason
             s.add(Decision(kind="ban", annotator_id=people[name].id, reason=reason))
-        for task in set(result.baits) - retired:
-            bait = result.baits[task]
-            if bait.retired:
-                s.get_one(Task, task).retired_at = _now()
-                why = f"trusted annotators failed it {bait.trusted_fails}/{bait.trusted_attempts}"
-                s.add(Decision(kind="retire", task_id=task, reason=why))
+        for image in set(result.baits) - retired:
+            bait = result.baits[image]
+            if not bait.retired:
+                continue
+            why = (
+                f"gold image {image}: trusted annotators failed it "
+                f"{bait.trusted_fails}/{bait.trusted_attempts}"
+            )
+            for task in s.scalars(
+                select(Task).where(Task.image_id == image, Task.kind == "honeypot")
+            ):
+                task.retired_at = _now()
+                s.add(Decision(kind="retire", task_id=task.id, reason=why))
         # verdicts by primary key, without loading the masks again
         ids = {a.id: a.name for a in people.values()}
         keys = s.execute(select(Submission.id, Submission.task_id, Submission.annotator_id))
@@ -189,8 +199,12 @@ def qc_summary(
         "annotators": annotators,
         "new_bans": dict(result.new_bans),
         "retired_honeypots": [
-            {"task": t, "trusted_fails": b.trusted_fails, "trusted_attempts": b.trusted_attempts}
-            for t, b in sorted(result.baits.items())
+            {
+                "gold_image": k,
+                "trusted_fails": b.trusted_fails,
+                "trusted_attempts": b.trusted_attempts,
+            }
+            for k, b in sorted(result.baits.items())
             if b.retired
         ],
         "needs_qualification": [a["annotator"] for a in annotators if a["status"] == "suspect"],

@@ -168,7 +168,8 @@ def prelabel(
     classes: ClassesOption = None,
     db: Db = DEFAULT_DB,
 ) -> None:
-    """Pre-label the selected images with the segmenter."""
+    """Pre-label the selected images and the gold images (a honeypot shows the model's
+    pre-label of a gold image, spoiled) with the segmenter."""
     from visionloop.label.loop import prelabel as run
     from visionloop.label.prelabel import LibraryPrelabeler, Prelabeler, ServerPrelabeler
 
@@ -178,7 +179,8 @@ def prelabel(
             labeler = ServerPrelabeler(server, model)
         else:
             labeler = LibraryPrelabeler(_segmenter(model, weights, classes, "prelabel"))
-        say(f"pre-labelled {run(open_store_at(db), labeler, everything)} images")
+        done = run(open_store_at(db), labeler, everything)
+        say(f"pre-labelled {done} images (selected and gold)")
 
 
 @app.command("make-batch")
@@ -188,16 +190,23 @@ def make_batch(
     honeypots: Annotated[
         float,
         typer.Option(
-            help="Share of the batch that are honeypots; each goes to --copies annotators "
-            "(paid tasks: `label status` shows the cost)."
+            help="Share of the batch that are honeypots; like any task, a honeypot goes to "
+            "--copies annotators if it is among the --overlap share, else to one (paid tasks: "
+            "`label status` shows the cost)."
         ),
     ] = 0.1,
     overlap: Annotated[
-        float, typer.Option(help="Share of tasks sent to --copies annotators.")
+        float,
+        typer.Option(help="Share of all tasks, honeypots included, sent to --copies annotators."),
     ] = 0.1,
-    copies: Annotated[
-        int, typer.Option(min=2, help="Annotators per overlap task and per honeypot.")
-    ] = 3,
+    copies: Annotated[int, typer.Option(min=2, help="Annotators per overlap task.")] = 3,
+    min_bait_object: Annotated[
+        float,
+        typer.Option(
+            help="No honeypot from a gold image with an object smaller than this share of "
+            "the image (too small to judge an honest hand by)."
+        ),
+    ] = 0.005,
     classes: Annotated[str, typer.Option(help="Classes to annotate (default: all).")] = "",
     spoilings: Annotated[str, typer.Option(help="Honeypot corruptions to use.")] = "",
     qualification: Annotated[bool, typer.Option(help="Honeypots only, for newcomers.")] = False,
@@ -226,7 +235,7 @@ def make_batch(
             store, name, size, classes=[c for c in classes.split(",") if c] or None,
             honeypot_share=honeypots, overlap_share=overlap, copies=copies,
             spoilings=[s for s in spoilings.split(",") if s] or SPOILINGS,
-            qualification=qualification, seed=seed,
+            qualification=qualification, min_object=min_bait_object, seed=seed,
         )  # fmt: skip
         say(f"batch {name}: {len(tasks)} tasks")
         if out is not None:

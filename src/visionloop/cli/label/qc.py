@@ -98,10 +98,10 @@ def _print_decisions(result: Any) -> None:
     """The bans made by this run, and the honeypots retired."""
     for name, reason in result.new_bans.items():
         console.print(f"[red]banned[/red] {escape(name)}: {escape(reason)}")
-    for task, bait in result.baits.items():
+    for image, bait in result.baits.items():
         if bait.retired:
             fails = f"{bait.trusted_fails}/{bait.trusted_attempts}"
-            say(f"honeypot task {task} retired: trusted annotators failed {fails}")
+            say(f"gold image {image} retired as a honeypot: trusted annotators failed {fails}")
 
 
 def _write_payments(path: Path, result: Any, rate: float) -> None:

@@ -1,0 +1,220 @@
+"""Honeypots: made from the model's pre-label of gold, asked of as many annotators as a normal
+task, judged per gold image, re-sent only to re-check, never on tiny objects."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image as PILImage
+from scipy import ndimage
+from sqlalchemy import select
+
+from visionloop.label import baits, loop
+from visionloop.label.masks import iou, label_from_json, label_to_json
+from visionloop.label.quality import Rules, Sub, assess
+from visionloop.label.store import Annotator, Image, Submission, Task, open_store
+
+
+def truth_of(path: Path) -> dict[str, np.ndarray]:
+    root = path.parent.parent
+    return {
+        c: np.asarray(PILImage.open(root / "masks" / c / path.name)) > 0 for c in ("cat", "animal")
+    }
+
+
+def model(paths):
+    """A pre-labeller whose drawing is not the gold's: every outline one pixel out."""
+    return [{c: ndimage.binary_dilation(m) for c, m in truth_of(Path(p)).items()} for p in paths]
+
+
+def ready(world, selected: int = 8):
+    store = open_store(f"sqlite:///{world / 'labels.db'}")
+    loop.add_images(store, world / "pool" / "images")
+    loop.add_gold(store, world / "gold")
+    loop.mark_selected(store, [(i, 1.0) for i, _ in loop.pool(store)[:selected]], "test")
+    loop.prelabel(store, model)
+    return store
+
+
+def test_a_bait_shows_the_models_prelabel_spoiled_and_is_judged_on_the_gold(world):
+    store = ready(world)
+    loop.make_batch(store, "b", 8, honeypot_share=0.5, overlap_share=0, min_object=0)
+    with store.session() as s:
+        pairs = s.execute(
+            select(Task, Image)
+            .join(Image, Task.image_id == Image.id)
+            .where(Task.kind == "honeypot")
+        ).all()
+        assert len(pairs) == 8
+        for task, image in pairs:
+            shown, gold = label_from_json(task.prelabel), label_from_json(task.gold)
+            model_label = label_from_json(image.prelabel)
+            assert task.spoil["on"] == "pre-label"
+            changed = sum(int(np.count_nonzero(shown[c] != model_label[c])) for c in shown)
+            assert changed == task.spoil["pixels"]  # the spoiling is all that differs ...
+            for c in gold:  # ... from the model's drawing, which is not the gold's
+                np.testing.assert_array_equal(gold[c], label_from_json(image.gold)[c])
+                assert not np.array_equal(model_label[c], gold[c]) or not gold[c].any()
+            assert min(iou(shown[c], gold[c]) for c in gold) <= baits.FAR
+
+
+@pytest.mark.parametrize(("share", "wanted"), [(0.0, {1}), (1.0, {3})])
+def test_a_bait_wants_as_many_annotators_as_a_normal_task(world, share, wanted):
+    store = ready(world)
+    loop.make_batch(store, "b", 8, honeypot_share=0.5, overlap_share=share, min_object=0)
+    with store.session() as s:
+        copies = {(t.kind == "honeypot", t.copies) for t in s.scalars(select(Task))}
+    assert copies == {(bait, n) for bait in (False, True) for n in wanted}
+
+
+def test_overlap_is_drawn_over_all_tasks_so_baits_and_normal_tasks_share_it(world):
+    store = ready(world, selected=16)
+    loop.make_batch(store, "b", 16, honeypot_share=0.5, overlap_share=0.5, min_object=0, seed=3)
+    with store.session() as s:
+        rows = [(t.kind == "honeypot", t.copies) for t in s.scalars(select(Task))]
+    assert len(rows) == 32
+    assert sum(n == 3 for _, n in rows) == 16
+    assert {n for bait, n in rows if bait} == {1, 3}  # some baits alone, some overlapped
+
+
+def test_a_gold_image_with_a_tiny_object_is_not_a_bait():
+    big = np.zeros((100, 100), bool)
+    big[10:40, 10:40] = True
+    assert baits.big_enough({"cat": big, "animal": np.zeros_like(big)}, 0.005)
+    speck = big.copy()
+    speck[80:84, 80:84] = True  # 16 px: 0.16 % of the image
+    assert not baits.big_enough({"cat": speck}, 0.005)
+    assert baits.big_enough({"cat": speck}, 0.001)
+
+
+def test_baits_come_only_from_gold_whose_objects_are_big_enough(world):
+    store = ready(world)
+    with store.session() as s:
+        golds = s.scalars(select(Image).where(Image.gold.is_not(None))).all()
+        sizes = {i.id: baits.big_enough(label_from_json(i.gold), 0.05) for i in golds}
+        assert 0 < sum(sizes.values()) < len(golds)  # the test world has both kinds
+        picked = baits.pick(s, ["cat", "animal"], 16, np.random.default_rng(0), 0.05)
+        assert {i.id for i in picked} == {i for i, ok in sizes.items() if ok}
+
+
+def test_make_batch_says_when_no_gold_is_big_enough(world):
+    store = ready(world)
+    speck = np.zeros((48, 48), bool)
+    speck[5:8, 5:8] = True
+    with store.session() as s:
+        for image in s.scalars(select(Image).where(Image.gold.is_not(None))):
+            image.gold = label_to_json({"cat": speck, "animal": speck})
+    with pytest.raises(ValueError, match=r"objects all cover 0\.5% of the image or more"):
+        loop.make_batch(store, "b", 8, honeypot_share=0.5)
+
+
+def test_make_batch_needs_prelabelled_gold(world):
+    store = open_store(f"sqlite:///{world / 'labels.db'}")
+    loop.add_images(store, world / "pool" / "images")
+    loop.mark_selected(store, [(i, 1.0) for i, _ in loop.pool(store)[:8]], "test")
+    loop.prelabel(store, model)
+    loop.add_gold(store, world / "gold")  # after the pre-labelling: no model label to spoil
+    with pytest.raises(ValueError, match="run `label prelabel` \\(it pre-labels the gold too\\)"):
+        loop.make_batch(store, "b", 8, honeypot_share=0.5)
+
+
+def test_each_gold_image_is_used_once_before_any_is_used_again(world):
+    store = ready(world, selected=24)
+    loop.make_batch(store, "b1", 8, honeypot_share=0.5, min_object=0)  # 8 baits of 16 gold
+    loop.make_batch(store, "b2", 8, honeypot_share=0.5, min_object=0)  # the other 8
+    with store.session() as s:
+        used = [t.image_id for t in s.scalars(select(Task).where(Task.kind == "honeypot"))]
+    assert len(used) == len(set(used)) == 16
+
+
+def test_a_bait_failed_by_someone_in_good_standing_is_sent_again_first(world):
+    store = ready(world, selected=24)
+    loop.make_batch(store, "b1", 8, honeypot_share=0.5, min_object=0)
+    with store.session() as s:
+        first = s.scalars(select(Task).where(Task.kind == "honeypot").order_by(Task.id)).all()
+        good, gone = Annotator(name="good"), Annotator(name="gone", banned_at=datetime.now(UTC))
+        s.add_all([good, gone])
+        s.flush()
+        failed, by_banned = first[0], first[1]
+        s.add_all([
+            Submission(task_id=failed.id, annotator_id=good.id, masks={}, verdict="rejected",
+                       reason="honeypot IoU 0.10, spoiling 0% fixed"),
+            Submission(task_id=by_banned.id, annotator_id=gone.id, masks={}, verdict="rejected",
+                       reason="honeypot IoU 0.10, spoiling 0% fixed"),
+        ])  # fmt: skip
+        s.flush()
+        assert baits.in_doubt(s) == {failed.image_id}  # a banned person's fail proves nothing
+        failed_image = failed.image_id
+    loop.make_batch(store, "b2", 8, honeypot_share=0.5, min_object=0)
+    with store.session() as s:
+        second = [t.image_id for t in s.scalars(select(Task).where(Task.batch == "b2"))]
+        assert failed_image in second
+        # answered by RECHECK people in good standing, it is judged: no longer re-sent
+        for n in range(baits.RECHECK - 1):
+            person = Annotator(name=f"p{n}")
+            s.add(person)
+            s.flush()
+            s.add(Submission(task_id=failed.id, annotator_id=person.id, masks={},
+                             verdict="accepted", reason="honeypot IoU 0.90"))  # fmt: skip
+        s.flush()
+        assert baits.in_doubt(s) == set()
+
+
+def disc(cy, cx, r, size=32):
+    yy, xx = np.mgrid[:size, :size]
+    return (yy - cy) ** 2 + (xx - cx) ** 2 < r * r
+
+
+def test_health_is_judged_per_gold_image_over_all_its_tasks():
+    """Three trusted people each fail a different task made from one (wrong) gold image: the
+    image is retired, and none of the three fails count against them."""
+    gold, right = {"cat": disc(16, 16, 6)}, {"cat": disc(16, 16, 9)}
+    sound = {"cat": disc(10, 10, 5)}
+    shown = {"cat": disc(16, 16, 3)}
+    subs = []
+    for who in ("a", "b", "c"):
+        for n in range(6):  # a clean record on sound baits first
+            subs.append(Sub(100 + n, who, "honeypot", sound, {"cat": disc(22, 22, 5)}, sound,
+                            bait=1000 + n))  # fmt: skip
+    for task, who in ((1, "a"), (2, "b"), (3, "c")):
+        subs.append(Sub(task, who, "honeypot", right, shown, gold, bait=7))
+    result = assess(subs, Rules(warmup=4, retire_after=3))
+    assert set(result.baits) == {7, *range(1000, 1006)}
+    assert result.baits[7].retired
+    assert (result.baits[7].trusted_attempts, result.baits[7].trusted_fails) == (3, 3)
+    assert all(result.annotators[w].honeypots == 6 for w in "abc")
+    assert not result.new_bans
+    # judged per task, the same three answers are three baits with one attempt each: none retired
+    per_task = assess([Sub(s.task, s.annotator, s.kind, s.label, s.prelabel, s.gold)
+                       for s in subs], Rules(warmup=4, retire_after=3))  # fmt: skip
+    assert not any(b.retired for b in per_task.baits.values())
+
+
+def test_qc_retires_every_task_of_a_retired_gold_image(world):
+    store = ready(world, selected=24)
+    loop.make_batch(store, "b1", 8, honeypot_share=0.5, min_object=0)
+    loop.make_batch(store, "b2", 8, honeypot_share=0.5, min_object=0)
+    with store.session() as s:
+        tasks = s.scalars(select(Task).where(Task.kind == "honeypot").order_by(Task.id)).all()
+        target = tasks[0].image_id
+        extra = Task(image_id=target, batch="b3", kind="honeypot", prelabel=tasks[0].prelabel,
+                     gold=tasks[0].gold, spoil=tasks[0].spoil)  # fmt: skip
+        s.add(extra)
+        s.flush()
+        empty = label_to_json({c: np.zeros((48, 48), bool) for c in ("cat", "animal")})
+        people = [Annotator(name=n) for n in "abc"]
+        s.add_all(people)
+        s.flush()
+        for person in people:
+            for t in tasks[1:7]:  # pass six sound baits: trusted
+                s.add(Submission(task_id=t.id, annotator_id=person.id, masks=t.gold))
+        for person, t in zip(people, (tasks[0], extra, tasks[0]), strict=True):
+            s.add(Submission(task_id=t.id, annotator_id=person.id, masks=empty))
+    result, _ = loop.run_qc(store, Rules(warmup=4, retire_after=3))
+    assert result.baits[target].retired
+    with store.session() as s:
+        retired = {t.id for t in s.scalars(select(Task).where(Task.retired_at.is_not(None)))}
+    assert retired == {t.id for t in tasks if t.image_id == target} | {extra.id}
