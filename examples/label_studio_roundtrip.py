@@ -53,8 +53,9 @@ def truth_of(image: Path) -> dict[str, np.ndarray]:
     }
 
 
-def data_uri(path: str) -> str:
-    return "data:image/png;base64," + base64.b64encode(Path(path).read_bytes()).decode()
+def data_uri(path: Path) -> str:
+    """The exported (re-encoded JPEG) image inline: no file server needed."""
+    return "data:image/jpeg;base64," + base64.b64encode(path.read_bytes()).decode()
 
 
 def start(binary: str, data: Path, port: int, token: str) -> subprocess.Popen[bytes]:

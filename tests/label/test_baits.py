@@ -128,6 +128,7 @@ def test_each_gold_image_is_used_once_before_any_is_used_again(world):
     with store.session() as s:
         used = [t.image_id for t in s.scalars(select(Task).where(Task.kind == "honeypot"))]
     assert len(used) == len(set(used)) == 16
+    assert loop.status(store)["honeypots re-using gold"] == 0
 
 
 def test_a_bait_failed_by_someone_in_good_standing_is_sent_again_first(world):
@@ -152,6 +153,8 @@ def test_a_bait_failed_by_someone_in_good_standing_is_sent_again_first(world):
     with store.session() as s:
         second = [t.image_id for t in s.scalars(select(Task).where(Task.batch == "b2"))]
         assert failed_image in second
+    assert loop.status(store)["honeypots re-using gold"] == 1
+    with store.session() as s:
         # answered by RECHECK people in good standing, it is judged: no longer re-sent
         for n in range(baits.RECHECK - 1):
             person = Annotator(name=f"p{n}")
@@ -218,3 +221,26 @@ def test_qc_retires_every_task_of_a_retired_gold_image(world):
     with store.session() as s:
         retired = {t.id for t in s.scalars(select(Task).where(Task.retired_at.is_not(None)))}
     assert retired == {t.id for t in tasks if t.image_id == target} | {extra.id}
+
+
+def test_export_warns_when_only_honeypots_have_an_image_size(world, monkeypatch):
+    from typer.testing import CliRunner
+
+    from visionloop.cli import app
+    from visionloop.train.synth import synthesize
+
+    synthesize(world / "big_gold", 4, size=64, seed=5)  # the pool is 48 x 48
+    store = open_store(f"sqlite:///{world / 'labels.db'}")
+    loop.add_images(store, world / "pool" / "images")
+    loop.add_gold(store, world / "big_gold")
+    loop.mark_selected(store, [(i, 1.0) for i, _ in loop.pool(store)[:8]], "test")
+    loop.prelabel(store, model)
+    loop.make_batch(store, "b", 8, honeypot_share=0.2, min_object=0)
+    assert loop.export_tells(store, "b") == [
+        "2 honeypot(s) are 64x64, a size no normal task in the batch has: an annotator can "
+        "tell them apart; use gold images from the same source as the pool"
+    ]
+    result = CliRunner().invoke(app, ["label", "export", "b", "--out", str(world / "b.json")])
+    assert result.exit_code == 0, result.output
+    assert "their images to" in " ".join(result.stdout.split())
+    assert "tell 2 honeypot(s) are 64x64" in " ".join(result.stderr.split())

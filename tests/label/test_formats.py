@@ -102,7 +102,16 @@ def test_a_registered_format_exports_a_batch_by_name(store, tmp_path, monkeypatc
     )
     assert result.exit_code == 0, result.output
     assert "exported 6 tasks as tasks" in result.stdout
-    assert (tmp_path / "again.txt").read_text() == (tmp_path / "b.txt").read_text()
+    first, again = (
+        [line.split("\t") for line in (tmp_path / f).read_text().splitlines()[1:]]
+        for f in ("b.txt", "again.txt")
+    )
+    assert [task for task, _ in again] == [task for task, _ in first]
+    for (_, one), (_, two) in zip(first, again, strict=True):
+        assert Path(one).parent == tmp_path / "b.media"  # each export its own images ...
+        assert Path(two).parent == tmp_path / "again.media"
+        assert Path(one).name != Path(two).name  # ... under fresh random names
+        assert Path(one).read_bytes() == Path(two).read_bytes()  # the same encoding
 
 
 class Checklist:

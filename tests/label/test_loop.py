@@ -20,6 +20,7 @@ from visionloop.label.masks import label_from_json
 from visionloop.label.quality import Rules
 from visionloop.label.simulate import crowd_answers
 from visionloop.label.store import Annotator, Decision, Submission, Task, open_store
+from visionloop.label.store import Image as StoredImage
 from visionloop.models.catseg import CatSeg
 
 runner = CliRunner()
@@ -64,11 +65,15 @@ def test_select_prelabel_batch_crowd_ingest_qc_dataset_train(world):
               "--overlap", "0.25", "--out", str(tmp / "b1.json"))  # fmt: skip
     assert "batch b1: 16 tasks" in out  # 12 + 4 honeypots
     tasks = json.loads((tmp / "b1.json").read_text())
-    assert all(set(t["data"]) == {"image", "visionloop_task"} for t in tasks)  # no tell-tales
+    assert all(set(t["data"]) == {"image", "visionloop_task", "visionloop_copies"} for t in tasks)
+    store = open_store(f"sqlite:///{tmp / 'labels.db'}")
+    with store.session() as s:
+        source = {t.id: i.path for t, i in s.execute(select(Task, StoredImage).join(StoredImage))}
+    # the crowd sees a random name; the truth behind it is the stored image's
+    original = {t["data"]["image"]: source[t["data"]["visionloop_task"]] for t in tasks}
     config = (tmp / "b1.label_config.xml").read_text()
     assert '<Label value="cat"/>' in config
 
-    store = open_store(f"sqlite:///{tmp / 'labels.db'}")
     with store.session() as s:
         copies = {t.id: t.copies for t in s.scalars(select(Task))}
         kinds = {t.id: t.kind for t in s.scalars(select(Task))}
@@ -77,7 +82,7 @@ def test_select_prelabel_batch_crowd_ingest_qc_dataset_train(world):
     assert sorted(copies.values()) == [1] * 12 + [3] * 4
     bait_copies = sum(copies[t] for t, kind in kinds.items() if kind == "honeypot")
     overlap_extra = sum(copies[t] - 1 for t, kind in kinds.items() if kind != "honeypot")
-    done = crowd_answers(tasks, truth_of, copies.get, CROWD, seed=0)
+    done = crowd_answers(tasks, lambda image: truth_of(original[image]), copies.get, CROWD, seed=0)
     (tmp / "done.json").write_text(json.dumps(done))
     submitted = sum(len(t["annotations"]) for t in done)
     assert f"ingested {submitted} submissions" in cli("label", "ingest", str(tmp / "done.json"))

@@ -1,8 +1,10 @@
 """Task exports and submission imports: Label Studio JSON (brush RLE), COCO RLE JSON, PNG folders.
 
 Exports never say which tasks are honeypots: a task carries its id (``visionloop_task``), its
-image and its pre-label, nothing else. Imports read every row they can and report each row
-they cannot, by position and reason; a bad row changes nothing.
+image (a random name, :mod:`~visionloop.label.media`), its pre-label and how many annotators
+it wants (``visionloop_copies``; a honeypot wants as many as a normal task), nothing else.
+Imports read every row they can and report each row they cannot, by position and reason; a
+bad row changes nothing.
 
 Each format is a :class:`Format` (write tasks, read submissions back) in the one table
 :data:`FORMATS`, by the name ``--format`` takes: a new format is a class and a line there.
@@ -56,6 +58,7 @@ class ExportTask:
     width: int
     height: int
     prelabel: Label
+    copies: int = 1  # annotators the task wants
 
 
 @dataclass
@@ -100,7 +103,7 @@ def write_label_studio(tasks: Sequence[ExportTask], out: Path, model_version: st
     """``out`` (a .json file): Label Studio tasks with the pre-labels as ``predictions``."""
     rows = [
         {
-            "data": {"image": t.image, "visionloop_task": t.task},
+            "data": {"image": t.image, "visionloop_task": t.task, "visionloop_copies": t.copies},
             "predictions": [
                 {
                     "model_version": model_version,
@@ -207,7 +210,8 @@ def write_coco(tasks: Sequence[ExportTask], out: Path, classes: Sequence[str]) -
     images: list[dict[str, Any]] = []
     annotations: list[dict[str, Any]] = []
     for t in tasks:
-        images.append({"id": t.task, "file_name": t.image, "width": t.width, "height": t.height})
+        images.append({"id": t.task, "file_name": t.image, "width": t.width, "height": t.height,
+                       "copies": t.copies})  # fmt: skip
         for name, mask in t.prelabel.items():
             annotations.append(_coco_annotation(len(annotations) + 1, t.task, ids[name], mask))
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -293,15 +297,15 @@ def _seconds(value: Any) -> float | None:
 
 
 def write_png(tasks: Sequence[ExportTask], out: Path) -> None:
-    """``out/tasks.csv`` (task, image, width, height) and ``out/prelabels/<class>/<task>.png``;
-    annotators return ``<annotator>/<class>/<task>.png`` (and optionally
-    ``<annotator>/seconds.csv``: task,seconds)."""
+    """``out/tasks.csv`` (task, image, width, height, copies) and
+    ``out/prelabels/<class>/<task>.png``; annotators return ``<annotator>/<class>/<task>.png``
+    (and optionally ``<annotator>/seconds.csv``: task,seconds)."""
     out.mkdir(parents=True, exist_ok=True)
     with (out / "tasks.csv").open("w", newline="") as f:
         writer = csv.writer(f)
-        writer.writerow(["task", "image", "width", "height"])
+        writer.writerow(["task", "image", "width", "height", "copies"])
         for t in tasks:
-            writer.writerow([t.task, t.image, t.width, t.height])
+            writer.writerow([t.task, t.image, t.width, t.height, t.copies])
             for name, mask in t.prelabel.items():
                 folder = out / "prelabels" / name
                 folder.mkdir(parents=True, exist_ok=True)

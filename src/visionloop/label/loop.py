@@ -3,7 +3,6 @@ export, ingest, QC, and write the accepted labels as a training dataset."""
 
 from __future__ import annotations
 
-import os
 import random
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Sequence
@@ -15,7 +14,7 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from visionloop import imaging
-from visionloop.label import baits, formats
+from visionloop.label import baits, formats, media
 from visionloop.label.masks import (
     label_from_json,
     label_to_json,
@@ -36,6 +35,7 @@ __all__ = [
     "add_images",
     "cost",
     "export_batch",
+    "export_tells",
     "ingest",
     "make_batch",
     "prelabel",
@@ -98,6 +98,9 @@ def status(store: Store) -> dict[str, int]:
             "tasks": n(select(Task.id)),
             "honeypots": n(select(Task.id).where(Task.kind == "honeypot")),
             "retired honeypots": n(select(Task.id).where(Task.retired_at.is_not(None))),
+            # a gold image shown again is the same picture: a tell to whoever remembers it
+            "honeypots re-using gold": n(select(Task.id).where(Task.kind == "honeypot"))
+            - n(select(Task.image_id).where(Task.kind == "honeypot").distinct()),
             "submissions": n(select(Submission.id)),
             "accepted": n(select(Submission.id).where(Submission.verdict == "accepted")),
             "rejected": n(select(Submission.id).where(Submission.verdict == "rejected")),
@@ -320,13 +323,17 @@ def export_batch(
     name: str,
     fmt: str,
     out: Path,
-    image_url: Callable[[str], str] | None = None,
     prefix: str = "",
+    media_dir: Path | None = None,
+    image_url: Callable[[Path], str] | None = None,
 ) -> int:
     """Write batch ``name``'s tasks in ``fmt`` (a name in :data:`formats.FORMATS`:
-    label-studio, coco, png) to ``out``. Images are named by ``image_url(path)``, or by
-    ``prefix`` + their path below the batch's common folder (where an annotation tool serves
-    them), or by their path."""
+    label-studio, coco, png) to ``out``, and their images, re-encoded under random names
+    (:mod:`~visionloop.label.media`), to ``media_dir`` (default
+    :func:`~visionloop.label.media.media_folder`). A task refers to its image as ``prefix`` +
+    ``/`` + the name (where an annotation tool serves that folder), or as ``image_url`` (the
+    written file) says, or by its path; and says how many annotators it wants. Nothing in an
+    export tells a honeypot from another task."""
     writer = formats.get(fmt)
     with store.session() as s:
         rows = s.execute(
@@ -337,25 +344,33 @@ def export_batch(
         ).all()
         if not rows:
             raise ValueError(f"no batch {name!r}")
-        url = image_url or _prefixed(prefix, [i.path for _, i in rows])
+        folder = media_dir or media.media_folder(out, fmt)
+        names = media.write_media([(i.path, (i.width, i.height)) for _, i in rows], folder)
         tasks = [
             formats.ExportTask(
-                t.id, url(i.path), i.width, i.height, label_from_json(t.prelabel or {})
+                t.id, _refer(prefix, folder / file, image_url), i.width, i.height,
+                label_from_json(t.prelabel or {}), t.copies,
             )
-            for t, i in rows
-        ]
+            for (t, i), file in zip(rows, names, strict=True)
+        ]  # fmt: skip
     writer.write(tasks, out, name, list(tasks[0].prelabel))
     return len(tasks)
 
 
-def _prefixed(prefix: str, paths: Sequence[str]) -> Callable[[str], str]:
-    if not prefix:
-        return str
-    root = Path(os.path.commonpath(paths))
-    if len(set(paths)) == 1:
-        root = root.parent
+def export_tells(store: Store, name: str) -> list[str]:
+    """What could still tell batch ``name``'s honeypots apart once exported: image sizes only
+    honeypots have (:func:`~visionloop.label.media.size_tells`)."""
+    with store.session() as s:
+        rows = s.execute(
+            select(Task.kind, Image.width, Image.height)
+            .join(Image, Task.image_id == Image.id)
+            .where(Task.batch == name)
+        ).all()
+    baits = [(w, h) for kind, w, h in rows if kind == "honeypot"]
+    return media.size_tells(baits, [(w, h) for kind, w, h in rows if kind != "honeypot"])
 
-    def url(path: str) -> str:
-        return prefix.rstrip("/") + "/" + Path(path).relative_to(root).as_posix()
 
-    return url
+def _refer(prefix: str, file: Path, image_url: Callable[[Path], str] | None) -> str:
+    if image_url is not None:
+        return image_url(file)
+    return prefix.rstrip("/") + "/" + file.name if prefix else str(file.resolve())

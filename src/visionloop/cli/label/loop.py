@@ -183,6 +183,17 @@ def prelabel(
         say(f"pre-labelled {done} images (selected and gold)")
 
 
+PREFIX_HELP = (
+    "The URL where the annotation tool serves the export's image folder (--media); without "
+    "it, tasks name their image by its path."
+)
+MEDIA_HELP = (
+    "Where the export's images go: each re-encoded (upright, no EXIF) under a random name, so "
+    "nothing about an image's origin tells a honeypot apart. Default: <out>.media/ beside a "
+    ".json, images/ inside a png folder."
+)
+
+
 @app.command("make-batch")
 def make_batch(
     name: Annotated[str, typer.Argument(help="Batch name.")],
@@ -216,9 +227,8 @@ def make_batch(
     out: Annotated[
         Path | None, typer.Option(help="Export here (a .json, or a folder for png).")
     ] = None,
-    image_prefix: Annotated[
-        str, typer.Option(help="URL for the batch's image folder (paths below it are kept).")
-    ] = "",
+    image_prefix: Annotated[str, typer.Option(help=PREFIX_HELP)] = "",
+    media: Annotated[Path | None, typer.Option(help=MEDIA_HELP)] = None,
     seed: Annotated[int, typer.Option()] = 0,
     db: Db = DEFAULT_DB,
 ) -> None:
@@ -239,14 +249,18 @@ def make_batch(
         )  # fmt: skip
         say(f"batch {name}: {len(tasks)} tasks")
         if out is not None:
-            _export(store, name, fmt, out, image_prefix)
+            _export(store, name, fmt, out, image_prefix, media)
 
 
-def _export(store: Any, name: str, fmt: str, out: Path, prefix: str) -> None:
-    from visionloop.label.loop import export_batch
+def _export(store: Any, name: str, fmt: str, out: Path, prefix: str, folder: Path | None) -> None:
+    from visionloop.label.loop import export_batch, export_tells
+    from visionloop.label.media import media_folder
 
-    count = export_batch(store, name, fmt, out, prefix=prefix)
-    say(f"exported {count} tasks as {fmt} to {out}")
+    folder = folder or media_folder(out, fmt)
+    count = export_batch(store, name, fmt, out, prefix=prefix, media_dir=folder)
+    say(f"exported {count} tasks as {fmt} to {out}; their images to {folder}/")
+    for tell in export_tells(store, name):
+        warn(tell, "tell")
 
 
 @app.command("export")
@@ -256,14 +270,13 @@ def export(
     fmt: Annotated[
         str, typer.Option("--format", help="label-studio, coco or png.")
     ] = "label-studio",
-    image_prefix: Annotated[
-        str, typer.Option(help="URL for the batch's image folder (paths below it are kept).")
-    ] = "",
+    image_prefix: Annotated[str, typer.Option(help=PREFIX_HELP)] = "",
+    media: Annotated[Path | None, typer.Option(help=MEDIA_HELP)] = None,
     db: Db = DEFAULT_DB,
 ) -> None:
     """Export a batch again (another format, another image location)."""
     with label_errors():
-        _export(open_store_at(db), name, fmt, out, image_prefix)
+        _export(open_store_at(db), name, fmt, out, image_prefix, media)
 
 
 @app.command("ingest")
