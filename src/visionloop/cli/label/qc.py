@@ -182,23 +182,29 @@ def simulate(
         str,
         typer.Option(
             help="tuning (the kinds the QC rules were tuned on), heldout (kinds written after "
-            "the rules were frozen), or both, comma-separated."
+            "the rules were first frozen), fresh (kinds written before the second round of "
+            "rule changes was tuned), comma-separated."
         ),
     ] = "tuning",
     out: Annotated[Path | None, typer.Option(help="Write every run as JSON.")] = None,
     markdown: Annotated[bool, typer.Option(help="Print the table as Markdown.")] = False,
 ) -> None:
     """Simulate a crowd; compare QC strategies (lazy caught, honest banned, IoU, cost)."""
+    from visionloop.label.crowd_fresh import FRESH, FRESH_CROWD
     from visionloop.label.crowd_heldout import HELD_OUT, HELD_OUT_CROWD
     from visionloop.label.simulate import CROWD, TUNING, SimConfig, summarise
     from visionloop.label.simulate import simulate as run
 
-    known = {"tuning": (CROWD, TUNING), "heldout": (HELD_OUT_CROWD, HELD_OUT)}
+    known = {
+        "tuning": (CROWD, TUNING),
+        "heldout": (HELD_OUT_CROWD, HELD_OUT),
+        "fresh": (FRESH_CROWD, FRESH),
+    }
     with label_errors():
         chosen = [c.strip() for c in crowds.split(",") if c.strip()]
         unknown = [c for c in chosen if c not in known]
         if unknown or not chosen:
-            raise ValueError(f"unknown crowd {unknown or crowds!r}; have tuning, heldout")
+            raise ValueError(f"unknown crowd {unknown or crowds!r}; have {', '.join(known)}")
         runs = [
             run(SimConfig(strategy=s, images=images, model_quality=float(q), seed=seed,
                           crowd=dict(known[c][0]), behaviours=known[c][1], label=c))
