@@ -184,7 +184,8 @@ def test_health_is_judged_per_gold_image_over_all_its_tasks():
                             bait=1000 + n))  # fmt: skip
     for task, who in ((1, "a"), (2, "b"), (3, "c")):
         subs.append(Sub(task, who, "honeypot", right, shown, gold, bait=7))
-    result = assess(subs, Rules(warmup=4, retire_after=3))
+    rules = Rules(warmup=4, retire_after=3, copy_min_tasks=None)  # the same answers: no copies
+    result = assess(subs, rules)
     assert set(result.baits) == {7, *range(1000, 1006)}
     assert result.baits[7].retired
     assert (result.baits[7].trusted_attempts, result.baits[7].trusted_fails) == (3, 3)
@@ -192,7 +193,7 @@ def test_health_is_judged_per_gold_image_over_all_its_tasks():
     assert not result.new_bans
     # judged per task, the same three answers are three baits with one attempt each: none retired
     per_task = assess([Sub(s.task, s.annotator, s.kind, s.label, s.prelabel, s.gold)
-                       for s in subs], Rules(warmup=4, retire_after=3))  # fmt: skip
+                       for s in subs], rules)  # fmt: skip
     assert not any(b.retired for b in per_task.baits.values())
 
 

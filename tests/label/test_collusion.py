@@ -3,6 +3,8 @@ hands correcting the same pre-label never change exactly the same pixels."""
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 
@@ -83,5 +85,49 @@ def test_qc_summary_reports_the_pairs():
     summary = qc_summary(assess(subs, rules), rules, copying=copying_pairs(subs))
     assert summary["same_edits"] == [
         {"annotators": ["copier", "honest"], "shared_changed_tasks": 4,
-         "same_edit_tasks": [0, 1, 2, 3]}
+         "same_edit_tasks": [0, 1, 2, 3], "answered_second": ["copier"] * 4}
     ]  # fmt: skip
+
+
+ONLY_COPIES = Rules(min_agreement=None, reject_below=None)  # the lazy one is not the point
+
+
+def test_who_answered_second_every_time_is_banned_and_each_copy_rejected():
+    subs = tasks(4)
+    result = assess(subs, ONLY_COPIES)
+    reason = "drew the same as honest on 4 tasks, each time after honest: copied"
+    assert result.new_bans == {"copier": reason}
+    assert [(p.first, p.second, p.later) for p in result.pairs] == [
+        ("copier", "honest", ("copier",) * 4)
+    ]
+    for s in subs:
+        verdict, _ = result.verdicts[s.task, s.annotator]
+        assert (verdict == "rejected") == (s.annotator == "copier")
+    # with the rule off, the pair is only reported
+    quiet = assess(subs, replace(ONLY_COPIES, copy_min_tasks=None))
+    assert quiet.new_bans == {}
+    assert [(p.first, p.second) for p in quiet.pairs] == [("copier", "honest")]
+    assert {v for v, _ in quiet.verdicts.values()} == {"accepted"}
+
+
+def test_the_copy_is_the_later_answer_and_a_copied_honeypot_is_failed():
+    """Order decides: the copy is of an answer that existed. Where the order goes both ways,
+    the later answer of each same drawing is rejected but nobody is banned."""
+    subs = tasks(4)
+    order = sorted(subs, key=lambda s: (s.task, s.annotator != "copier"))  # copier first on all
+    result = assess(order, ONLY_COPIES)
+    assert set(result.new_bans) == {"honest"}  # answering second, "honest" is the copy
+    mixed = [s for s in subs if s.task < 2] + [s for s in order if s.task >= 2]
+    result = assess(mixed, ONLY_COPIES)
+    assert result.new_bans == {}
+    rejected = {k for k, (v, _) in result.verdicts.items() if v == "rejected"}
+    assert rejected == {(0, "copier"), (1, "copier"), (2, "honest"), (3, "honest")}
+    # a honeypot the copier copied is not a pass, however right the copy is
+    baits = []
+    for s in subs:
+        if s.annotator in ("honest", "copier"):
+            gold = {c: m.copy() for c, m in s.label.items()}
+            baits.append(Sub(s.task, s.annotator, "honeypot", s.label, s.prelabel, gold))
+    checks = {(c.task, c.annotator): c.passed for c in assess(baits, Rules()).checks}
+    assert all(checks[t, "honest"] for t in range(4))
+    assert not any(checks[t, "copier"] for t in range(4))

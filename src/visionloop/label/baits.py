@@ -23,11 +23,10 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
-from scipy import ndimage
 from sqlalchemy import select
 
-from visionloop.label.masks import BoolMask, iou, label_from_json, label_to_json
-from visionloop.label.spoil import spoil
+from visionloop.label.masks import iou, label_from_json, label_to_json
+from visionloop.label.spoil import big_enough, spoil
 from visionloop.label.store import Annotator, Image, Submission, Task
 
 __all__ = ["MIN_OBJECT", "RECHECK", "big_enough", "honeypot", "in_doubt", "pick"]
@@ -35,18 +34,6 @@ __all__ = ["MIN_OBJECT", "RECHECK", "big_enough", "honeypot", "in_doubt", "pick"
 MIN_OBJECT = 0.005  # share of the image: the smallest object a bait may have
 RECHECK = 3  # answers from people in good standing before a failed bait stops being re-sent
 FAR = 0.7  # some class of a bait's shown label has at most this IoU with the gold
-
-
-def big_enough(gold: Mapping[str, BoolMask], min_object: float) -> bool:
-    """Every object (connected component) of every class covers ``min_object`` of the image."""
-    for mask in gold.values():
-        if not mask.any():
-            continue
-        components, count = ndimage.label(mask)
-        sizes = np.bincount(components.ravel(), minlength=count + 1)[1:]
-        if sizes.min() < min_object * mask.size:
-            return False
-    return True
 
 
 def in_doubt(s: Any, recheck: int = RECHECK) -> set[int]:

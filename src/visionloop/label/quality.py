@@ -26,7 +26,7 @@ from __future__ import annotations
 import statistics
 from collections import defaultdict
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
@@ -137,6 +137,7 @@ class Rules:
     max_unchanged: float | None = None  # the "ban if unchanged" baseline; off by default
     unchanged_warmup: int = 10
     min_median_seconds: float | None = None  # ban who answer faster than anyone can look
+    copy_min_tasks: int | None = 3  # same drawings: ban who answered later on this many
     trusted_pass_rate: float = 0.8  # who counts as trusted for honeypot health
     retire_after: int = 3  # trusted attempts before a bait is judged
     retire_fail_rate: float = 0.5  # a bait trusted annotators fail this often is retired
@@ -147,7 +148,8 @@ class Rules:
             if not 0 <= getattr(self, name) <= 1:
                 raise ValueError(f"{name} must be in [0, 1], got {getattr(self, name)}")
         plugins.check(AGGREGATORS, self.aggregator, "aggregator")
-        if min(self.warmup, self.agreement_warmup, self.unchanged_warmup, self.retire_after) < 1:
+        counts = (self.warmup, self.agreement_warmup, self.unchanged_warmup, self.retire_after)
+        if min(counts) < 1 or (self.copy_min_tasks is not None and self.copy_min_tasks < 1):
             raise ValueError("warm-up counts must be >= 1")
 
 
@@ -231,6 +233,7 @@ class QCResult:
     baits: dict[int, Bait]
     new_bans: dict[str, str]
     verdicts: dict[tuple[int, str], tuple[str, str]] = field(default_factory=dict)
+    pairs: list[Any] = field(default_factory=list)  # same drawings (collusion.Pair)
 
     def banned(self) -> set[str]:
         return {n for n, a in self.annotators.items() if a.ban}
@@ -269,12 +272,24 @@ def assess(
     """Score every annotator, judge the baits, decide bans and each submission's verdict.
     ``banned`` and ``retired`` (bait keys, :attr:`Sub.bait_key`): decisions already taken
     (they stand)."""
+    from visionloop.label import collusion  # it builds on this module
+
     banned = dict(banned or {})
-    checks = [check_honeypot(s, rules) for s in subs if s.kind == "honeypot"]
+    pairs = collusion.copying_pairs(subs, min_tasks=rules.copy_min_tasks or 3)
+    copying = (
+        collusion.verdicts(pairs, rules.copy_min_tasks)
+        if rules.copy_min_tasks is not None
+        else collusion.Verdicts()
+    )
+    checks = [
+        replace(c, passed=False) if (c.task, c.annotator) in copying.rejected else c
+        for c in (check_honeypot(s, rules) for s in subs if s.kind == "honeypot")
+    ]  # a copied honeypot was not done by the copier: it counts as failed
+    banned_now = {**copying.bans, **banned}
     baits = {c.bait: Bait(c.bait) for c in checks}
     retired_now = set(retired) & set(baits)
     for _ in range(2):  # trust depends on retirements and retirements on trust: settle twice
-        scores = _scores(subs, checks, retired_now, banned, rules)
+        scores = _scores(subs, checks, retired_now, banned_now, rules)
         trusted = {
             n
             for n, a in scores.items()
@@ -284,14 +299,19 @@ def assess(
         }
         baits = _health(checks, trusted, set(retired) & set(baits), rules)
         retired_now = {t for t, b in baits.items() if b.retired}
-    scores = _scores(subs, checks, retired_now, banned, rules)
+    scores = _scores(subs, checks, retired_now, banned_now, rules)
     new_bans = {n: a.ban for n, a in scores.items() if a.ban and n not in banned}
-    result = QCResult(scores, checks, baits, new_bans)
+    result = QCResult(scores, checks, baits, new_bans, pairs=list(pairs))
     passed = {(c.task, c.annotator): c for c in checks}
     for s in subs:
         person = scores[s.annotator]
         if person.ban:
             result.verdicts[s.task, s.annotator] = ("rejected", f"annotator banned: {person.ban}")
+        elif (s.task, s.annotator) in copying.rejected:
+            result.verdicts[s.task, s.annotator] = (
+                "rejected",
+                copying.rejected[s.task, s.annotator],
+            )
         elif s.kind == "honeypot" and s.bait_key in retired_now:
             result.verdicts[s.task, s.annotator] = ("accepted", "honeypot retired: not judged")
         elif s.kind == "honeypot":

@@ -216,7 +216,8 @@ def qc_summary(
 
 def _pair_json(pair: Pair) -> dict[str, Any]:
     return {"annotators": [pair.first, pair.second], "shared_changed_tasks": pair.shared,
-            "same_edit_tasks": list(pair.copied)}  # fmt: skip
+            "same_edit_tasks": list(pair.copied),
+            "answered_second": list(pair.later)}  # fmt: skip
 
 
 def write_dataset(

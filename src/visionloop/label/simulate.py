@@ -38,7 +38,7 @@ from scipy import ndimage
 
 from visionloop.label.masks import BoolMask, Label, iou
 from visionloop.label.quality import QCResult, Rules, Sub, aggregate, assess, mean_iou
-from visionloop.label.spoil import spoil
+from visionloop.label.spoil import big_enough, spoil
 
 __all__ = [
     "CROWD",
@@ -122,6 +122,8 @@ class SimConfig:
     qualification_share: float = 0.5  # honeypot share for newcomers and suspects
     bad_baits: float = 0.05  # share of baits whose gold is wrong
     per_round: int = 10  # tasks per annotator per round
+    small_objects: float = 0.0  # share of images with one more, tiny object (0.1-0.8 %)
+    min_bait_object: float = 0.0  # no bait from gold with an object under this share
     seed: int = 0
     rules: Rules = field(default_factory=Rules)
     behaviours: Mapping[str, Behaviour] = field(default_factory=lambda: dict(TUNING))
@@ -234,7 +236,7 @@ def simulate(config: SimConfig) -> dict[str, Any]:
             t,
             _prelabel(t, rng, config.model_quality),
         )
-        for i, t in enumerate(scene(rng, config.size) for _ in range(config.images))
+        for i, t in enumerate(_scene(config, rng) for _ in range(config.images))
     ]
     copies = 3 if config.strategy == "overlap3" else 1
     baits = _baits(config, rng) if config.strategy == "honeypots" else []
@@ -295,10 +297,26 @@ def _rules(config: SimConfig) -> Rules:
     return Rules(**{**base.__dict__, **off})
 
 
+def _scene(config: SimConfig, rng: np.random.Generator) -> Label:
+    """A truth from :func:`scene`, with one more tiny object on ``small_objects`` of them."""
+    truth = scene(rng, config.size)
+    if config.small_objects and rng.random() < config.small_objects:
+        yy, xx = np.mgrid[: config.size, : config.size]
+        cy, cx = rng.uniform(0.1, 0.9, 2) * config.size
+        r = rng.uniform(0.02, 0.05) * config.size
+        speck = (yy - cy) ** 2 + (xx - cx) ** 2 <= r * r
+        truth["animal"] = truth["animal"] | speck
+        if rng.random() < 0.5:
+            truth["cat"] = truth["cat"] | speck
+    return truth
+
+
 def _baits(config: SimConfig, rng: np.random.Generator) -> list[_Task]:
     baits = []
     for i in range(config.baits):
-        truth = scene(rng, config.size)
+        truth = _scene(config, rng)
+        while config.min_bait_object and not big_enough(truth, config.min_bait_object):
+            truth = _scene(config, rng)
         gold, stale = truth, bool(rng.random() < config.bad_baits)
         if stale:  # the gold misses an object that is there, or has one that is not
             gold = spoil(truth, rng, ["erase", "add_blob"])[0]

@@ -17,7 +17,7 @@ from scipy import ndimage
 
 from visionloop.label.masks import BoolMask, Label, iou
 
-__all__ = ["SPOILINGS", "spoil"]
+__all__ = ["SPOILINGS", "big_enough", "spoil"]
 
 SPOILINGS = ("erase", "add_blob", "dilate", "erode", "shift", "swap")
 
@@ -47,6 +47,18 @@ def spoil(
             changed = sum(int(np.count_nonzero(spoiled[c] != gold[c])) for c in gold)
             return spoiled, {"kind": kind, "pixels": changed, **record}
     raise AssertionError("add_blob always applies")  # pragma: no cover
+
+
+def big_enough(gold: Label, min_object: float) -> bool:
+    """Every object (connected component) of every class covers ``min_object`` of the image."""
+    for mask in gold.values():
+        if not mask.any():
+            continue
+        components, count = ndimage.label(mask)
+        sizes = np.bincount(components.ravel(), minlength=count + 1)[1:]
+        if sizes.min() < min_object * mask.size:
+            return False
+    return True
 
 
 def _copy(label: Label) -> Label:

@@ -28,6 +28,14 @@ RejectOption = Annotated[
 UnchangedOption = Annotated[float, typer.Option(help="Ban above this unchanged rate; 1 off.")]
 SecondsOption = Annotated[float, typer.Option(help="Ban below this median time; 0 off.")]
 AggregatorOption = Annotated[str, typer.Option(help="mv (skill-weighted), em or rasa.")]
+CopyOption = Annotated[
+    int,
+    typer.Option(
+        min=0,
+        help="Same drawings: reject the later answer, and ban who answered later on this many "
+        "of a pair's; 0: only report the pairs.",
+    ),
+]
 
 
 @app.command("qc")
@@ -46,13 +54,13 @@ def qc(
     max_unchanged: UnchangedOption = 1.0,
     min_seconds: SecondsOption = 0.0,
     aggregator: AggregatorOption = "mv",
+    copy_tasks: CopyOption = 3,
     as_json: Annotated[
         bool, typer.Option("--json", help="Print the outcome as JSON (messages go to stderr).")
     ] = False,
     db: Db = DEFAULT_DB,
 ) -> None:
     """Score annotators, ban and reject by the rules, retire bad honeypots, aggregate."""
-    from visionloop.label.collusion import copying_pairs
     from visionloop.label.loop import qc_summary, run_qc, write_dataset
     from visionloop.label.quality import Rules
 
@@ -63,12 +71,13 @@ def qc(
             min_agreement=min_agreement or None, reject_below=reject_below or None,
             max_unchanged=None if max_unchanged >= 1 else max_unchanged,
             min_median_seconds=min_seconds or None, aggregator=aggregator,
+            copy_min_tasks=copy_tasks or None,
         )  # fmt: skip
         store = open_store_at(db)
         result, subs = run_qc(store, rules)
         if not subs:
             raise ValueError("no submissions yet: `label ingest` first")
-        copying = copying_pairs(subs)
+        copying = result.pairs
         tell = warn if as_json else say  # with --json, stdout is the JSON alone
         if as_json:
             print(json.dumps(qc_summary(result, rules, rate, copying), indent=1))
@@ -79,7 +88,7 @@ def qc(
                 say(
                     f"same edits: {pair.first} and {pair.second} on {len(pair.copied)} of the "
                     f"{pair.shared} tasks both changed (tasks {', '.join(map(str, pair.copied))})"
-                    ": one copies the other; give each a qualification batch"
+                    f", answering second: {', '.join(pair.later)}"
                 )
         if payments is not None:
             _write_payments(payments, result, rate)
