@@ -95,7 +95,7 @@ ONLY_COPIES = Rules(min_agreement=None, reject_below=None)  # the lazy one is no
 def test_who_answered_second_every_time_is_banned_and_each_copy_rejected():
     subs = tasks(4)
     result = assess(subs, ONLY_COPIES)
-    reason = "drew the same as honest on 4 tasks, each time after honest: copied"
+    reason = "drew the same as an earlier answer on 4 tasks (from honest): copied"
     assert result.new_bans == {"copier": reason}
     assert [(p.first, p.second, p.later) for p in result.pairs] == [
         ("copier", "honest", ("copier",) * 4)
@@ -131,3 +131,19 @@ def test_the_copy_is_the_later_answer_and_a_copied_honeypot_is_failed():
     checks = {(c.task, c.annotator): c.passed for c in assess(baits, Rules()).checks}
     assert all(checks[t, "honest"] for t in range(4))
     assert not any(checks[t, "copier"] for t in range(4))
+
+
+def test_a_copier_with_many_sources_is_banned_though_no_pair_is_named():
+    """One copy from each of four people: no pair reaches 3 same drawings, the copier does."""
+    subs = []
+    for task, sub in enumerate(s for s in tasks(4) if s.annotator == "honest"):
+        source = f"honest{task}"
+        subs.append(Sub(task, source, "overlap", sub.label, sub.prelabel))
+        copy = {c: m.copy() for c, m in sub.label.items()}
+        subs.append(Sub(task, "copier", "overlap", copy, sub.prelabel))
+    result = assess(subs, ONLY_COPIES)
+    assert result.pairs == []
+    assert result.new_bans == {
+        "copier": "drew the same as an earlier answer on 4 tasks (from honest0, honest1, "
+        "honest2, honest3): copied"
+    }

@@ -13,12 +13,18 @@ reported when it copied on at least ``min_tasks`` tasks and on at least ``min_sh
 tasks where both drew.
 
 Who copied whom is told by the order: a copy can only be made of an answer that exists, so
-on each task where the two drew the same, the later answer is the copy. :func:`verdicts` turns
-the pairs into decisions: the later answer of each same drawing is rejected (the drawing counts
+on each task where two drew the same, the later answer is the copy. :func:`verdicts` turns
+the same drawings into decisions: the later answer of each is rejected (the drawing counts
 once: not paid, and a copied honeypot counts as failed, since the copier did not do it), and
-an annotator who answered later on every one of at least ``min_tasks`` same drawings is banned
-as a copier. When the order goes both ways, neither is banned (two accounts of one person, or
-both copying a third source): ``label qc`` reports the pair for the operator.
+an annotator whose answer was the later one on at least ``min_tasks`` tasks is banned as a
+copier, whoever it copied from (a copier with many sources makes few same drawings with each).
+A partner it was also the earlier one with does not count: when the order goes both ways,
+it says nothing of who copied (two accounts of one person, or both copying a third source),
+and ``label qc`` reports the pair for the operator.
+
+A tool that draws masks for the annotator (a click-to-segment assistant) gives two honest
+people the same drawing for the same click: with such a tool, turn the ban off
+(``qc --copy-tasks 0``) and read the pairs instead.
 """
 
 from __future__ import annotations
@@ -32,7 +38,17 @@ import numpy as np
 
 from visionloop.label.quality import Sub, is_unchanged
 
-__all__ = ["Pair", "Verdicts", "copying_pairs", "drawn", "edit_iou", "verdicts"]
+__all__ = [
+    "Pair",
+    "Same",
+    "Verdicts",
+    "copying_pairs",
+    "drawn",
+    "edit_iou",
+    "pairs_of",
+    "same_drawings",
+    "verdicts",
+]
 
 
 @dataclass(frozen=True)
@@ -75,25 +91,28 @@ def _iou(da: np.ndarray, db: np.ndarray) -> float:
     return int((da & db).sum()) / union if union else 1.0
 
 
-def copying_pairs(
-    subs: Sequence[Sub],
-    identical: float = 0.99,
-    min_tasks: int = 3,
-    min_share: float = 0.5,
-    min_pixels: int = 20,
-) -> list[Pair]:
-    """Pairs who drew the same on at least ``min_tasks`` tasks and ``min_share`` of the tasks
-    where both drew at least ``min_pixels`` pixels (see the module docstring), most copies
-    first. ``subs`` are in the order they were received."""
-    if not 0 < identical <= 1 or min_tasks < 1 or not 0 < min_share <= 1 or min_pixels < 1:
-        raise ValueError(
-            "need 0 < identical <= 1, min_tasks >= 1, 0 < min_share <= 1, min_pixels >= 1"
-        )
+@dataclass(frozen=True)
+class Same:
+    """On ``task``, ``later`` drew the same as ``earlier`` had (received before it)."""
+
+    task: int
+    earlier: str
+    later: str
+
+
+def same_drawings(
+    subs: Sequence[Sub], identical: float = 0.99, min_pixels: int = 20
+) -> tuple[list[Same], dict[tuple[str, str], int]]:
+    """Every same drawing (see the module docstring) among ``subs``, which are in the order
+    they were received; and per pair of annotators (sorted), the tasks where both drew at
+    least ``min_pixels`` pixels."""
+    if not 0 < identical <= 1 or min_pixels < 1:
+        raise ValueError("need 0 < identical <= 1 and min_pixels >= 1")
     by_task: dict[int, list[tuple[int, Sub]]] = defaultdict(list)
     for order, s in enumerate(subs):
         by_task[s.task].append((order, s))
     shared: dict[tuple[str, str], int] = defaultdict(int)
-    copied: dict[tuple[str, str], list[tuple[int, str]]] = defaultdict(list)
+    events = []
     for task, group in by_task.items():
         if len(group) < 2:
             continue
@@ -110,27 +129,57 @@ def copying_pairs(
                 continue
             shared[a, b] += 1
             if _iou(da, db) >= identical:
-                copied[a, b].append((task, a if a_order > b_order else b))
+                events.append(Same(task, b, a) if a_order > b_order else Same(task, a, b))
+    return events, dict(shared)
+
+
+def copying_pairs(
+    subs: Sequence[Sub],
+    identical: float = 0.99,
+    min_tasks: int = 3,
+    min_share: float = 0.5,
+    min_pixels: int = 20,
+) -> list[Pair]:
+    """Pairs who drew the same on at least ``min_tasks`` tasks and ``min_share`` of the tasks
+    where both drew at least ``min_pixels`` pixels (see the module docstring), most copies
+    first. ``subs`` are in the order they were received."""
+    if min_tasks < 1 or not 0 < min_share <= 1:
+        raise ValueError("need min_tasks >= 1 and 0 < min_share <= 1")
+    return pairs_of(*same_drawings(subs, identical, min_pixels), min_tasks, min_share)
+
+
+def pairs_of(
+    events: Sequence[Same],
+    shared: dict[tuple[str, str], int],
+    min_tasks: int = 3,
+    min_share: float = 0.5,
+) -> list[Pair]:
+    """:func:`copying_pairs` from :func:`same_drawings`' output."""
+    found: dict[tuple[str, str], list[tuple[int, str]]] = defaultdict(list)
+    for e in events:
+        found[min(e.earlier, e.later), max(e.earlier, e.later)].append((e.task, e.later))
     pairs = [
-        Pair(first, second, shared[first, second], *map(tuple, zip(*sorted(found), strict=True)))
-        for (first, second), found in copied.items()
-        if len(found) >= min_tasks and len(found) >= min_share * shared[first, second]
+        Pair(first, second, shared[first, second], *map(tuple, zip(*sorted(tasks), strict=True)))
+        for (first, second), tasks in found.items()
+        if len(tasks) >= min_tasks and len(tasks) >= min_share * shared[first, second]
     ]
     return sorted(pairs, key=lambda p: (-len(p.copied), p.first, p.second))
 
 
-def verdicts(pairs: Sequence[Pair], min_tasks: int = 3) -> Verdicts:
-    """Reject the later answer of every same drawing; ban who answered later on all of a
-    pair's same drawings, at least ``min_tasks`` of them (see the module docstring)."""
+def verdicts(events: Sequence[Same], min_tasks: int = 3) -> Verdicts:
+    """Reject the later answer of every same drawing; ban who drew the same as an earlier
+    answer on at least ``min_tasks`` tasks, not counting partners it was also the earlier one
+    with (the order going both ways says nothing of who copied; see the module docstring)."""
     out = Verdicts()
-    for p in pairs:
-        for task, later in zip(p.copied, p.later, strict=True):
-            earlier = p.first if later == p.second else p.second
-            out.rejected[task, later] = f"the same drawing as {earlier}'s earlier answer"
-        for me, other in ((p.first, p.second), (p.second, p.first)):
-            times = p.later.count(me)
-            if times >= min_tasks and times == len(p.later) and me not in out.bans:
-                out.bans[me] = (
-                    f"drew the same as {other} on {times} tasks, each time after {other}: copied"
-                )
+    for e in events:
+        out.rejected[e.task, e.later] = f"the same drawing as {e.earlier}'s earlier answer"
+    for me in sorted({e.later for e in events}):
+        copied_me = {e.later for e in events if e.earlier == me}
+        mine = [e for e in events if e.later == me and e.earlier not in copied_me]
+        tasks = {e.task for e in mine}
+        if len(tasks) >= min_tasks:
+            sources = ", ".join(sorted({e.earlier for e in mine}))
+            out.bans[me] = (
+                f"drew the same as an earlier answer on {len(tasks)} tasks (from {sources}): copied"
+            )
     return out

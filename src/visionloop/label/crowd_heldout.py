@@ -40,7 +40,7 @@ class FixesLargeOnly:
     def __call__(
         self, shown: Label, truth: Label, rng: np.random.Generator, size: int, seen: Seen
     ) -> tuple[Label, float]:
-        return fix_large_errors(shown, truth, self.share), self.seconds
+        return fix_large_errors(shown, truth, self.share, rng), self.seconds
 
 
 @dataclass(frozen=True)

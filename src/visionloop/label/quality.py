@@ -275,9 +275,10 @@ def assess(
     from visionloop.label import collusion  # it builds on this module
 
     banned = dict(banned or {})
-    pairs = collusion.copying_pairs(subs, min_tasks=rules.copy_min_tasks or 3)
+    events, shared = collusion.same_drawings(subs)
+    pairs = collusion.pairs_of(events, shared, min_tasks=rules.copy_min_tasks or 3)
     copying = (
-        collusion.verdicts(pairs, rules.copy_min_tasks)
+        collusion.verdicts(events, rules.copy_min_tasks)
         if rules.copy_min_tasks is not None
         else collusion.Verdicts()
     )
