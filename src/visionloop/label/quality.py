@@ -128,7 +128,7 @@ class Rules:
 
     iou_threshold: float = 0.75  # honeypot: mean IoU with the gold at least this ...
     fix_fraction: float = 0.6  # ... and this share of the spoiled pixels set right
-    warmup: int = 4  # honeypots seen before the pass-rate rule may ban
+    warmup: int = 6  # honeypots seen before the pass-rate rule may ban (4 until issue 21)
     min_pass_rate: float | None = 0.75  # ban when a pass rate this high is implausible:
     confidence: float = 0.05  # P(rate >= min_pass_rate | passes, fails; uniform prior) below
     min_agreement: float | None = 0.5  # overlap: mean IoU with the others' consensus

@@ -123,7 +123,7 @@ class SimConfig:
     bad_baits: float = 0.05  # share of baits whose gold is wrong
     per_round: int = 10  # tasks per annotator per round
     small_objects: float = 0.0  # share of images with one more, tiny object (0.1-0.8 %)
-    min_bait_object: float = 0.0  # no bait from gold with an object under this share
+    min_bait_object: float = 0.005  # no bait from gold with an object under this share
     seed: int = 0
     rules: Rules = field(default_factory=Rules)
     behaviours: Mapping[str, Behaviour] = field(default_factory=lambda: dict(TUNING))

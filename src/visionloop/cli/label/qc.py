@@ -46,7 +46,7 @@ def qc(
     rate: Annotated[float, typer.Option(help="Pay per accepted task.")] = 1.0,
     iou_threshold: IouOption = 0.75,
     fix_fraction: FixOption = 0.6,
-    warmup: WarmupOption = 4,
+    warmup: WarmupOption = 6,
     min_pass_rate: PassRateOption = 0.75,
     confidence: ConfidenceOption = 0.05,
     min_agreement: AgreementOption = 0.5,
