@@ -33,7 +33,12 @@ def tasks(count: int, seed: int = 0) -> list[Sub]:
             Sub(task, "copier", "overlap", {c: m.copy() for c, m in honest.items()}, shown),
             Sub(task, "lazy", "overlap", shown, shown),
         ]
-    return subs
+    return timed(subs)
+
+
+def timed(subs: list[Sub]) -> list[Sub]:
+    """The submissions, each timed by its place in the list: first submitted first."""
+    return [replace(s, at=float(n)) for n, s in enumerate(subs)]
 
 
 def test_the_same_edit_on_every_shared_task_names_the_pair_and_only_it():
@@ -114,10 +119,10 @@ def test_the_copy_is_the_later_answer_and_a_copied_honeypot_is_failed():
     """Order decides: the copy is of an answer that existed. Where the order goes both ways,
     the later answer of each same drawing is rejected but nobody is banned."""
     subs = tasks(4)
-    order = sorted(subs, key=lambda s: (s.task, s.annotator != "copier"))  # copier first on all
+    order = timed(sorted(subs, key=lambda s: (s.task, s.annotator != "copier")))  # copier first
     result = assess(order, ONLY_COPIES)
     assert set(result.new_bans) == {"honest"}  # answering second, "honest" is the copy
-    mixed = [s for s in subs if s.task < 2] + [s for s in order if s.task >= 2]
+    mixed = timed([s for s in subs if s.task < 2] + [s for s in order if s.task >= 2])
     result = assess(mixed, ONLY_COPIES)
     assert result.new_bans == {}
     rejected = {k for k, (v, _) in result.verdicts.items() if v == "rejected"}
@@ -127,7 +132,7 @@ def test_the_copy_is_the_later_answer_and_a_copied_honeypot_is_failed():
     for s in subs:
         if s.annotator in ("honest", "copier"):
             gold = {c: m.copy() for c, m in s.label.items()}
-            baits.append(Sub(s.task, s.annotator, "honeypot", s.label, s.prelabel, gold))
+            baits.append(Sub(s.task, s.annotator, "honeypot", s.label, s.prelabel, gold, at=s.at))
     checks = {(c.task, c.annotator): c.passed for c in assess(baits, Rules()).checks}
     assert all(checks[t, "honest"] for t in range(4))
     assert not any(checks[t, "copier"] for t in range(4))
@@ -141,9 +146,21 @@ def test_a_copier_with_many_sources_is_banned_though_no_pair_is_named():
         subs.append(Sub(task, source, "overlap", sub.label, sub.prelabel))
         copy = {c: m.copy() for c, m in sub.label.items()}
         subs.append(Sub(task, "copier", "overlap", copy, sub.prelabel))
-    result = assess(subs, ONLY_COPIES)
+    result = assess(timed(subs), ONLY_COPIES)
     assert result.pairs == []
     assert result.new_bans == {
         "copier": "drew the same as an earlier answer on 4 tasks (from honest0, honest1, "
         "honest2, honest3): copied"
     }
+
+
+def test_without_answer_times_a_same_drawing_decides_nothing():
+    """The order exports were ingested in says nothing of who copied: untimed same drawings
+    are reported as a pair, and nobody is rejected or banned for them."""
+    subs = [replace(s, at=None) for s in tasks(4)]
+    result = assess(subs, ONLY_COPIES)
+    assert result.new_bans == {}
+    assert {v for v, _ in result.verdicts.values()} == {"accepted"}
+    assert [(p.first, p.second, p.later) for p in result.pairs] == [("copier", "honest", ("",) * 4)]
+    summary = qc_summary(result, ONLY_COPIES, copying=result.pairs)
+    assert summary["same_edits"][0]["answered_second"] == [None] * 4

@@ -325,3 +325,23 @@ def test_without_the_label_extra_the_cli_says_what_to_install(monkeypatch):
     out = cli("label", "status", code=2)
     assert "crowdkit missing" in out
     assert "visionloop[label]" in out
+
+
+def test_label_studio_created_at_is_kept_as_the_answer_time(world):
+    store, _ = make_one_batch(world)
+    out = world / "export.json"
+    loop.export_batch(store, "b", "label-studio", out)
+    exported = json.loads(out.read_text())
+    result = exported[0]["predictions"][0]["result"]
+    exported[0]["annotations"] = [{"completed_by": 1, "result": result,
+                                   "created_at": "2026-12-02T09:30:00.123456Z"}]  # fmt: skip
+    exported[1]["annotations"] = [{"completed_by": 1, "result": result, "created_at": "soon"}]
+    answers = world / "answers.json"
+    answers.write_text(json.dumps(exported[:2]))
+    report = loop.ingest(store, answers, "label-studio")
+    assert report.added == 1
+    assert len(report.errors) == 1
+    assert "created_at 'soon' is not an ISO 8601 time" in report.errors[0]
+    with store.session() as s:
+        when = s.scalars(select(Submission.answered_at)).one()
+    assert when.isoformat().startswith("2026-12-02T09:30:00.123456")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import sys
 from concurrent.futures import ThreadPoolExecutor
+from datetime import UTC, datetime
 
 import pytest
 from sqlalchemy import func, select
@@ -34,11 +35,11 @@ def count(store) -> int:
 
 
 def test_schema_is_versioned_and_reopening_keeps_data(store, tmp_path):
-    assert store.version() == 2
+    assert store.version() == 3
     task = a_task(store)
     assert store.submit(task, "ann", RLE, seconds=3.5)
     again = open_store(f"sqlite:///{tmp_path / 'labels.db'}")
-    assert again.version() == 2
+    assert again.version() == 3
     assert count(again) == 1
 
 
@@ -93,13 +94,16 @@ def test_a_version_1_database_is_migrated_in_place(tmp_path):
             """
         )
     store = open_store(f"sqlite:///{path}")
-    assert store.version() == 2
+    assert store.version() == 3
     with store.session() as s:
         task = s.get(Task, 1)
         assert task.copies == 1
         assert task.image_id == 1
         s.add(Decision(kind="ban", reason="test"))
-    assert store.submit(1, "ann", RLE)
+    when = datetime(2026, 12, 2, 9, 30, tzinfo=UTC)
+    assert store.submit(1, "ann", RLE, answered_at=when)  # v3: the answer's own time
+    with store.session() as s:
+        assert s.scalars(select(Submission.answered_at)).one().replace(tzinfo=UTC) == when
 
 
 def test_racing_adds_of_one_image_give_one_row(store):
@@ -115,17 +119,22 @@ def test_postgresql_works_as_well_as_sqlite(postgres_url):
     store = open_store(postgres_url)
     with store.engine.begin() as connection:  # a clean slate: the cluster is per session
         connection.execute(text("TRUNCATE submissions, decisions, tasks, annotators, images"))
-    assert store.version() == 2
+    assert store.version() == 3
     task = a_task(store)
     jobs = [(task, f"ann{i % 5}") for i in range(40)]
     with ThreadPoolExecutor(8) as pool:
         accepted = list(pool.map(lambda job: store.submit(job[0], job[1], RLE), jobs))
     assert sum(accepted) == 5
     assert count(store) == 5
+    when = datetime(2026, 12, 2, 9, 30, tzinfo=UTC)
+    assert store.submit(task, "timed", RLE, answered_at=when)
+    with store.session() as s:
+        stored = s.scalar(select(Submission.answered_at).where(Submission.answered_at.is_not(None)))
+    assert stored == when
     with ThreadPoolExecutor(8) as pool:
         ids = set(pool.map(lambda _: store.add_image("images/same.png", 4, 3), range(16)))
     assert len(ids) == 1
-    assert open_store(postgres_url).version() == 2  # reopening migrates nothing
+    assert open_store(postgres_url).version() == 3  # reopening migrates nothing
 
 
 def fixture_outcome(fixture, *args) -> tuple[str, str]:

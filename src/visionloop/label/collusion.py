@@ -13,7 +13,11 @@ reported when it copied on at least ``min_tasks`` tasks and on at least ``min_sh
 tasks where both drew.
 
 Who copied whom is told by the order: a copy can only be made of an answer that exists, so
-on each task where two drew the same, the later answer is the copy. :func:`verdicts` turns
+on each task where two drew the same, the later answer is the copy. The order is the time the
+annotation tool recorded for each answer (Label Studio's ``created_at``), never the order in
+which exports were ingested; where either answer has no such time, the same drawing decides
+nothing and the pair is only reported. (Two partners who share a drawing before either
+submits it can submit in any order: then both are in on it.) :func:`verdicts` turns
 the same drawings into decisions: the later answer of each is rejected (the drawing counts
 once: not paid, and a copied honeypot counts as failed, since the copier did not do it), and
 an annotator whose answer was the later one on at least ``min_tasks`` tasks is banned as a
@@ -57,7 +61,7 @@ class Pair:
     second: str
     shared: int  # tasks both answered, both drawing something the pre-label did not show
     copied: tuple[int, ...]  # of those, the tasks where they made the same edit
-    later: tuple[str, ...] = ()  # per copied task, who of the two answered second
+    later: tuple[str, ...] = ()  # per copied task, who answered second ("": not known)
 
 
 @dataclass
@@ -93,24 +97,26 @@ def _iou(da: np.ndarray, db: np.ndarray) -> float:
 
 @dataclass(frozen=True)
 class Same:
-    """On ``task``, ``later`` drew the same as ``earlier`` had (received before it)."""
+    """On ``task``, ``later`` drew the same as ``earlier`` had (submitted before it); when
+    either submission has no time, ``ordered`` is False and the two are in name order."""
 
     task: int
     earlier: str
     later: str
+    ordered: bool = True
 
 
 def same_drawings(
     subs: Sequence[Sub], identical: float = 0.99, min_pixels: int = 20
 ) -> tuple[list[Same], dict[tuple[str, str], int]]:
-    """Every same drawing (see the module docstring) among ``subs``, which are in the order
-    they were received; and per pair of annotators (sorted), the tasks where both drew at
-    least ``min_pixels`` pixels."""
+    """Every same drawing (see the module docstring) among ``subs``, ordered by their
+    :attr:`~visionloop.label.quality.Sub.at`; and per pair of annotators (sorted), the tasks
+    where both drew at least ``min_pixels`` pixels."""
     if not 0 < identical <= 1 or min_pixels < 1:
         raise ValueError("need 0 < identical <= 1 and min_pixels >= 1")
-    by_task: dict[int, list[tuple[int, Sub]]] = defaultdict(list)
-    for order, s in enumerate(subs):
-        by_task[s.task].append((order, s))
+    by_task: dict[int, list[tuple[float | None, Sub]]] = defaultdict(list)
+    for s in subs:
+        by_task[s.task].append((s.at, s))
     shared: dict[tuple[str, str], int] = defaultdict(int)
     events = []
     for task, group in by_task.items():
@@ -128,7 +134,11 @@ def same_drawings(
             if a == b:
                 continue
             shared[a, b] += 1
-            if _iou(da, db) >= identical:
+            if _iou(da, db) < identical:
+                continue
+            if a_order is None or b_order is None or a_order == b_order:
+                events.append(Same(task, a, b, ordered=False))
+            else:
                 events.append(Same(task, b, a) if a_order > b_order else Same(task, a, b))
     return events, dict(shared)
 
@@ -157,7 +167,8 @@ def pairs_of(
     """:func:`copying_pairs` from :func:`same_drawings`' output."""
     found: dict[tuple[str, str], list[tuple[int, str]]] = defaultdict(list)
     for e in events:
-        found[min(e.earlier, e.later), max(e.earlier, e.later)].append((e.task, e.later))
+        second = e.later if e.ordered else ""
+        found[min(e.earlier, e.later), max(e.earlier, e.later)].append((e.task, second))
     pairs = [
         Pair(first, second, shared[first, second], *map(tuple, zip(*sorted(tasks), strict=True)))
         for (first, second), tasks in found.items()
@@ -171,6 +182,7 @@ def verdicts(events: Sequence[Same], min_tasks: int = 3) -> Verdicts:
     answer on at least ``min_tasks`` tasks, not counting partners it was also the earlier one
     with (the order going both ways says nothing of who copied; see the module docstring)."""
     out = Verdicts()
+    events = [e for e in events if e.ordered]
     for e in events:
         out.rejected[e.task, e.later] = f"the same drawing as {e.earlier}'s earlier answer"
     for me in sorted({e.later for e in events}):

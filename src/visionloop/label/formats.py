@@ -16,6 +16,7 @@ import csv
 import json
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Protocol
 from xml.sax.saxutils import quoteattr
@@ -71,6 +72,7 @@ class Row:
     label: Label = field(default_factory=dict)
     seconds: float | None = None
     error: str | None = None
+    answered_at: datetime | None = None  # when it was submitted, if the tool says
 
 
 def label_config(classes: Sequence[str]) -> str:
@@ -177,7 +179,22 @@ def _ls_annotation(
     seconds = annotation.get("lead_time")
     if seconds is not None and _seconds(seconds) is None:
         return Row(where, task, str(who), error=f"lead_time {seconds!r} is not a number")
-    return Row(where, task, str(who), label, _seconds(seconds))
+    made = annotation.get("created_at")
+    answered = _when(made)
+    if made is not None and answered is None:
+        return Row(where, task, str(who), error=f"created_at {made!r} is not an ISO 8601 time")
+    return Row(where, task, str(who), label, _seconds(seconds), answered_at=answered)
+
+
+def _when(value: Any) -> datetime | None:
+    """An ISO 8601 time (a naive one is taken as UTC), or None."""
+    if not isinstance(value, str):
+        return None
+    try:
+        when = datetime.fromisoformat(value)
+    except ValueError:
+        return None
+    return when if when.tzinfo else when.replace(tzinfo=UTC)
 
 
 def brush_label(

@@ -165,6 +165,7 @@ class Sub:
     gold: Mapping[str, BoolMask] | None = None
     seconds: float | None = None
     bait: int | None = None  # a honeypot's health key (its gold image); None: the task
+    at: float | None = None  # when it was submitted (seconds), if known
 
     @property
     def bait_key(self) -> int:

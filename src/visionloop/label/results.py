@@ -60,7 +60,9 @@ def ingest(store: Store, path: Path, fmt: str, annotator: str | None = None) -> 
         if row.error is not None or row.task is None or row.annotator is None:
             report.errors.append(f"{row.where}: {row.error}")
             continue
-        added = store.submit(row.task, row.annotator, label_to_json(row.label), row.seconds)
+        added = store.submit(
+            row.task, row.annotator, label_to_json(row.label), row.seconds, row.answered_at
+        )
         report.added += added
         report.duplicates += not added
     return report
@@ -131,6 +133,7 @@ def load_subs(store: Store) -> tuple[list[Sub], dict[str, str], set[int]]:
                 t.id, a.name, t.kind, StoredLabel(sub.masks), StoredLabel(t.prelabel or {}),
                 StoredLabel(t.gold) if t.gold else None, sub.seconds,
                 t.image_id if t.kind == "honeypot" else None,
+                sub.answered_at.timestamp() if sub.answered_at else None,
             )
             for sub, t, a in rows
         ]  # fmt: skip
@@ -217,7 +220,7 @@ def qc_summary(
 def _pair_json(pair: Pair) -> dict[str, Any]:
     return {"annotators": [pair.first, pair.second], "shared_changed_tasks": pair.shared,
             "same_edit_tasks": list(pair.copied),
-            "answered_second": list(pair.later)}  # fmt: skip
+            "answered_second": [who or None for who in pair.later]}  # fmt: skip
 
 
 def write_dataset(

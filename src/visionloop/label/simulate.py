@@ -273,7 +273,8 @@ def simulate(config: SimConfig) -> dict[str, Any]:
                 done[task.id].add(name)
                 answers[task.id][name] = label
                 count[name] += 1
-                subs.append(Sub(task.id, name, task.kind, label, task.shown, task.gold, seconds))
+                subs.append(Sub(task.id, name, task.kind, label, task.shown, task.gold, seconds,
+                                at=float(len(subs))))  # fmt: skip
         result = assess(subs, rules, banned, retired)
         retired = {t for t, b in result.baits.items() if b.retired}
         trusted = {n for n, a in result.annotators.items() if not a.suspect(rules)}

@@ -93,6 +93,8 @@ class Submission(Base):
     masks: Mapped[dict[str, Any]] = mapped_column(JSON)  # class -> COCO RLE
     seconds: Mapped[float | None] = mapped_column(Float, nullable=True)
     received_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=_now)
+    # when the annotator submitted it, as the tool recorded (Label Studio's created_at)
+    answered_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
     verdict: Mapped[str | None] = mapped_column(String(16), nullable=True)  # accepted/rejected
     reason: Mapped[str | None] = mapped_column(String(1024), nullable=True)
 
@@ -136,8 +138,16 @@ def _v2(engine: Engine) -> None:
     Base.metadata.create_all(engine, tables=[Base.metadata.tables["decisions"]])
 
 
+def _v3(engine: Engine) -> None:
+    """When each submission was made, as the annotation tool recorded it."""
+    kind = "TIMESTAMP WITH TIME ZONE" if engine.dialect.name == "postgresql" else "DATETIME"
+    if "answered_at" not in {c["name"] for c in inspect(engine).get_columns("submissions")}:
+        with engine.begin() as connection:
+            connection.execute(text(f"ALTER TABLE submissions ADD COLUMN answered_at {kind}"))
+
+
 # Ordered migrations: version -> what brings a database from version - 1 to it.
-MIGRATIONS: dict[int, Callable[[Engine], None]] = {1: _v1, 2: _v2}
+MIGRATIONS: dict[int, Callable[[Engine], None]] = {1: _v1, 2: _v2, 3: _v3}
 
 
 @dataclass
@@ -180,7 +190,12 @@ class Store:
         raise RuntimeError(f"could not add {make()!r}")
 
     def submit(
-        self, task_id: int, annotator: str, masks: dict[str, Any], seconds: float | None = None
+        self,
+        task_id: int,
+        annotator: str,
+        masks: dict[str, Any],
+        seconds: float | None = None,
+        answered_at: datetime | None = None,
     ) -> bool:
         """Record a submission; False if this annotator already submitted this task (the
         first one stands: an export ingested twice is not counted twice)."""
@@ -190,7 +205,13 @@ class Store:
                 if s.get(Task, task_id) is None:
                     raise ValueError(f"no task {task_id}")
                 s.add(
-                    Submission(task_id=task_id, annotator_id=person, masks=masks, seconds=seconds)
+                    Submission(
+                        task_id=task_id,
+                        annotator_id=person,
+                        masks=masks,
+                        seconds=seconds,
+                        answered_at=answered_at,
+                    )
                 )
         except IntegrityError:
             return False
