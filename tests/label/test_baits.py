@@ -3,7 +3,6 @@ task, judged per gold image, re-sent only to re-check, never on tiny objects."""
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
@@ -52,7 +51,11 @@ def test_a_bait_shows_the_models_prelabel_spoiled_and_is_judged_on_the_gold(worl
         for task, image in pairs:
             shown, gold = label_from_json(task.prelabel), label_from_json(task.gold)
             model_label = label_from_json(image.prelabel)
-            assert task.spoil["on"] == "pre-label"
+            wrong = label_from_json(task.spoil["wrong"])  # what QC judges the fix on
+            for c in gold:
+                expected = (shown[c] != model_label[c]) & (shown[c] != gold[c])
+                np.testing.assert_array_equal(wrong[c], expected)
+            assert any(m.any() for m in wrong.values())
             changed = sum(int(np.count_nonzero(shown[c] != model_label[c])) for c in shown)
             assert changed == task.spoil["pixels"]  # the spoiling is all that differs ...
             for c in gold:  # ... from the model's drawing, which is not the gold's
@@ -131,39 +134,37 @@ def test_each_gold_image_is_used_once_before_any_is_used_again(world):
     assert loop.status(store)["honeypots re-using gold"] == 0
 
 
-def test_a_bait_failed_by_someone_in_good_standing_is_sent_again_first(world):
+def test_a_bait_a_trusted_annotator_failed_is_sent_again_first_once(world):
     store = ready(world, selected=24)
-    loop.make_batch(store, "b1", 8, honeypot_share=0.5, min_object=0)
+    loop.make_batch(store, "b1", 8, honeypot_share=0.5, overlap_share=0, min_object=0, seed=1)
+    empty = label_to_json({c: np.zeros((48, 48), bool) for c in ("cat", "animal")})
     with store.session() as s:
         first = s.scalars(select(Task).where(Task.kind == "honeypot").order_by(Task.id)).all()
-        good, gone = Annotator(name="good"), Annotator(name="gone", banned_at=datetime.now(UTC))
-        s.add_all([good, gone])
+        trusted, newcomer = Annotator(name="trusted"), Annotator(name="newcomer")
+        s.add_all([trusted, newcomer])
         s.flush()
-        failed, by_banned = first[0], first[1]
-        s.add_all([
-            Submission(task_id=failed.id, annotator_id=good.id, masks={}, verdict="rejected",
-                       reason="honeypot IoU 0.10, spoiling 0% fixed"),
-            Submission(task_id=by_banned.id, annotator_id=gone.id, masks={}, verdict="rejected",
-                       reason="honeypot IoU 0.10, spoiling 0% fixed"),
-        ])  # fmt: skip
-        s.flush()
-        assert baits.in_doubt(s) == {failed.image_id}  # a banned person's fail proves nothing
-        failed_image = failed.image_id
-    loop.make_batch(store, "b2", 8, honeypot_share=0.5, min_object=0)
+        for t in first[1:7]:  # six passes: trusted (QC's warm-up is 6)
+            s.add(Submission(task_id=t.id, annotator_id=trusted.id, masks=t.gold))
+        s.add(Submission(task_id=first[0].id, annotator_id=trusted.id, masks=empty))
+        s.add(Submission(task_id=first[7].id, annotator_id=newcomer.id, masks=empty))
+        failed, unproven = first[0].image_id, first[7].image_id  # a newcomer's fail: no doubt
+    subs, banned, retired = loop.load_subs(store)
+    result = assess(subs, Rules(), banned, retired)
     with store.session() as s:
-        second = [t.image_id for t in s.scalars(select(Task).where(Task.batch == "b2"))]
-        assert failed_image in second
-    assert loop.status(store)["honeypots re-using gold"] == 1
+        assert baits.in_doubt(result, Rules(), baits.pending(s)) == {failed}
+    loop.make_batch(store, "b2", 8, honeypot_share=0.5, overlap_share=0, min_object=0, seed=2)
     with store.session() as s:
-        # answered by RECHECK people in good standing, it is judged: no longer re-sent
-        for n in range(baits.RECHECK - 1):
-            person = Annotator(name=f"p{n}")
-            s.add(person)
-            s.flush()
-            s.add(Submission(task_id=failed.id, annotator_id=person.id, masks={},
-                             verdict="accepted", reason="honeypot IoU 0.90"))  # fmt: skip
-        s.flush()
-        assert baits.in_doubt(s) == set()
+        second = {t.image_id for t in s.scalars(select(Task).where(Task.batch == "b2"))}
+        assert failed in second
+        assert unproven not in second
+        assert loop.status(store)["honeypots re-using gold"] == 1
+        # sent again and not answered yet: pending, so not sent a third time meanwhile
+        assert failed in baits.pending(s)
+        assert baits.in_doubt(result, Rules(), baits.pending(s)) == set()
+    loop.make_batch(store, "b3", 8, honeypot_share=0.5, overlap_share=0, min_object=0, seed=3)
+    with store.session() as s:
+        third = {t.image_id for t in s.scalars(select(Task).where(Task.batch == "b3"))}
+    assert failed not in third
 
 
 def disc(cy, cx, r, size=32):
@@ -199,10 +200,12 @@ def test_health_is_judged_per_gold_image_over_all_its_tasks():
 
 def test_qc_retires_every_task_of_a_retired_gold_image(world):
     store = ready(world, selected=24)
-    loop.make_batch(store, "b1", 8, honeypot_share=0.5, min_object=0)
-    loop.make_batch(store, "b2", 8, honeypot_share=0.5, min_object=0)
+    loop.make_batch(store, "b1", 8, honeypot_share=0.5, overlap_share=0, min_object=0, seed=0)
+    loop.make_batch(store, "b2", 8, honeypot_share=0.5, overlap_share=0, min_object=0, seed=1)
     with store.session() as s:
         tasks = s.scalars(select(Task).where(Task.kind == "honeypot").order_by(Task.id)).all()
+        # a gold image with something on it, so that an empty answer fails it
+        tasks.sort(key=lambda t: not any(m.any() for m in label_from_json(t.gold).values()))
         target = tasks[0].image_id
         extra = Task(image_id=target, batch="b3", kind="honeypot", prelabel=tasks[0].prelabel,
                      gold=tasks[0].gold, spoil=tasks[0].spoil)  # fmt: skip

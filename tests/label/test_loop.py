@@ -56,13 +56,15 @@ def test_select_prelabel_batch_crowd_ingest_qc_dataset_train(world):
     assert refused.exit_code == 2
     assert "catseg without --weights has an untrained decoder (cat, animal)" in refused.stderr
     weights = tmp / "catseg.pt"  # a run's best.pt stands here (untrained too, but named)
+    torch.manual_seed(0)  # the same untrained weights every run: a deterministic test
     torch.save(CatSeg().network.state_dict(), weights)
     assert "selected 12 of 24" in cli("label", "select", "--k", "12", "--method", "mix",
                                       "--weights", str(weights))  # fmt: skip
     assert "pre-labelled 28 images (selected and gold)" in cli("label", "prelabel", "--weights",
                                                               str(weights))  # fmt: skip
     out = cli("label", "make-batch", "b1", "--size", "12", "--honeypots", "0.25",
-              "--overlap", "0.25", "--out", str(tmp / "b1.json"))  # fmt: skip
+              "--overlap", "0.25", "--out", str(tmp / "b1.json"), "--min-bait-object", "0.02",
+              "--seed", "0")  # fmt: skip
     assert "batch b1: 16 tasks" in out  # 12 + 4 honeypots
     tasks = json.loads((tmp / "b1.json").read_text())
     assert all(set(t["data"]) == {"image", "visionloop_task", "visionloop_copies"} for t in tasks)

@@ -7,9 +7,9 @@ A bait must not be told apart from a normal task by anything but the work itself
 - it goes to as many annotators as a normal task (one, or ``--copies`` for the same share of
   tasks as the overlap), so the number of annotators a task wants says nothing either;
 - each gold image is used once before any is used again (least used first). An image is shown
-  again before that only to re-check it: when someone in good standing failed it and too few
-  people in good standing have answered it to judge its health (a wrong gold is retired by
-  :func:`visionloop.label.quality.assess`, per gold image).
+  again before that only to re-check it: when a trusted annotator failed it and QC has too few
+  trusted attempts to judge its health (a wrong gold is retired by
+  :func:`visionloop.label.quality.assess`, per gold image), and no task of it is still out.
 
 A gold image with an object smaller than ``min_object`` of the image is not a bait: the IoU
 an honest hand reaches on a few dozen pixels is too low to judge anyone by, and a spoiling of
@@ -23,53 +23,63 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
-from sqlalchemy import select
+from sqlalchemy import func, select
 
 from visionloop.label.masks import iou, label_from_json, label_to_json
+from visionloop.label.quality import QCResult, Rules
 from visionloop.label.spoil import big_enough, spoil
-from visionloop.label.store import Annotator, Image, Submission, Task
+from visionloop.label.store import Image, Submission, Task
 
-__all__ = ["MIN_OBJECT", "RECHECK", "big_enough", "honeypot", "in_doubt", "pick"]
+__all__ = ["MIN_OBJECT", "big_enough", "honeypot", "in_doubt", "pending", "pick"]
 
 MIN_OBJECT = 0.005  # share of the image: the smallest object a bait may have
-RECHECK = 3  # answers from people in good standing before a failed bait stops being re-sent
 FAR = 0.7  # some class of a bait's shown label has at most this IoU with the gold
 
 
-def in_doubt(s: Any, recheck: int = RECHECK) -> set[int]:
-    """Gold images that someone in good standing (not banned) failed as a bait, answered by
-    fewer than ``recheck`` people in good standing, and not retired: show them again, so
-    their health can be judged."""
-    failed: dict[int, int] = defaultdict(int)
-    judged: dict[int, int] = defaultdict(int)
-    for image, verdict, reason in s.execute(
-        select(Task.image_id, Submission.verdict, Submission.reason)
-        .join(Submission, Submission.task_id == Task.id)
-        .join(Annotator, Submission.annotator_id == Annotator.id)
-        .where(
-            Task.kind == "honeypot",
-            Task.retired_at.is_(None),
-            Annotator.banned_at.is_(None),
-            Submission.verdict.is_not(None),
-        )
-    ):
-        judged[image] += 1
-        failed[image] += verdict == "rejected" and (reason or "").startswith("honeypot")
-    return {i for i, n in failed.items() if n and judged[i] < recheck}
+def in_doubt(result: QCResult, rules: Rules, pending: set[int]) -> set[int]:
+    """Gold images QC cannot judge yet though a trusted annotator failed them: fewer than
+    ``rules.retire_after`` trusted attempts, not retired, and no task of theirs still waiting
+    for its answers (``pending``). Showing them again lets their health be judged."""
+    return {
+        key
+        for key, bait in result.baits.items()
+        if bait.trusted_fails
+        and bait.trusted_attempts < rules.retire_after
+        and not bait.retired
+        and key not in pending
+    }
+
+
+def pending(s: Any) -> set[int]:
+    """Gold images with a honeypot task that has fewer answers than it wants."""
+    answers = dict(
+        s.execute(
+            select(Task.id, func.count(Submission.id))
+            .outerjoin(Submission, Submission.task_id == Task.id)
+            .where(Task.kind == "honeypot")
+            .group_by(Task.id)
+        ).all()
+    )
+    return {
+        t.image_id
+        for t in s.scalars(select(Task).where(Task.kind == "honeypot"))
+        if answers.get(t.id, 0) < t.copies
+    }
 
 
 def pick(
     s: Any,
     classes: Sequence[str],
-    count: int,
+    count: int | None,
     rng: np.random.Generator,
     min_object: float = MIN_OBJECT,
-    recheck: int = RECHECK,
+    doubt: set[int] | None = None,
 ) -> list[Any]:
-    """Up to ``count`` gold images for baits: with every wanted class in the gold and in the
-    model's pre-label, every gold object at least ``min_object`` of the image, not retired;
-    those in doubt first, then the least used, at random among equals; never one twice."""
-    if count <= 0:
+    """Up to ``count`` (None: all) gold images for baits: with every wanted class in the gold
+    and in the model's pre-label, every gold object at least ``min_object`` of the image, not
+    retired; those in ``doubt`` (:func:`in_doubt`) first, then the least used, at random among
+    equals; never one twice."""
+    if count is not None and count <= 0:
         return []
     retired = set(s.scalars(select(Task.image_id).where(Task.retired_at.is_not(None))))
     uses: dict[int, int] = defaultdict(int)
@@ -97,10 +107,10 @@ def pick(
             f"no gold image whose objects all cover {min_object:.1%} of the image or more "
             "(--min-bait-object): tiny objects make unfair baits"
         )
-    doubt = in_doubt(s, recheck)
+    doubt = doubt or set()
     order = sorted(usable, key=lambda i: (i.id not in doubt, uses[i.id], rng.random()))
     # never the same bait twice in one batch: a repeated image gives the honeypot away
-    return order[:count]
+    return order if count is None else order[:count]
 
 
 def honeypot(
@@ -110,22 +120,24 @@ def honeypot(
     copies: int,
     spoilings: Sequence[str],
     rng: np.random.Generator,
-) -> Task:
+) -> Task | None:
     """A task showing the model's pre-label of the gold image with one recorded spoiling,
-    judged against the gold. The spoiling may happen to undo one of the model's errors: a
-    draw that leaves every class of the shown label above ``FAR`` IoU with the gold is drawn
-    again, and after a few tries the gold itself is spoiled (its
-    record says ``"on": "gold"``)."""
+    judged against the gold on the pixels the spoiling made wrong (``spoil["wrong"]``). The
+    spoiling may happen to undo one of the model's errors: a draw that leaves every class of
+    the shown label above ``FAR`` IoU with the gold is drawn again; after a few such draws,
+    None: the image makes no bait this time (spoiling the hand-drawn gold instead would show
+    its drawing style)."""
     gold = label_from_json(_only(image.gold, classes))
     model = label_from_json(_only(image.prelabel, classes))
     for _ in range(5):
         shown, record = spoil(model, rng, spoilings)
         if min(iou(shown[c], gold[c]) for c in gold) <= FAR:
-            record["on"] = "pre-label"
             break
     else:
-        shown, record = spoil(gold, rng, spoilings)
-        record["on"] = "gold"
+        return None
+    # judged on what the spoiling made wrong, not on the model's own small errors
+    record["wrong"] = label_to_json({c: (shown[c] != model[c]) & (shown[c] != gold[c])
+                                     for c in gold})  # fmt: skip
     return Task(
         image_id=image.id, batch=batch, kind="honeypot", prelabel=label_to_json(shown),
         gold=label_to_json(gold), spoil=record, copies=copies,

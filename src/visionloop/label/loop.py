@@ -3,7 +3,6 @@ export, ingest, QC, and write the accepted labels as a training dataset."""
 
 from __future__ import annotations
 
-import random
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
@@ -23,7 +22,15 @@ from visionloop.label.masks import (
 from visionloop.label.prelabel import Prelabeler
 
 # The second half (ingest, QC, dataset) lives in results.py; its names are part of this API.
-from visionloop.label.results import IngestReport, ingest, qc_summary, run_qc, write_dataset
+from visionloop.label.quality import Rules, assess
+from visionloop.label.results import (
+    IngestReport,
+    ingest,
+    load_subs,
+    qc_summary,
+    run_qc,
+    write_dataset,
+)
 from visionloop.label.select import pick, pool_scores
 from visionloop.label.spoil import SPOILINGS
 from visionloop.label.store import Annotator, Image, Store, Submission, Task
@@ -239,17 +246,24 @@ def make_batch(
     spoilings: Sequence[str] = SPOILINGS,
     qualification: bool = False,
     min_object: float = baits.MIN_OBJECT,
-    seed: int = 0,
+    rules: Rules | None = None,
+    seed: int | None = None,
 ) -> list[int]:
     """A batch of ``size`` selected, pre-labelled images (most useful first), plus honeypots
     (``honeypot_share`` of the whole batch) made from gold images (:mod:`~visionloop.label.
     baits`: no object under ``min_object`` of the image); ``overlap_share`` of all the tasks,
     honeypots included, wanted from ``copies`` annotators, the rest from one; shuffled.
-    ``qualification``: honeypots only, for newcomers. Returns the task ids."""
+    ``qualification``: honeypots only, for newcomers. ``rules``: QC's, to tell which gold
+    images to re-check (default :class:`Rules`). ``seed``: None, a fresh one (the order of
+    tasks must not repeat from batch to batch). Returns the task ids."""
     if not 0 <= honeypot_share < 1 or not 0 <= overlap_share <= 1 or copies < 2:
         raise ValueError("need 0 <= honeypot share < 1, 0 <= overlap share <= 1, copies >= 2")
+    rules = rules or Rules()
     rng = np.random.default_rng(seed)
+    subs, banned, retired = load_subs(store)
+    result = assess(subs, rules, banned, retired)
     with store.session() as s:
+        doubt = baits.in_doubt(result, rules, baits.pending(s))
         if s.scalar(select(Task.id).where(Task.batch == name)) is not None:
             raise ValueError(f"batch {name!r} exists already")
         used = set(s.scalars(select(Task.image_id))) - _rejected_images(s)
@@ -268,20 +282,25 @@ def make_batch(
         honeypots = (
             size if qualification else round(len(picked) * honeypot_share / (1 - honeypot_share))
         )
-        gold = baits.pick(s, wanted, honeypots, rng, min_object)
-        if not picked and not gold:
+        made: list[Task] = []
+        for image in baits.pick(s, wanted, None, rng, min_object, doubt) if honeypots else []:
+            if len(made) == honeypots:
+                break
+            bait = baits.honeypot(name, image, wanted, 1, spoilings, rng)
+            if bait is not None:
+                made.append(bait)
+        if not picked and not made:
             raise ValueError("nothing to batch: select and pre-label images first (and add gold)")
-        everyone = len(picked) + len(gold)
+        everyone = len(picked) + len(made)
         overlap = set(rng.permutation(everyone)[: round(everyone * overlap_share)].tolist())
         tasks = [
             _task(name, image, wanted, copies if n in overlap else 1)
             for n, image in enumerate(picked)
         ]
-        tasks += [
-            baits.honeypot(name, image, wanted, copies if n in overlap else 1, spoilings, rng)
-            for n, image in enumerate(gold, len(picked))
-        ]
-        random.Random(seed).shuffle(tasks)
+        for n, bait in enumerate(made, len(picked)):
+            bait.copies = copies if n in overlap else 1
+        tasks += made
+        rng.shuffle(tasks)
         s.add_all(tasks)
         s.flush()
         return [t.id for t in tasks]
@@ -301,7 +320,7 @@ def _rejected_images(s: Session) -> set[int]:
 
 
 def _task(batch: str, image: Image, classes: Sequence[str], copies: int) -> Task:
-    shown = {c: v for c, v in (image.prelabel or {}).items() if c in classes}
+    shown = {c: (image.prelabel or {})[c] for c in classes if c in (image.prelabel or {})}
     if set(shown) != set(classes):
         raise ValueError(f"{image.path}: pre-label has {sorted(shown)}, batch needs {classes}")
     kind = "overlap" if copies > 1 else "normal"

@@ -166,6 +166,7 @@ class Sub:
     seconds: float | None = None
     bait: int | None = None  # a honeypot's health key (its gold image); None: the task
     at: float | None = None  # when it was submitted (seconds), if known
+    wrong: Mapping[str, BoolMask] | None = None  # a honeypot's spoiled pixels, if recorded
 
     @property
     def bait_key(self) -> int:
@@ -247,7 +248,11 @@ def check_honeypot(sub: Sub, rules: Rules) -> HoneypotCheck:
     shown = dict(sub.prelabel.items())
     label = {c: sub.label.get(c, np.zeros_like(g)) for c, g in gold.items()}
     overlap = mean_iou(label, gold)
-    regions = {c: gold[c] != shown[c] for c in gold if c in shown}
+    if sub.wrong is not None:  # what the spoiling made wrong, recorded when it was made
+        wrong = dict(sub.wrong.items())
+        regions = {c: wrong[c] for c in gold if c in wrong}
+    else:  # the spoiled gold itself was shown: every difference is the spoiling's
+        regions = {c: gold[c] != shown[c] for c in gold if c in shown}
     total = sum(int(np.count_nonzero(r)) for r in regions.values())
     right = sum(int(np.count_nonzero((label[c] == gold[c]) & r)) for c, r in regions.items())
     fixed = right / total if total else 1.0

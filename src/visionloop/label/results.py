@@ -134,6 +134,7 @@ def load_subs(store: Store) -> tuple[list[Sub], dict[str, str], set[int]]:
                 StoredLabel(t.gold) if t.gold else None, sub.seconds,
                 t.image_id if t.kind == "honeypot" else None,
                 sub.answered_at.timestamp() if sub.answered_at else None,
+                StoredLabel(t.spoil["wrong"]) if t.spoil and "wrong" in t.spoil else None,
             )
             for sub, t, a in rows
         ]  # fmt: skip

@@ -229,7 +229,13 @@ def make_batch(
     ] = None,
     image_prefix: Annotated[str, typer.Option(help=PREFIX_HELP)] = "",
     media: Annotated[Path | None, typer.Option(help=MEDIA_HELP)] = None,
-    seed: Annotated[int, typer.Option()] = 0,
+    seed: Annotated[
+        int | None,
+        typer.Option(
+            help="Fixes the order, the overlap and the spoilings; default: fresh each batch "
+            "(an order repeated from batch to batch would place the honeypots)."
+        ),
+    ] = None,
     db: Db = DEFAULT_DB,
 ) -> None:
     """Assemble a batch with honeypots and overlap, and export it."""
