@@ -248,3 +248,38 @@ def test_export_warns_when_only_honeypots_have_an_image_size(world, monkeypatch)
     assert result.exit_code == 0, result.output
     assert "their images to" in " ".join(result.stdout.split())
     assert "tell 2 honeypot(s) are 64x64" in " ".join(result.stderr.split())
+
+
+def test_prelabel_draws_the_gold_again_with_the_latest_model(world):
+    store = ready(world)
+
+    def other(paths):
+        return [{c: ndimage.binary_erosion(m) for c, m in truth_of(Path(p)).items()}
+                for p in paths]  # fmt: skip
+
+    with store.session() as s:
+        before = {i.id: i.prelabel for i in s.scalars(select(Image).where(Image.gold.is_not(None)))}
+    assert loop.prelabel(store, other) == len(before)  # the selected ones have theirs already
+    with store.session() as s:
+        after = {i.id: i.prelabel for i in s.scalars(select(Image).where(Image.gold.is_not(None)))}
+    assert set(after) == set(before)
+    assert any(after[i] != before[i] for i in before)
+
+
+def test_a_copied_honeypot_says_nothing_of_the_bait():
+    """Three trusted people pass a sound bait; a copier's copy of it is rejected as a copy but
+    does not count as a trusted failure of the bait."""
+    gold, shown = {"cat": disc(16, 16, 6)}, {"cat": disc(16, 16, 2)}
+    subs = []
+    for n, who in enumerate("abc"):
+        for k in range(6):
+            subs.append(Sub(100 + k, who, "honeypot", {"cat": disc(10 + n, 10, 5)},
+                            {"cat": disc(22, 22, 5)}, {"cat": disc(10 + n, 10, 5)},
+                            bait=1000 + k, at=float(len(subs))))  # fmt: skip
+    answer = {"cat": disc(16, 16, 6) | disc(2, 2, 2)}
+    subs.append(Sub(1, "a", "honeypot", answer, shown, gold, bait=7, at=1e6))
+    subs.append(Sub(1, "b", "honeypot", answer, shown, gold, bait=7, at=1e6 + 1))  # a copy
+    result = assess(subs, Rules(retire_after=1, copy_min_tasks=1))
+    assert result.verdicts[1, "b"][0] == "rejected"
+    assert result.baits[7].trusted_fails == 0
+    assert result.baits[7].trusted_attempts == 1

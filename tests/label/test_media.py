@@ -84,3 +84,23 @@ def test_sizes_only_honeypots_have_are_named():
     assert len(tells) == 1
     assert tells[0].startswith("2 honeypot(s) are 512x512, a size no normal task")
     assert media.size_tells([(512, 512)], []) == []  # a qualification batch: nothing to compare
+
+
+def test_nothing_of_the_original_file_is_carried_over(tmp_path):
+    source = tmp_path / "web.jpg"
+    Image.new("RGB", (40, 30), (9, 9, 9)).save(source, comment=b"CREATOR: gd-jpeg v1.0")
+    data, size = media.encode(source, media.imaging.ImageLimits())
+    assert size == (40, 30)
+    assert b"CREATOR" not in data
+    with Image.open(io.BytesIO(data)) as image:
+        assert "comment" not in image.info
+        assert "icc_profile" not in image.info
+
+
+def test_a_size_far_more_common_among_honeypots_is_named():
+    baits = [(512, 512)] * 4 + [(640, 480)] * 2
+    normal = [(512, 512)] + [(640, 480)] * 30
+    tells = media.size_tells(baits, normal)
+    assert len(tells) == 1
+    assert tells[0].startswith("4 of 6 honeypots are 512x512, against 1 of 31 normal tasks")
+    assert media.size_tells([(512, 512)] * 2, normal) == []  # 2 are too few to point at

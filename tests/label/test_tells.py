@@ -34,6 +34,7 @@ from sqlalchemy import select
 
 from visionloop.label import loop
 from visionloop.label.masks import brush_decode, coco_decode, label_from_json
+from visionloop.label.media import media_folder
 from visionloop.label.spoil import spoil
 from visionloop.label.store import Image, Task, open_store
 from visionloop.train.synth import synthesize
@@ -184,7 +185,7 @@ def test_an_export_alone_does_not_tell_the_honeypots(world, fmt, prefix):
     tmp, store, tasks = world
     out = tmp / fmt / ("export" if fmt == "png" else "export.json")
     assert loop.export_batch(store, "b", fmt, out, prefix=prefix) == 2 * N
-    media = out / "images" if fmt == "png" else out.with_name("export.media")
+    media = media_folder(out, fmt)
     rows = read_export(fmt, out)
     order = sorted(task for task, *_ in rows)
     features = np.array([

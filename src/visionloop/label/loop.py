@@ -3,6 +3,7 @@ export, ingest, QC, and write the accepted labels as a training dataset."""
 
 from __future__ import annotations
 
+import shutil
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
@@ -175,11 +176,13 @@ def add_gold(store: Store, dataset: Path) -> int:
 
 
 def prelabel(store: Store, model: Prelabeler, everything: bool = False, batch: int = 16) -> int:
-    """Pre-label the selected images and the gold images that have none (``everything``: the
-    whole pool too). A honeypot shows the model's pre-label of a gold image, spoiled, so that
-    what it shows is drawn the way every other task's is."""
+    """Pre-label the selected images that have none (``everything``: the whole pool), and
+    every gold image again: a honeypot shows the model's pre-label of a gold image, spoiled,
+    so what it shows must be drawn by the model the latest tasks are drawn by."""
     with store.session() as s:
-        query = select(Image).where(Image.prelabel.is_(None))
+        query = select(Image).where(
+            (Image.prelabel.is_(None) & Image.gold.is_(None)) | Image.gold.is_not(None)
+        )
         if not everything:
             query = query.where(Image.selected.is_not(None) | Image.gold.is_not(None))
         todo = [(i.id, Path(i.path)) for i in s.scalars(query)]
@@ -372,7 +375,11 @@ def export_batch(
             )
             for (t, i), file in zip(rows, names, strict=True)
         ]  # fmt: skip
-    writer.write(tasks, out, name, list(tasks[0].prelabel))
+    try:
+        writer.write(tasks, out, name, list(tasks[0].prelabel))
+    except BaseException:
+        shutil.rmtree(folder, ignore_errors=True)  # images for an export that was not written
+        raise
     return len(tasks)
 
 

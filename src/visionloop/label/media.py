@@ -1,17 +1,22 @@
 """The images of an export, as annotators get them: nothing about where an image came from.
 
 Every task's image is decoded (after the byte, format and pixel checks of
-:mod:`visionloop.imaging`), turned upright by its EXIF orientation, and written again the same
-way for every task (baseline JPEG, quality 90, no EXIF, no colour profile) under a random
-name, and every file is padded to the batch's largest size (the padding costs disk and
-bandwidth: a batch's images take as much as its largest times their number). The export refers
-to that name alone: no folder, file name, format, camera data or file size of the original
-reaches the annotator, so none of them tells a honeypot (a gold image, often from another
-folder, camera or format) from a normal task.
+:mod:`visionloop.imaging`), turned upright by its EXIF orientation, and written again from its
+pixels alone (baseline JPEG at a quality of 88 to 92 drawn per file; no EXIF, colour profile or
+comment) under a random name; every file is then padded to the batch's largest size. The
+export refers to that name alone: no folder, file name, format, camera data or file size of
+the original reaches the annotator, so none of them tells a honeypot (a gold image, often from
+another folder, camera or format) from a normal task. The padding costs disk and bandwidth: a
+batch's images take as much as its largest times their number.
 
-What re-encoding cannot hide is the picture itself: a gold image shown again is the same
-picture (baits re-use a gold image only to re-check it, :mod:`visionloop.label.baits`), and a
-gold image whose size no photo in the pool has stands out (:func:`size_tells` says so).
+What this cannot hide:
+- the picture itself: a gold image shown again is the same picture (re-encoded at a quality
+  drawn again, so a hash of the file does not find it, but a look does);
+- the JPEG's own length under the padding, which a script that parses the file can read, and
+  which still carries something of the original's history (a lossless original compresses
+  differently from a photo already compressed once);
+- an image size, or a share of sizes, that gold has and the pool has not:
+  :func:`size_tells` says so.
 """
 
 from __future__ import annotations
@@ -23,6 +28,8 @@ from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
 
+from PIL import Image
+
 from visionloop import imaging
 
 __all__ = ["QUALITY", "encode", "media_folder", "pad", "padded_size", "size_tells", "write_media"]
@@ -31,17 +38,24 @@ QUALITY = 90
 
 
 def media_folder(out: Path, fmt: str) -> Path:
-    """Where an export's images go by default: ``<out stem>.media/`` beside a file export,
-    ``images/`` inside a folder export."""
-    return out / "images" if fmt == "png" else out.with_name(out.stem + ".media")
+    """Where an export's images go by default, beside it: ``<out stem>.media/`` for a file
+    export, ``<out>.media/`` for a folder export (``fmt`` png), outside the folder annotators
+    send back."""
+    return (
+        out.with_name(out.name + ".media") if fmt == "png" else out.with_name(out.stem + ".media")
+    )
 
 
-def encode(path: str | Path, limits: imaging.ImageLimits) -> tuple[bytes, tuple[int, int]]:
-    """The image at ``path`` as every export writes it, and its (width, height)."""
-    image = imaging.decode(imaging.read_file(path, limits.max_bytes), limits)
+def encode(
+    path: str | Path, limits: imaging.ImageLimits, quality: int = QUALITY
+) -> tuple[bytes, tuple[int, int]]:
+    """The image at ``path`` as every export writes it, and its (width, height): its pixels
+    alone, none of the file's metadata (a comment, a profile, EXIF) carried over."""
+    decoded = imaging.decode(imaging.read_file(path, limits.max_bytes), limits)
+    pixels = Image.frombytes("RGB", decoded.size, decoded.tobytes())  # no .info, nothing else
     buffer = io.BytesIO()
-    image.save(buffer, format="JPEG", quality=QUALITY)
-    return buffer.getvalue(), image.size
+    pixels.save(buffer, format="JPEG", quality=quality)
+    return buffer.getvalue(), pixels.size
 
 
 def write_media(
@@ -65,9 +79,9 @@ def write_media(
     names = []
     try:
         for path, size in images:
-            try:
-                data, shown = encode(path, limits)
-            except (OSError, imaging.ImageError) as exc:
+            try:  # a quality drawn per file: a gold image used again is not the same bytes
+                data, shown = encode(path, limits, QUALITY + secrets.randbelow(5) - 2)
+            except (OSError, ValueError) as exc:  # ImageError is a ValueError
                 raise ValueError(f"{path}: {exc}") from None
             if shown != tuple(size):
                 raise ValueError(f"{path}: is {shown[0]}x{shown[1]} now, {size[0]}x{size[1]} "
@@ -117,14 +131,21 @@ def padded_size(largest: int) -> int:
 
 
 def size_tells(baits: Sequence[tuple[int, int]], normal: Sequence[tuple[int, int]]) -> list[str]:
-    """Image sizes that only honeypots have in a batch: each lets a careful annotator pick the
-    baits out. Empty when there is nothing to compare (a batch of one kind)."""
+    """Image sizes that single honeypots out in a batch: sizes no normal task has, and sizes
+    at least 3 honeypots have that are three times as common among honeypots as among normal
+    tasks. Each lets a careful annotator pick baits out. Empty when there is nothing to compare
+    (a batch of one kind)."""
     if not baits or not normal:
         return []
-    seen = set(normal)
-    odd = Counter(size for size in baits if size not in seen)
-    return [
-        f"{count} honeypot(s) are {w}x{h}, a size no normal task in the batch has: an "
-        "annotator can tell them apart; use gold images from the same source as the pool"
-        for (w, h), count in sorted(odd.items())
-    ]
+    ours, theirs = Counter(baits), Counter(normal)
+    tells = []
+    for (w, h), count in sorted(ours.items()):
+        if (w, h) not in theirs:
+            tells.append(f"{count} honeypot(s) are {w}x{h}, a size no normal task in the batch "
+                         "has: an annotator can tell them apart")  # fmt: skip
+        elif count >= 3 and count / len(baits) >= 3 * theirs[w, h] / len(normal):
+            tells.append(
+                f"{count} of {len(baits)} honeypots are {w}x{h}, against {theirs[w, h]} of "
+                f"{len(normal)} normal tasks: the size points at honeypots"
+            )
+    return [f"{t}; use gold images from the same source as the pool" for t in tells]

@@ -304,7 +304,9 @@ def assess(
             and a.honeypots >= rules.warmup
             and (a.pass_rate or 0) >= rules.trusted_pass_rate
         }
-        baits = _health(checks, trusted, set(retired) & set(baits), rules)
+        # a copied answer says nothing of the bait: it is left out of its health
+        judged = [c for c in checks if (c.task, c.annotator) not in copying.rejected]
+        baits = _health(judged, trusted, set(retired) & set(baits), rules)
         retired_now = {t for t, b in baits.items() if b.retired}
     scores = _scores(subs, checks, retired_now, banned_now, rules)
     new_bans = {n: a.ban for n, a in scores.items() if a.ban and n not in banned}
