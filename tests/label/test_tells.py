@@ -1,15 +1,17 @@
 """An adversary with the export alone tries to tell honeypots from normal tasks, and must do no
-better than chance.
+better than chance, as far as the test can tell.
 
 The world is built to make it easy: the pool is phone photos (JPEG with EXIF, under a dated
 folder, named IMG_nnnn.jpg) and the gold is a dataset (lossless PNG, named by number, under
-gold/); the model draws coarse outlines (a stride-4 decoder) where the gold is drawn by hand.
-The adversary reads every reference the export makes (the image's name and URL, the task id
-and its place in the file, the image's size, file size, format and EXIF, how many annotators
-the task wants) and the drawing style of the pre-label shown (compactness, corner roughness,
-how far the outline is from the model's own coarse drawing). Two controls show the adversary
-can see a tell when there is one: the original paths, and baits that show the spoiled gold
-itself (what they showed before), are both picked out.
+gold/); the model draws coarse outlines (a stride-4 decoder) where the gold is drawn by hand,
+and makes a coarse model's mistakes (too fat, too thin, an object missed, a ghost), none of
+them a spoiling. The adversary reads every reference the export makes (the image's name and
+URL, the task id and its place in the file, the image's size, file size as served, format and
+EXIF, how many annotators the task wants) and the drawing style of the pre-label shown
+(compactness, corner roughness, how far the outline is from the model's own coarse drawing).
+It does not parse the JPEG under its padding, nor look at the pixels: the README says what
+those still give away. Two controls show it sees a plain tell: the original paths, and baits
+that show the spoiled gold itself (what they showed before), are both picked out.
 """
 
 from __future__ import annotations
@@ -39,10 +41,11 @@ from visionloop.label.spoil import spoil
 from visionloop.label.store import Image, Task, open_store
 from visionloop.train.synth import synthesize
 
-N, SIZE = 80, 64  # normal tasks, and as many honeypots
+N, SIZE = 100, 64  # normal tasks, and as many honeypots
 CLASSES = ("cat", "animal")
 CHANCE_P = 1e-3  # a feature whose two distributions differ this surely is a tell
-MAX_ACCURACY = 0.70  # cross-validated; chance is 0.5, and a tell gives 0.9 or more
+MAX_ACCURACY = 0.66  # cross-validated, the best of ~20 classifiers on 200 tasks: chance
+# alone reaches about 0.6, a plain tell 0.95 or more; a weak one could stay under it
 
 
 def coarse(mask: np.ndarray) -> np.ndarray:
@@ -74,9 +77,8 @@ def world(tmp_path_factory):
             rng = np.random.default_rng(zlib.crc32(Path(path).name.encode()))
             label = {c: coarse(m) for c, m in truth[Path(path).name].items()}
             label["animal"] |= label["cat"]
-            if rng.random() < 0.4:  # a model's error on 40 % of images
-                kind = str(rng.choice(["erase", "add_blob", "dilate", "erode", "shift"]))
-                label = spoil(label, rng, [kind])[0]
+            if rng.random() < 0.4:  # a model's error on 40 % of images, drawn as it draws
+                label = model_error(label, truth[Path(path).name], rng, list(truth.values()))
             out.append(label)
         return out
 
@@ -89,6 +91,29 @@ def world(tmp_path_factory):
     with store.session() as s:
         tasks = {t.id: (t, i.path) for t, i in s.execute(select(Task, Image).join(Image))}
     return tmp, store, tasks
+
+
+def model_error(label, truth, rng, others):
+    """A coarse model's kind of mistake, none of them a spoiling: outlines too fat or too thin
+    (another threshold), an object missed, or a ghost of an object from another picture."""
+    kind = rng.integers(4)
+    if kind < 2:
+        cut = 0.25 if kind == 0 else 0.75
+        out = {c: np.asarray(ndimage.zoom(m.reshape(SIZE // 4, 4, SIZE // 4, 4).mean(axis=(1, 3)),
+                                          4, order=1) > cut) for c, m in truth.items()}  # fmt: skip
+    elif kind == 2:
+        out = {c: m.copy() for c, m in label.items()}
+        parts, count = ndimage.label(out["animal"])
+        if count:
+            gone = parts == rng.integers(1, count + 1)
+            out = {c: m & ~gone for c, m in out.items()}
+    else:
+        ghost = coarse(others[int(rng.integers(len(others)))]["animal"])
+        ghost = np.roll(ghost, tuple(rng.integers(-SIZE // 4, SIZE // 4, 2)), axis=(0, 1))
+        out = {c: m.copy() for c, m in label.items()}
+        out[str(rng.choice(list(CLASSES)))] |= ghost
+    out["animal"] |= out["cat"]
+    return out
 
 
 def _mask(root: Path, cls: str, name: str) -> np.ndarray:
