@@ -4,18 +4,21 @@ aggregation of overlapping submissions (crowd-kit) and the payment view.
 Pure functions over :class:`Sub` records, so the ``qc`` command (records from the store) and
 the crowd simulator (records it makes up) run the same rules.
 
-Honeypots are "gold" tasks made by injecting known errors into trusted answers, as in Oleson
-et al., *Programmatic Gold: Targeted and Scalable Quality Assurance in Crowdsourcing* (HCOMP
-2011); the pass-rate posterior is Beta-Binomial with a uniform prior.
+Honeypots are "gold" tasks made by injecting known errors into what the model shows for a
+trusted answer's image, as in Oleson et al., *Programmatic Gold: Targeted and Scalable Quality
+Assurance in Crowdsourcing* (HCOMP 2011); the pass-rate posterior is Beta-Binomial with a
+uniform prior.
 
 Banning on a raw pass rate after a few honeypots bans honest people by bad luck, more so when
 it is re-checked after every batch; the rule is Bayesian instead: ban when the probability
 that the annotator's true pass rate reaches ``min_pass_rate`` falls below ``confidence``.
 
 A honeypot is passed when the submission's IoU with the gold is at least ``iou_threshold``
-(mean over the task's classes) AND the spoiling was fixed: on the pixels the spoiling changed
-(``gold XOR shown pre-label``) the submission agrees with the gold on at least
-``fix_fraction`` of them. The IoU alone would let a lazy annotator pass a subtle spoiling.
+(mean over the task's classes) AND the spoiling was fixed: on the pixels the spoiling made
+wrong (``Sub.wrong``, recorded when the bait was made; ``gold XOR shown pre-label`` when the
+shown label is the spoiled gold itself, as in the simulator) the submission agrees with the
+gold on at least ``fix_fraction`` of them. The IoU alone would let a lazy annotator pass a
+subtle spoiling.
 
 Aggregators are :class:`Aggregator` s in the one table :data:`AGGREGATORS`, by the name
 ``Rules.aggregator`` and ``qc --aggregator`` take: a new one is a class and a line there.

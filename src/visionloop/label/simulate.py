@@ -24,6 +24,12 @@ posterior says a good pass rate is likely: honeypots go where the doubt is; Baye
 (every task to three people, ban on low agreement, majority vote). Some baits have a wrong
 gold (a stale honeypot): honeypot health should retire them before they cost honest people
 their jobs.
+
+Where the simulator is simpler than the store: a bait shows the spoiled gold itself (the store
+shows the model's pre-label of the gold image, spoiled); its 80 baits are shared by the crowd,
+each annotator taking those it has not seen (the store uses each gold image once before any
+twice, and a bait wants as many annotators as a normal task); and a bait's health is kept per
+bait, which here is one task.
 """
 
 from __future__ import annotations

@@ -3,8 +3,8 @@
 Every spoiling changes at least ``min_change`` of the affected class (its IoU with the gold
 drops to ``1 - min_change`` or below), and a moved boundary moves at least 3 px (1 % of the
 short side on large images), more than an honest hand wobbles: leaving the pre-label as it is
-cannot pass a honeypot, and honest corrections can. Which pixels changed is not stored: it is
-``gold XOR spoiled``, recomputed by QC.
+cannot pass a honeypot, and honest corrections can. :mod:`visionloop.label.baits` records, with
+each bait, which pixels the spoiling made wrong.
 """
 
 from __future__ import annotations

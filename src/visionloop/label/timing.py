@@ -194,6 +194,6 @@ def changes(
     subs: Sequence[Any], kinds: Sequence[str] = ("normal", "overlap")
 ) -> list[tuple[Change, float]]:
     """(change, seconds) of every timed submission of the given task kinds (honeypots are
-    left out: their pre-label is a spoiled gold, not what the model would show)."""
+    left out: their pre-label carries a spoiling, not only what the model would show)."""
     return [(change(s.prelabel, s.label), float(s.seconds)) for s in subs
             if s.seconds is not None and s.kind in kinds]  # fmt: skip

@@ -32,8 +32,8 @@ CopyOption = Annotated[
     int,
     typer.Option(
         min=0,
-        help="Same drawings: reject the later answer, and ban who answered later on this many "
-        "of a pair's; 0: only report the pairs.",
+        help="Same drawings (timed by the tool's created_at): reject the later answer, and "
+        "ban who answered later on this many tasks, from any sources; 0: only report pairs.",
     ),
 ]
 
