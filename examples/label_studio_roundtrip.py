@@ -13,6 +13,8 @@ the project, ingests that export, runs QC and writes the dataset. It checks that
 - every imported prediction comes back from Label Studio bit-for-bit as we exported it;
 - every annotation is ingested once (one posted twice is counted once) with its masks and
   its lead time exactly as posted;
+- every answer keeps the time Label Studio recorded for it (``created_at``), which orders
+  same drawings;
 - the careful annotator passes the honeypots and is not banned.
 
 Exit status 0 when every check holds. Label Studio 1.23 needs legacy tokens switched on
@@ -193,6 +195,8 @@ def main() -> int:
         rows = [
             (sub.task_id, label_from_json(sub.masks), sub.seconds) for sub in s.query(Submission)
         ]
+        timed = [sub.answered_at for sub in s.query(Submission)]
+    checks["every answer keeps the time Label Studio recorded (created_at)"] = all(timed)
     exact = True
     for task, label, seconds in rows:
         truth = truth_of(Path(store_image(store, task)))
