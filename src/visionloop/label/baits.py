@@ -30,7 +30,7 @@ from visionloop.label.quality import QCResult, Rules
 from visionloop.label.spoil import big_enough, spoil
 from visionloop.label.store import Image, Submission, Task
 
-__all__ = ["MIN_OBJECT", "big_enough", "honeypot", "in_doubt", "pending", "pick"]
+__all__ = ["MIN_OBJECT", "big_enough", "honeypot", "in_doubt", "make", "pending", "pick"]
 
 MIN_OBJECT = 0.005  # share of the image: the smallest object a bait may have
 FAR = 0.7  # some class of a bait's shown label has at most this IoU with the gold
@@ -111,6 +111,30 @@ def pick(
     order = sorted(usable, key=lambda i: (i.id not in doubt, uses[i.id], rng.random()))
     # never the same bait twice in one batch: a repeated image gives the honeypot away
     return order if count is None else order[:count]
+
+
+def make(
+    s: Any,
+    batch: str,
+    classes: Sequence[str],
+    count: int,
+    spoilings: Sequence[str],
+    rng: np.random.Generator,
+    min_object: float = MIN_OBJECT,
+    doubt: set[int] | None = None,
+) -> list[Task]:
+    """Up to ``count`` honeypot tasks for ``batch``, one annotator each (the caller sets the
+    overlap): the gold images in :func:`pick`'s order, skipping those that make no fair bait."""
+    made: list[Task] = []
+    if count <= 0:
+        return made
+    for image in pick(s, classes, None, rng, min_object, doubt):
+        if len(made) == count:
+            break
+        bait = honeypot(batch, image, classes, 1, spoilings, rng)
+        if bait is not None:
+            made.append(bait)
+    return made
 
 
 def honeypot(

@@ -276,22 +276,11 @@ def make_batch(
             .order_by(Image.score.desc().nulls_last())
         ).all()
         picked = [] if qualification else [i for i in ready if i.id not in used][:size]
-        if classes:
-            wanted = list(classes)
-        elif qualification:
-            wanted = _classes(s.scalars(select(Image).where(Image.gold.is_not(None))), "gold")
-        else:
-            wanted = _classes(picked, "prelabel")
+        wanted = _wanted(s, classes, qualification, picked)
         honeypots = (
             size if qualification else round(len(picked) * honeypot_share / (1 - honeypot_share))
         )
-        made: list[Task] = []
-        for image in baits.pick(s, wanted, None, rng, min_object, doubt) if honeypots else []:
-            if len(made) == honeypots:
-                break
-            bait = baits.honeypot(name, image, wanted, 1, spoilings, rng)
-            if bait is not None:
-                made.append(bait)
+        made = baits.make(s, name, wanted, honeypots, spoilings, rng, min_object, doubt)
         if not picked and not made:
             raise ValueError("nothing to batch: select and pre-label images first (and add gold)")
         everyone = len(picked) + len(made)
@@ -328,6 +317,18 @@ def _task(batch: str, image: Image, classes: Sequence[str], copies: int) -> Task
         raise ValueError(f"{image.path}: pre-label has {sorted(shown)}, batch needs {classes}")
     kind = "overlap" if copies > 1 else "normal"
     return Task(image_id=image.id, batch=batch, kind=kind, prelabel=shown, copies=copies)
+
+
+def _wanted(
+    s: Session, classes: Sequence[str] | None, qualification: bool, picked: Sequence[Image]
+) -> list[str]:
+    """The classes a batch asks for: ``classes``, else those of the gold (a qualification
+    batch) or of the picked images' pre-labels."""
+    if classes:
+        return list(classes)
+    if qualification:
+        return _classes(s.scalars(select(Image).where(Image.gold.is_not(None))), "gold")
+    return _classes(picked, "prelabel")
 
 
 def _classes(images: Iterable[Image], field: str) -> list[str]:

@@ -20,8 +20,7 @@ shown label is the spoiled gold itself, as in the simulator) the submission agre
 gold on at least ``fix_fraction`` of them. The IoU alone would let a lazy annotator pass a
 subtle spoiling.
 
-Aggregators are :class:`Aggregator` s in the one table :data:`AGGREGATORS`, by the name
-``Rules.aggregator`` and ``qc --aggregator`` take: a new one is a class and a line there.
+The aggregators (:mod:`visionloop.label.aggregate`) are re-exported here.
 """
 
 from __future__ import annotations
@@ -30,16 +29,14 @@ import statistics
 from collections import defaultdict
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import Any
 
 import numpy as np
 from scipy.stats import beta
 
 from visionloop import plugins
-from visionloop.label.masks import BoolMask, Label, StoredLabel, iou
-
-if TYPE_CHECKING:
-    import pandas as pd
+from visionloop.label.aggregate import AGGREGATORS, Aggregator, aggregate
+from visionloop.label.masks import BoolMask, StoredLabel, iou
 
 __all__ = [
     "AGGREGATORS",
@@ -55,74 +52,6 @@ __all__ = [
     "check_honeypot",
     "is_unchanged",
 ]
-
-Vote = tuple[int, str, BoolMask]  # (task, annotator, mask)
-
-
-class Aggregator(Protocol):
-    """Merges several annotators' masks of one class into one mask per task."""
-
-    def merge(
-        self, votes: Sequence[Vote], skills: Mapping[str, float] | None
-    ) -> Mapping[int, BoolMask]:
-        """One mask per task in ``votes``; ``skills``: annotator -> honeypot pass rate (with
-        a prior), for an aggregator that weighs people by it."""
-        ...
-
-
-def _frame(votes: Sequence[Vote]) -> pd.DataFrame:
-    import pandas as pd
-
-    return pd.DataFrame(list(votes), columns=["task", "worker", "segmentation"])
-
-
-class MajorityVote:
-    """``mv``: crowd-kit's per-pixel majority vote, weighted by ``skills`` when given."""
-
-    def merge(
-        self, votes: Sequence[Vote], skills: Mapping[str, float] | None
-    ) -> Mapping[int, BoolMask]:
-        import pandas as pd
-        from crowdkit.aggregation import SegmentationMajorityVote
-
-        frame = _frame(votes)
-        weights = None
-        if skills is not None:
-            weights = pd.Series({w: skills.get(w, 0.5) for w in frame.worker.unique()})
-        return _masks(SegmentationMajorityVote().fit_predict(frame, weights))
-
-
-class ExpectationMaximisation:
-    """``em``: crowd-kit's SegmentationEM (each annotator's skill estimated from the data)."""
-
-    def merge(
-        self, votes: Sequence[Vote], skills: Mapping[str, float] | None
-    ) -> Mapping[int, BoolMask]:
-        from crowdkit.aggregation import SegmentationEM
-
-        return _masks(SegmentationEM().fit_predict(_frame(votes)))
-
-
-class Rasa:
-    """``rasa``: crowd-kit's SegmentationRASA (weights from agreement with the mean mask)."""
-
-    def merge(
-        self, votes: Sequence[Vote], skills: Mapping[str, float] | None
-    ) -> Mapping[int, BoolMask]:
-        from crowdkit.aggregation import SegmentationRASA
-
-        return _masks(SegmentationRASA().fit_predict(_frame(votes)))
-
-
-def _masks(result: Any) -> dict[int, BoolMask]:
-    return {int(task): np.asarray(mask, dtype=bool) for task, mask in result.items()}
-
-
-AGGREGATORS: dict[str, Aggregator] = {
-    "mv": MajorityVote(),
-    "em": ExpectationMaximisation(),
-    "rasa": Rasa(),
-}
 
 
 @dataclass(frozen=True)
@@ -316,30 +245,35 @@ def assess(
     result = QCResult(scores, checks, baits, new_bans, pairs=list(pairs))
     passed = {(c.task, c.annotator): c for c in checks}
     for s in subs:
-        person = scores[s.annotator]
-        if person.ban:
-            result.verdicts[s.task, s.annotator] = ("rejected", f"annotator banned: {person.ban}")
-        elif (s.task, s.annotator) in copying.rejected:
-            result.verdicts[s.task, s.annotator] = (
-                "rejected",
-                copying.rejected[s.task, s.annotator],
-            )
-        elif s.kind == "honeypot" and s.bait_key in retired_now:
-            result.verdicts[s.task, s.annotator] = ("accepted", "honeypot retired: not judged")
-        elif s.kind == "honeypot":
-            check = passed[s.task, s.annotator]
-            why = f"honeypot IoU {check.iou:.2f}, spoiling {check.fixed:.0%} fixed"
-            result.verdicts[s.task, s.annotator] = ("accepted" if check.passed else "rejected", why)
-        elif (
-            rules.reject_below is not None
-            and s.task in person.agreements
-            and person.agreements[s.task] < rules.reject_below
-        ):
-            why = f"IoU {person.agreements[s.task]:.2f} with the others' consensus"
-            result.verdicts[s.task, s.annotator] = ("rejected", why)
-        else:
-            result.verdicts[s.task, s.annotator] = ("accepted", "")
+        result.verdicts[s.task, s.annotator] = _verdict(
+            s, scores[s.annotator], passed, copying.rejected, retired_now, rules
+        )
     return result
+
+
+def _verdict(
+    s: Sub,
+    person: AnnotatorScore,
+    checks: Mapping[tuple[int, str], HoneypotCheck],
+    copied: Mapping[tuple[int, str], str],
+    retired: set[int],
+    rules: Rules,
+) -> tuple[str, str]:
+    """One submission's verdict and why."""
+    if person.ban:
+        return "rejected", f"annotator banned: {person.ban}"
+    if (s.task, s.annotator) in copied:
+        return "rejected", copied[s.task, s.annotator]
+    if s.kind == "honeypot" and s.bait_key in retired:
+        return "accepted", "honeypot retired: not judged"
+    if s.kind == "honeypot":
+        check = checks[s.task, s.annotator]
+        why = f"honeypot IoU {check.iou:.2f}, spoiling {check.fixed:.0%} fixed"
+        return ("accepted" if check.passed else "rejected"), why
+    agreement = person.agreements.get(s.task)
+    if rules.reject_below is not None and agreement is not None and agreement < rules.reject_below:
+        return "rejected", f"IoU {agreement:.2f} with the others' consensus"
+    return "accepted", ""
 
 
 def _scores(
@@ -449,31 +383,6 @@ def _health(
         if bait.trusted_attempts >= rules.retire_after and rate is not None:
             bait.retired = bait.retired or rate >= rules.retire_fail_rate
     return baits
-
-
-def aggregate(
-    labels: Mapping[int, Sequence[tuple[str, Mapping[str, BoolMask]]]],
-    skills: Mapping[str, float] | None = None,
-    method: str = "mv",
-) -> dict[int, Label]:
-    """One label per task from several annotators' labels, per class, by the aggregator
-    ``method`` names in :data:`AGGREGATORS`: ``mv`` (majority vote weighted by ``skills``),
-    ``em`` (SegmentationEM) or ``rasa``."""
-    aggregator = plugins.lookup(AGGREGATORS, method, "method")
-    classes = sorted({c for group in labels.values() for _, label in group for c in label})
-    out: dict[int, Label] = {task: {} for task in labels}
-    for c in classes:
-        rows = [
-            (task, who, np.asarray(label[c], dtype=bool))
-            for task, group in labels.items()
-            for who, label in group
-            if c in label
-        ]
-        if not rows:
-            continue
-        for task, mask in aggregator.merge(rows, skills).items():
-            out[int(task)][c] = np.asarray(mask, dtype=bool)
-    return out
 
 
 def payment(result: QCResult, rate: float = 1.0) -> list[dict[str, object]]:

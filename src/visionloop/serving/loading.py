@@ -71,6 +71,29 @@ def background_priority(restore: bool = True) -> Iterator[None]:
                 os.setpriority(os.PRIO_PROCESS, tid, before)
 
 
+def _check_expected_memory(
+    slot: Slot,
+    version: int,
+    label: str,
+    config: Any,
+    folder: Path,
+    used_bytes: int,
+    budget: int,
+) -> None:
+    """Refuse a load the memory budget cannot take, before it starts: what the version
+    declares (``memory_mb``), else what this model took last time, else its files' size."""
+    if not budget:
+        return
+    expected = int((config.memory_mb or 0) * MB) or slot.measured_bytes
+    if not expected:
+        with contextlib.suppress(OSError):
+            expected = folder_bytes(folder)
+    if used_bytes + expected > budget:
+        reason = budget_reason(label, "expects", expected, used_bytes, budget)
+        slot.status[version] = ("UNAVAILABLE", reason)
+        raise LoadFailed(reason)
+
+
 async def load_one(
     fleet: Fleet,
     slot: Slot,
@@ -101,15 +124,7 @@ async def load_one(
             check_threads(fleet.limits, slot, label, version, threads, per_executor, staying)
         budget = int(fleet.limits.memory_budget_mb * MB)
         used_bytes = sum(ld.memory_bytes for ld in staying)
-        if budget:
-            expected = int((config.memory_mb or 0) * MB) or slot.measured_bytes
-            if not expected:
-                with contextlib.suppress(OSError):
-                    expected = folder_bytes(folder)
-            if used_bytes + expected > budget:
-                reason = budget_reason(label, "expects", expected, used_bytes, budget)
-                slot.status[version] = ("UNAVAILABLE", reason)
-                raise LoadFailed(reason)
+        _check_expected_memory(slot, version, label, config, folder, used_bytes, budget)
         slot.status[version] = ("LOADING", "")
         before = resident_bytes()
         try:

@@ -176,7 +176,7 @@ def fit(
         dist.close()
 
 
-def _fit(  # noqa: C901 (the loop's steps read best in one place)
+def _fit(
     trainer: Trainer,
     engine: EngineConfig,
     dist: Distributed,
@@ -187,37 +187,10 @@ def _fit(  # noqa: C901 (the loop's steps read best in one place)
     data = trainer.train_set()
     sampler = EpochSampler(len(data), dist.world, dist.rank, engine.seed)  # type: ignore[arg-type]
     per_process = dist.per_process(trainer.batch_size)
-    drop = trainer.drop_last(len(sampler), per_process)
-    batches = math.ceil(len(sampler) / per_process) - int(drop)
-    if engine.max_batches:
-        batches = min(batches, engine.max_batches)
-    batches = max(1, batches)
-    total = engine.epochs * batches
-    if engine.max_steps is not None:
-        if engine.max_steps < 1:
-            raise ValueError(f"max_steps must be at least 1, got {engine.max_steps}")
-        total = min(total, engine.max_steps)
+    drop, batches, total = _steps(trainer, engine, len(sampler), per_process)
     trainer.setup(dist, total, batches)
     record = _record(trainer, engine, dist)
-    start, step, best, stale = 0, 0, {trainer.monitor: None}, 0
-    last = out / "last.pt"
-    if engine.resume and last.is_file():
-        _check_resume(out, record)
-        try:
-            state = torch.load(last, map_location=dist.device, weights_only=True)
-        except (OSError, RuntimeError, EOFError, pickle.UnpicklingError) as exc:
-            raise RunMismatch(f"cannot resume from {last}: {exc}") from None
-        trainer.load_state(state)
-        start, step = state["epoch"] + 1, state.get("step", 0)
-        best, stale = state["best"], state["stale"]
-    if dist.main:
-        out.mkdir(parents=True, exist_ok=True)
-        if start == 0:  # a fresh run: nothing of an earlier run in this folder survives
-            for name in ("metrics.jsonl", "diverged.json", "last.pt", "best.pt"):
-                (out / name).unlink(missing_ok=True)
-        (out / "config.json").write_text(
-            json.dumps({**record, "resumed_at_epoch": start}, indent=2) + "\n"
-        )
+    start, step, best, stale = _start(trainer, engine, dist, record)
     tracker = _Tracker(out, record) if dist.main else None
     kept = start - 1 if start else None  # the epoch last.pt holds
     failed = True
@@ -243,27 +216,11 @@ def _fit(  # noqa: C901 (the loop's steps read best in one place)
             metrics |= trainer.evaluate()
             metrics["seconds"] = round(time.perf_counter() - started, 2)
             metrics = dist.share(metrics)
-            value = metrics[trainer.monitor]
-            previous = best.get(trainer.monitor)
-            improved = previous is None or (
-                value > previous if trainer.mode == "max" else value < previous
-            )
-            if improved:
-                best, stale = metrics, 0
-            else:
-                stale += 1
+            improved = _improves(trainer, metrics[trainer.monitor], best.get(trainer.monitor))
+            best, stale = (metrics, 0) if improved else (best, stale + 1)
             if dist.main:
-                if improved:
-                    _save(trainer.best_weights(), out / "best.pt")
-                with (out / "metrics.jsonl").open("a") as f:
-                    f.write(json.dumps(metrics) + "\n")
-                state = {**trainer.state(), "trainer": trainer.kind, "epoch": epoch,
-                         "step": step, "best": best, "stale": stale}  # fmt: skip
-                _save(state, out / "last.pt")
-                if tracker is not None:
-                    tracker.epoch(metrics, epoch)
-                if on_epoch is not None:
-                    on_epoch(metrics)
+                state = {"epoch": epoch, "step": step, "best": best, "stale": stale}
+                _keep(trainer, out, metrics, improved, state, tracker, on_epoch)
             kept = epoch
             if stale >= engine.patience or step >= total:
                 break
@@ -278,6 +235,81 @@ def _fit(  # noqa: C901 (the loop's steps read best in one place)
         if tracker is not None:
             tracker.finish(out, failed)
     return best
+
+
+def _improves(trainer: Trainer, value: float, previous: float | None) -> bool:
+    """Whether ``value`` of the monitored metric beats the best so far."""
+    if previous is None:
+        return True
+    return value > previous if trainer.mode == "max" else value < previous
+
+
+def _steps(
+    trainer: Trainer, engine: EngineConfig, samples: int, per_process: int
+) -> tuple[bool, int, int]:
+    """Whether to drop the last short batch, batches per epoch, and optimiser steps in all."""
+    drop = trainer.drop_last(samples, per_process)
+    batches = math.ceil(samples / per_process) - int(drop)
+    if engine.max_batches:
+        batches = min(batches, engine.max_batches)
+    batches = max(1, batches)
+    total = engine.epochs * batches
+    if engine.max_steps is not None:
+        if engine.max_steps < 1:
+            raise ValueError(f"max_steps must be at least 1, got {engine.max_steps}")
+        total = min(total, engine.max_steps)
+    return drop, batches, total
+
+
+def _start(
+    trainer: Trainer, engine: EngineConfig, dist: Distributed, record: dict[str, Any]
+) -> tuple[int, int, dict[str, Any], int]:
+    """Where the run starts (epoch, step, best metrics, epochs without improvement): from
+    ``last.pt`` when resuming, else from nothing, with the run folder cleared of an earlier
+    run's files; the config written either way."""
+    out = engine.out
+    start, step, best, stale = 0, 0, {trainer.monitor: None}, 0
+    last = out / "last.pt"
+    if engine.resume and last.is_file():
+        _check_resume(out, record)
+        try:
+            state = torch.load(last, map_location=dist.device, weights_only=True)
+        except (OSError, RuntimeError, EOFError, pickle.UnpicklingError) as exc:
+            raise RunMismatch(f"cannot resume from {last}: {exc}") from None
+        trainer.load_state(state)
+        start, step = state["epoch"] + 1, state.get("step", 0)
+        best, stale = state["best"], state["stale"]
+    if dist.main:
+        out.mkdir(parents=True, exist_ok=True)
+        if start == 0:  # a fresh run: nothing of an earlier run in this folder survives
+            for name in ("metrics.jsonl", "diverged.json", "last.pt", "best.pt"):
+                (out / name).unlink(missing_ok=True)
+        (out / "config.json").write_text(
+            json.dumps({**record, "resumed_at_epoch": start}, indent=2) + "\n"
+        )
+    return start, step, best, stale
+
+
+def _keep(
+    trainer: Trainer,
+    out: Path,
+    metrics: dict[str, Any],
+    improved: bool,
+    state: dict[str, Any],
+    tracker: _Tracker | None,
+    on_epoch: Callable[[dict[str, Any]], None] | None,
+) -> None:
+    """What the main process keeps of an epoch: the best weights when it improved, its
+    metrics line, ``last.pt`` (``state``: epoch, step, best, stale), the tracker, the hook."""
+    if improved:
+        _save(trainer.best_weights(), out / "best.pt")
+    with (out / "metrics.jsonl").open("a") as f:
+        f.write(json.dumps(metrics) + "\n")
+    _save({**trainer.state(), "trainer": trainer.kind, **state}, out / "last.pt")
+    if tracker is not None:
+        tracker.epoch(metrics, epoch=state["epoch"])
+    if on_epoch is not None:
+        on_epoch(metrics)
 
 
 def _epoch(

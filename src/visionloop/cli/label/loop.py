@@ -183,6 +183,15 @@ def prelabel(
         say(f"pre-labelled {done} images (selected and gold)")
 
 
+HONEYPOTS_HELP = (
+    "Share of the batch that are honeypots; like any task, a honeypot goes to --copies "
+    "annotators if it is among the --overlap share, else to one (paid tasks: `label status` "
+    "shows the cost)."
+)
+MIN_OBJECT_HELP = (
+    "No honeypot from a gold image with an object smaller than this share of the image (too "
+    "small to judge an honest hand by)."
+)
 PREFIX_HELP = (
     "The URL where the annotation tool serves the export's image folder (--media); without "
     "it, tasks name their image by its path."
@@ -198,26 +207,13 @@ MEDIA_HELP = (
 def make_batch(
     name: Annotated[str, typer.Argument(help="Batch name.")],
     size: Annotated[int, typer.Option(min=1, help="Images to annotate (honeypots extra).")] = 100,
-    honeypots: Annotated[
-        float,
-        typer.Option(
-            help="Share of the batch that are honeypots; like any task, a honeypot goes to "
-            "--copies annotators if it is among the --overlap share, else to one (paid tasks: "
-            "`label status` shows the cost)."
-        ),
-    ] = 0.1,
+    honeypots: Annotated[float, typer.Option(help=HONEYPOTS_HELP)] = 0.1,
     overlap: Annotated[
         float,
         typer.Option(help="Share of all tasks, honeypots included, sent to --copies annotators."),
     ] = 0.1,
     copies: Annotated[int, typer.Option(min=2, help="Annotators per overlap task.")] = 3,
-    min_bait_object: Annotated[
-        float,
-        typer.Option(
-            help="No honeypot from a gold image with an object smaller than this share of "
-            "the image (too small to judge an honest hand by)."
-        ),
-    ] = 0.005,
+    min_bait_object: Annotated[float, typer.Option(help=MIN_OBJECT_HELP)] = 0.005,
     classes: Annotated[str, typer.Option(help="Classes to annotate (default: all).")] = "",
     spoilings: Annotated[str, typer.Option(help="Honeypot corruptions to use.")] = "",
     qualification: Annotated[bool, typer.Option(help="Honeypots only, for newcomers.")] = False,

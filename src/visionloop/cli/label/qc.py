@@ -28,6 +28,9 @@ RejectOption = Annotated[
 UnchangedOption = Annotated[float, typer.Option(help="Ban above this unchanged rate; 1 off.")]
 SecondsOption = Annotated[float, typer.Option(help="Ban below this median time; 0 off.")]
 AggregatorOption = Annotated[str, typer.Option(help="mv (skill-weighted), em or rasa.")]
+JsonOption = Annotated[
+    bool, typer.Option("--json", help="Print the outcome as JSON (messages go to stderr).")
+]
 CopyOption = Annotated[
     int,
     typer.Option(
@@ -55,9 +58,7 @@ def qc(
     min_seconds: SecondsOption = 0.0,
     aggregator: AggregatorOption = "mv",
     copy_tasks: CopyOption = 3,
-    as_json: Annotated[
-        bool, typer.Option("--json", help="Print the outcome as JSON (messages go to stderr).")
-    ] = False,
+    as_json: JsonOption = False,
     db: Db = DEFAULT_DB,
 ) -> None:
     """Score annotators, ban and reject by the rules, retire bad honeypots, aggregate."""
