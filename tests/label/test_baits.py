@@ -283,3 +283,17 @@ def test_a_copied_honeypot_says_nothing_of_the_bait():
     assert result.verdicts[1, "b"][0] == "rejected"
     assert result.baits[7].trusted_fails == 0
     assert result.baits[7].trusted_attempts == 1
+
+
+def test_a_gold_image_in_doubt_is_re_sent_first_only_so_many_times(world):
+    store = ready(world)
+    rng = np.random.default_rng(0)
+    with store.session() as s:
+        image = s.scalars(select(Image).where(Image.gold.is_not(None)).order_by(Image.id)).all()[5]
+        for n in range(baits.MAX_USES - 1):
+            s.add(Task(image_id=image.id, batch=f"old{n}", kind="honeypot"))
+        s.flush()
+        assert baits.pick(s, ["cat", "animal"], 1, rng, 0, {image.id})[0].id == image.id
+        s.add(Task(image_id=image.id, batch="one more", kind="honeypot"))
+        s.flush()
+        assert baits.pick(s, ["cat", "animal"], 1, rng, 0, {image.id})[0].id != image.id

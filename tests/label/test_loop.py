@@ -24,10 +24,13 @@ from visionloop.label.store import Image as StoredImage
 from visionloop.models.catseg import CatSeg
 
 runner = CliRunner()
+# No sloppy hand here: on these 48 px images its 1.2 px outline can fall under the 0.75 IoU of a
+# bait, and a bait shows the model's drawing (here an untrained decoder's), which an honest
+# hand redraws. The simulator judges sloppy hands, at 64 px.
 CROWD = [
     ("careful0", "careful"),
     ("careful1", "careful"),
-    ("sloppy0", "sloppy"),
+    ("careful2", "careful"),
     ("lazy0", "lazy"),
     ("lazy1", "lazy"),
 ]
@@ -62,10 +65,11 @@ def test_select_prelabel_batch_crowd_ingest_qc_dataset_train(world):
                                       "--weights", str(weights))  # fmt: skip
     assert "pre-labelled 28 images (selected and gold)" in cli("label", "prelabel", "--weights",
                                                               str(weights))  # fmt: skip
-    out = cli("label", "make-batch", "b1", "--size", "12", "--honeypots", "0.25",
+    out = cli("label", "make-batch", "b1", "--size", "12", "--honeypots", "0.4",
               "--overlap", "0.25", "--out", str(tmp / "b1.json"), "--min-bait-object", "0.02",
               "--seed", "0")  # fmt: skip
-    assert "batch b1: 16 tasks" in out  # 12 + 4 honeypots
+    # honeypots: 8 asked for (40 % of the batch), fewer if too few gold images have objects
+    # of 2 % of the image or more (at 48 px, smaller ones are beyond even a careful hand)
     tasks = json.loads((tmp / "b1.json").read_text())
     assert all(set(t["data"]) == {"image", "visionloop_task", "visionloop_copies"} for t in tasks)
     store = open_store(f"sqlite:///{tmp / 'labels.db'}")
@@ -79,9 +83,12 @@ def test_select_prelabel_batch_crowd_ingest_qc_dataset_train(world):
     with store.session() as s:
         copies = {t.id: t.copies for t in s.scalars(select(Task))}
         kinds = {t.id: t.kind for t in s.scalars(select(Task))}
-    assert list(kinds.values()).count("honeypot") == 4
-    # a quarter of all 16 tasks, honeypots included, go to 3 annotators; the rest to one
-    assert sorted(copies.values()) == [1] * 12 + [3] * 4
+    baits = list(kinds.values()).count("honeypot")
+    assert 4 <= baits <= 8
+    assert f"batch b1: {12 + baits} tasks" in out
+    # a quarter of all tasks, honeypots included, go to 3 annotators; the rest to one
+    wide = round((12 + baits) * 0.25)
+    assert sorted(copies.values()) == [1] * (12 + baits - wide) + [3] * wide
     bait_copies = sum(copies[t] for t, kind in kinds.items() if kind == "honeypot")
     overlap_extra = sum(copies[t] - 1 for t, kind in kinds.items() if kind != "honeypot")
     done = crowd_answers(tasks, lambda image: truth_of(original[image]), copies.get, CROWD, seed=0)
@@ -91,7 +98,9 @@ def test_select_prelabel_batch_crowd_ingest_qc_dataset_train(world):
     again = cli("label", "ingest", str(tmp / "done.json"))
     assert f"ingested 0 submissions, {submitted} already known" in again
 
-    cli("label", "qc", "--warmup", "2", "--report", str(tmp / "qc.html"),
+    # honeypots alone judge here: with 2 lazy people in 5, overlap agreement can ban an honest
+    # third whom the lazy outvote (the README's "3x overlap" finding)
+    cli("label", "qc", "--warmup", "2", "--min-agreement", "0", "--report", str(tmp / "qc.html"),
         "--dataset", str(tmp / "ds"), "--payments", str(tmp / "pay.csv"))  # fmt: skip
     html = (tmp / "qc.html").read_text()
     assert "Annotators" in html
@@ -113,7 +122,8 @@ def test_select_prelabel_batch_crowd_ingest_qc_dataset_train(world):
     assert "accepted" in verdicts
 
     # the same outcome for a program: qc --json (stdout is the JSON alone), status --json
-    result = runner.invoke(app, ["label", "qc", "--warmup", "2", "--json", "--payments",
+    result = runner.invoke(app, ["label", "qc", "--warmup", "2", "--min-agreement", "0", "--json",
+                                 "--payments",
                                  str(tmp / "pay2.csv")], catch_exceptions=False)  # fmt: skip
     assert result.exit_code == 0, result.output
     summary = json.loads(result.stdout)
@@ -125,7 +135,7 @@ def test_select_prelabel_batch_crowd_ingest_qc_dataset_train(world):
     assert summary["new_bans"] == {}  # the first run made them
     assert summary["rules"]["warmup"] == 2
     status = json.loads(cli("label", "status", "--json"))
-    assert status["counts"]["honeypots"] == 4
+    assert status["counts"]["honeypots"] == baits
     cost = status["cost"]
     assert cost["images to label"] == 12
     assert (cost["copies: one per image task"], cost["copies: overlap extra"]) == (

@@ -34,6 +34,7 @@ __all__ = ["MIN_OBJECT", "big_enough", "honeypot", "in_doubt", "make", "pending"
 
 MIN_OBJECT = 0.005  # share of the image: the smallest object a bait may have
 FAR = 0.7  # some class of a bait's shown label has at most this IoU with the gold
+MAX_USES = 6  # a gold image in doubt is re-sent first only while used fewer times than this
 
 
 def in_doubt(result: QCResult, rules: Rules, pending: set[int]) -> set[int]:
@@ -107,7 +108,7 @@ def pick(
             f"no gold image whose objects all cover {min_object:.1%} of the image or more "
             "(--min-bait-object): tiny objects make unfair baits"
         )
-    doubt = doubt or set()
+    doubt = {i for i in doubt or set() if uses[i] < MAX_USES}  # no re-check without end
     order = sorted(usable, key=lambda i: (i.id not in doubt, uses[i.id], rng.random()))
     # never the same bait twice in one batch: a repeated image gives the honeypot away
     return order if count is None else order[:count]
@@ -148,20 +149,23 @@ def honeypot(
     """A task showing the model's pre-label of the gold image with one recorded spoiling,
     judged against the gold on the pixels the spoiling made wrong (``spoil["wrong"]``). The
     spoiling may happen to undo one of the model's errors: a draw that leaves every class of
-    the shown label above ``FAR`` IoU with the gold is drawn again; after a few such draws,
+    the shown label above ``FAR`` IoU with the gold, or that made less than half of the
+    pixels it changed wrong, is drawn again; after a few such draws,
     None: the image makes no bait this time (spoiling the hand-drawn gold instead would show
     its drawing style)."""
     gold = label_from_json(_only(image.gold, classes))
     model = label_from_json(_only(image.prelabel, classes))
     for _ in range(5):
         shown, record = spoil(model, rng, spoilings)
-        if min(iou(shown[c], gold[c]) for c in gold) <= FAR:
+        # judged on what the spoiling made wrong, not on the model's own small errors
+        wrong = {c: (shown[c] != model[c]) & (shown[c] != gold[c]) for c in gold}
+        made_wrong = sum(int(np.count_nonzero(m)) for m in wrong.values())
+        far = min(iou(shown[c], gold[c]) for c in gold) <= FAR
+        if far and made_wrong and made_wrong >= 0.5 * record["pixels"]:
             break
     else:
         return None
-    # judged on what the spoiling made wrong, not on the model's own small errors
-    record["wrong"] = label_to_json({c: (shown[c] != model[c]) & (shown[c] != gold[c])
-                                     for c in gold})  # fmt: skip
+    record["wrong"] = label_to_json(wrong)
     return Task(
         image_id=image.id, batch=batch, kind="honeypot", prelabel=label_to_json(shown),
         gold=label_to_json(gold), spoil=record, copies=copies,

@@ -152,7 +152,7 @@ def copying_pairs(
 ) -> list[Pair]:
     """Pairs who drew the same on at least ``min_tasks`` tasks and ``min_share`` of the tasks
     where both drew at least ``min_pixels`` pixels (see the module docstring), most copies
-    first. ``subs`` are in the order they were received."""
+    first. Who answered second comes from each :attr:`~visionloop.label.quality.Sub.at`."""
     if min_tasks < 1 or not 0 < min_share <= 1:
         raise ValueError("need min_tasks >= 1 and 0 < min_share <= 1")
     return pairs_of(*same_drawings(subs, identical, min_pixels), min_tasks, min_share)

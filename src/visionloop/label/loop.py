@@ -266,7 +266,8 @@ def make_batch(
     subs, banned, retired = load_subs(store)
     result = assess(subs, rules, banned, retired)
     with store.session() as s:
-        doubt = baits.in_doubt(result, rules, baits.pending(s))
+        # a qualification batch goes to newcomers, whose answers cannot judge a bait
+        doubt = set() if qualification else baits.in_doubt(result, rules, baits.pending(s))
         if s.scalar(select(Task.id).where(Task.batch == name)) is not None:
             raise ValueError(f"batch {name!r} exists already")
         used = set(s.scalars(select(Task.image_id))) - _rejected_images(s)

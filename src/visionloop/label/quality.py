@@ -35,7 +35,14 @@ import numpy as np
 from scipy.stats import beta
 
 from visionloop import plugins
-from visionloop.label.aggregate import AGGREGATORS, Aggregator, aggregate
+from visionloop.label.aggregate import (
+    AGGREGATORS,
+    Aggregator,
+    ExpectationMaximisation,
+    MajorityVote,
+    Rasa,
+    aggregate,
+)
 from visionloop.label.masks import BoolMask, StoredLabel, iou
 
 __all__ = [
@@ -43,8 +50,11 @@ __all__ = [
     "Aggregator",
     "AnnotatorScore",
     "Bait",
+    "ExpectationMaximisation",
     "HoneypotCheck",
+    "MajorityVote",
     "QCResult",
+    "Rasa",
     "Rules",
     "Sub",
     "aggregate",

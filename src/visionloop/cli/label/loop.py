@@ -198,8 +198,8 @@ PREFIX_HELP = (
 )
 MEDIA_HELP = (
     "Where the export's images go: each re-encoded (upright, no EXIF) under a random name, so "
-    "nothing about an image's origin tells a honeypot apart. Default: <out>.media/ beside a "
-    ".json, images/ inside a png folder."
+    "nothing about an image's origin tells a honeypot apart. Default: beside the export "
+    "(b1.json -> b1.media/, a png folder b1/ -> b1.media/)."
 )
 
 

@@ -89,7 +89,7 @@ def qc(
                 say(
                     f"same edits: {pair.first} and {pair.second} on {len(pair.copied)} of the "
                     f"{pair.shared} tasks both changed (tasks {', '.join(map(str, pair.copied))})"
-                    f", answering second: {', '.join(pair.later)}"
+                    f", answering second: {', '.join(w or 'unknown' for w in pair.later)}"
                 )
         if payments is not None:
             _write_payments(payments, result, rate)
