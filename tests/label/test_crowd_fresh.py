@@ -1,10 +1,13 @@
-"""The fresh crowd's kinds do what their names say, and a simulation runs on them."""
+"""The fresh crowd's kinds do what their names say, a simulation runs on them, and both judging
+crowds (fresh, held out) match the tuning crowd's size and honest share."""
 
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
 from visionloop.label.crowd_fresh import FRESH, FRESH_CROWD
+from visionloop.label.crowd_heldout import HELD_OUT, HELD_OUT_CROWD
 from visionloop.label.masks import iou
 from visionloop.label.simulate import CROWD, TUNING, Seen, SimConfig, scene, simulate
 from visionloop.label.spoil import spoil
@@ -90,14 +93,19 @@ def test_the_coin_flipper_does_about_half_its_tasks():
     assert not FRESH["coin_flipper"].honest
 
 
-def test_the_fresh_crowd_is_the_size_and_honest_share_of_the_others():
+@pytest.mark.parametrize(
+    ("crowd", "kinds"), [(FRESH_CROWD, FRESH), (HELD_OUT_CROWD, HELD_OUT)], ids=["fresh", "heldout"]
+)
+def test_each_judging_crowd_is_the_size_and_honest_share_of_the_tuning_one(crowd, kinds):
     def honest(crowd, kinds):
         return sum(n for k, n in crowd.items() if kinds[k].honest)
 
-    assert sum(FRESH_CROWD.values()) == sum(CROWD.values())
-    assert honest(FRESH_CROWD, FRESH) == honest(CROWD, TUNING)
-    assert not set(FRESH_CROWD) - set(FRESH)
-    # every partner copier has a partner in the crowd
+    assert sum(crowd.values()) == sum(CROWD.values())
+    assert honest(crowd, kinds) == honest(CROWD, TUNING)
+    assert not set(crowd) - set(kinds)
+
+
+def test_every_partner_copier_has_a_partner_in_the_fresh_crowd():
     assert FRESH_CROWD["partner_copier"] <= FRESH_CROWD["careful"]
 
 

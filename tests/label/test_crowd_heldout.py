@@ -9,7 +9,7 @@ from typer.testing import CliRunner
 from visionloop.cli import app
 from visionloop.label.crowd_heldout import HELD_OUT, HELD_OUT_CROWD
 from visionloop.label.masks import iou
-from visionloop.label.simulate import CROWD, TUNING, Seen, SimConfig, scene, simulate, wobble
+from visionloop.label.simulate import TUNING, Seen, SimConfig, scene, simulate, wobble
 from visionloop.label.spoil import spoil
 
 
@@ -81,15 +81,6 @@ def test_fixes_large_only_leaves_a_small_error():
     assert not answer["animal"][54:64, 0:10].any()
     tuning, _ = TUNING["lazy_fixes_obvious"](shown, truth, np.random.default_rng(0), 64, NOBODY)
     assert tuning["animal"][54:64, 0:10].all()  # the tuning kind's 4 % line leaves it
-
-
-def test_the_two_crowds_are_the_same_size_with_the_same_honest_share():
-    def honest(crowd, kinds):
-        return sum(n for k, n in crowd.items() if kinds[k].honest)
-
-    assert sum(HELD_OUT_CROWD.values()) == sum(CROWD.values())
-    assert honest(HELD_OUT_CROWD, HELD_OUT) == honest(CROWD, TUNING)
-    assert not set(HELD_OUT_CROWD) - set(HELD_OUT)
 
 
 def test_a_simulation_on_the_held_out_crowd_reports_each_kind():
